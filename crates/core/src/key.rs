@@ -1,0 +1,166 @@
+//! The idempotency key row as Medusa's entity has it, and the checks on what callers pass in.
+
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+/// Column list in entity order; every statement that returns a key selects exactly this.
+pub(crate) const COLUMNS: &str = "id, idempotency_key, created_at, locked_at, request_method, \
+   request_params, request_path, response_code, response_body, recovery_point";
+
+/// One row of `idempotency_key`, every field present.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyKey {
+  pub id: String,
+  pub idempotency_key: String,
+  pub created_at: DateTime<Utc>,
+  pub locked_at: Option<DateTime<Utc>>,
+  pub request_method: Option<String>,
+  pub request_params: Option<Value>,
+  pub request_path: Option<String>,
+  pub response_code: Option<i32>,
+  pub response_body: Option<Value>,
+  pub recovery_point: String,
+}
+
+pub const FINISHED: &str = "finished";
+
+impl IdempotencyKey {
+  pub(crate) fn from_pg(row: &PgRow) -> Result<Self> {
+    Ok(IdempotencyKey {
+      id: row.try_get("id")?,
+      idempotency_key: row.try_get("idempotency_key")?,
+      created_at: row.try_get("created_at")?,
+      locked_at: row.try_get("locked_at")?,
+      request_method: row.try_get("request_method")?,
+      request_params: row
+        .try_get::<Option<sqlx::types::Json<Value>>, _>("request_params")?
+        .map(|j| j.0),
+      request_path: row.try_get("request_path")?,
+      response_code: row.try_get("response_code")?,
+      response_body: row
+        .try_get::<Option<sqlx::types::Json<Value>>, _>("response_body")?
+        .map(|j| j.0),
+      recovery_point: row.try_get("recovery_point")?,
+    })
+  }
+
+  pub fn is_finished(&self) -> bool {
+    self.recovery_point == FINISHED
+  }
+}
+
+/// `ikey_` + a ULID, as Medusa's `generateEntityId(id, "ikey")` makes it.
+pub(crate) fn new_id() -> String {
+  format!("ikey_{}", ulid::Ulid::new())
+}
+
+/// A client key: 1–255 printable ASCII characters (the IETF draft's sf-string is narrower).
+pub(crate) fn validate_key(key: &str) -> Result<()> {
+  if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+    return Err(Error::invalid(
+      "idempotency key must be 1-255 printable ASCII characters",
+    ));
+  }
+  Ok(())
+}
+
+/// The request a key was created for; compared when a key is reused.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fingerprint {
+  pub method: Option<String>,
+  pub params: Option<Value>,
+  pub path: Option<String>,
+}
+
+/// A partial update: `None` leaves a column alone, `Some(None)` writes NULL.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyUpdate {
+  pub locked_at: Option<Option<DateTime<Utc>>>,
+  pub request_method: Option<Option<String>>,
+  pub request_params: Option<Option<Value>>,
+  pub request_path: Option<Option<String>>,
+  pub response_code: Option<Option<i32>>,
+  pub response_body: Option<Option<Value>>,
+  pub recovery_point: Option<String>,
+}
+
+impl KeyUpdate {
+  /// Build an update from a JS object's entries (already converted to JSON).
+  /// Unknown fields and wrong types are `invalid_data`; the JSON `null` writes NULL.
+  pub fn from_fields(fields: Vec<(String, UpdateValue)>) -> Result<Self> {
+    let mut u = KeyUpdate::default();
+    for (name, value) in fields {
+      let bad = || Error::invalid(format!("field '{name}' has the wrong type"));
+      match name.as_str() {
+        "locked_at" => {
+          u.locked_at = Some(match value {
+            UpdateValue::Null => None,
+            UpdateValue::Date(d) => Some(d),
+            UpdateValue::Json(Value::String(s)) => Some(
+              DateTime::parse_from_rfc3339(&s)
+                .map_err(|_| bad())?
+                .with_timezone(&Utc),
+            ),
+            _ => return Err(bad()),
+          })
+        }
+        "request_method" | "request_path" => {
+          let v = match value {
+            UpdateValue::Null => None,
+            UpdateValue::Json(Value::String(s)) => Some(s),
+            _ => return Err(bad()),
+          };
+          if name == "request_method" {
+            u.request_method = Some(v)
+          } else {
+            u.request_path = Some(v)
+          }
+        }
+        "request_params" | "response_body" => {
+          let v = match value {
+            UpdateValue::Null => None,
+            UpdateValue::Json(j) => Some(j),
+            UpdateValue::Date(d) => Some(Value::String(d.to_rfc3339())),
+          };
+          if name == "request_params" {
+            u.request_params = Some(v)
+          } else {
+            u.response_body = Some(v)
+          }
+        }
+        "response_code" => {
+          u.response_code = Some(match value {
+            UpdateValue::Null => None,
+            UpdateValue::Json(Value::Number(n)) => Some(
+              n.as_i64()
+                .and_then(|i| i32::try_from(i).ok())
+                .ok_or_else(bad)?,
+            ),
+            _ => return Err(bad()),
+          })
+        }
+        "recovery_point" => match value {
+          UpdateValue::Json(Value::String(s)) if !s.is_empty() => u.recovery_point = Some(s),
+          _ => return Err(Error::invalid("recovery_point must be a non-empty string")),
+        },
+        _ => {
+          return Err(Error::invalid(format!(
+            "'{name}' is not a field that update() can set"
+          )))
+        }
+      }
+    }
+    Ok(u)
+  }
+}
+
+/// A value of an update or selector field as it came from JS.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateValue {
+  Null,
+  Date(DateTime<Utc>),
+  Json(Value),
+}

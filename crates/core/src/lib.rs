@@ -1,0 +1,21 @@
+//! The core of medusa-idempotency-native: Medusa v1's `IdempotencyKeyService` semantics,
+//! made safe under concurrency, as plain Rust over sqlx. No napi here, so `cargo test` links
+//! and runs; the Node binding only converts values and maps errors.
+
+pub mod error;
+pub mod key;
+pub mod service;
+pub mod stage;
+pub mod value;
+
+pub use error::{Error, Kind, Result};
+pub use key::{Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED};
+pub use service::{Isolation, Options, Service, StageError, StageResult, Target};
+pub use stage::StageTx;
+pub use value::{Cell, Param, QueryResult};
+
+/// PostgreSQL migrations, in order: (file name, SQL). Each is safe to run again.
+pub const MIGRATIONS_POSTGRES: &[(&str, &str)] = &[(
+  "20240101000000_idempotency_key.sql",
+  include_str!("../../../migrations/postgres/20240101000000_idempotency_key.sql"),
+)];

@@ -1,0 +1,182 @@
+//! The transaction handle a stage callback receives, and the discipline around it: queries
+//! are counted when they start (so a query the callback did not await is never committed
+//! around), the first failed statement is remembered (PostgreSQL aborts the transaction, and
+//! sqlx reports COMMIT of an aborted transaction as success), and once the stage ends the
+//! handle refuses every further query.
+
+use crate::error::{Error, Result};
+use crate::value::{bind, decode, Param, QueryResult};
+use futures_util::TryStreamExt;
+use sqlx::postgres::PgConnection;
+use sqlx::{Column, Executor, Postgres, Row, Statement};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use tokio::sync::{Mutex, Notify};
+
+pub(crate) type PgTx = sqlx::Transaction<'static, Postgres>;
+
+/// A live stage transaction, shared between the stage driver and the JS handle.
+#[derive(Clone)]
+pub struct StageTx {
+  inner: Arc<Inner>,
+}
+
+struct Inner {
+  tx: Mutex<Option<PgTx>>,
+  pending: AtomicUsize,
+  idle: Notify,
+  closed: AtomicBool,
+  cancel: Notify,
+  failure: StdMutex<Option<Error>>,
+}
+
+/// Proof that a query was counted as started; dropping it marks the query finished.
+pub struct Pending(Arc<Inner>);
+
+impl Drop for Pending {
+  fn drop(&mut self) {
+    if self.0.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+      self.0.idle.notify_waiters();
+    }
+  }
+}
+
+impl StageTx {
+  pub(crate) fn new(tx: PgTx) -> Self {
+    StageTx {
+      inner: Arc::new(Inner {
+        tx: Mutex::new(Some(tx)),
+        pending: AtomicUsize::new(0),
+        idle: Notify::new(),
+        closed: AtomicBool::new(false),
+        cancel: Notify::new(),
+        failure: StdMutex::new(None),
+      }),
+    }
+  }
+
+  /// Count a query as started. Call synchronously, before the callback can settle.
+  pub fn start_query(&self) -> Pending {
+    self.inner.pending.fetch_add(1, Ordering::SeqCst);
+    Pending(self.inner.clone())
+  }
+
+  pub fn is_active(&self) -> bool {
+    !self.inner.closed.load(Ordering::SeqCst)
+  }
+
+  /// Run one statement with node-postgres-style parameters inside the stage transaction.
+  pub async fn query(&self, _pending: Pending, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    let mut guard = self.inner.tx.lock().await;
+    if self.inner.closed.load(Ordering::SeqCst) {
+      return Err(Error::TransactionClosed);
+    }
+    let tx = guard.as_mut().ok_or(Error::TransactionClosed)?;
+    let cancelled = self.inner.cancel.notified();
+    tokio::pin!(cancelled);
+    cancelled.as_mut().enable();
+    if self.inner.closed.load(Ordering::SeqCst) {
+      return Err(Error::TransactionClosed);
+    }
+    let result = tokio::select! {
+      r = run_query(tx, sql, params) => r,
+      _ = cancelled => Err(Error::TransactionClosed),
+    };
+    if let Err(e) = &result {
+      if matches!(e, Error::Database { .. }) {
+        let mut f = self.inner.failure.lock().unwrap();
+        f.get_or_insert_with(|| e.clone());
+      }
+    }
+    result
+  }
+
+  /// Run a statement of the service itself (not counted, not cancelled).
+  pub(crate) async fn with_conn<T>(
+    &self,
+    f: impl for<'c> FnOnce(&'c mut PgConnection) -> futures_util::future::BoxFuture<'c, Result<T>>,
+  ) -> Result<T> {
+    let mut guard = self.inner.tx.lock().await;
+    let tx = guard.as_mut().ok_or(Error::TransactionClosed)?;
+    f(tx).await
+  }
+
+  /// Wait until no query the callback started is running; returns how many were running
+  /// when called.
+  pub(crate) async fn settle(&self) -> usize {
+    let at_settle = self.inner.pending.load(Ordering::SeqCst);
+    loop {
+      let idle = self.inner.idle.notified();
+      if self.inner.pending.load(Ordering::SeqCst) == 0 {
+        return at_settle;
+      }
+      idle.await;
+    }
+  }
+
+  pub(crate) fn failure(&self) -> Option<Error> {
+    self.inner.failure.lock().unwrap().clone()
+  }
+
+  pub(crate) fn set_failure(&self, f: Option<Error>) {
+    *self.inner.failure.lock().unwrap() = f;
+  }
+
+  /// End the handle: later queries get `TransactionClosed`, a running one is abandoned.
+  pub(crate) fn close(&self) {
+    self.inner.closed.store(true, Ordering::SeqCst);
+    self.inner.cancel.notify_waiters();
+  }
+
+  /// Close the handle and take the transaction out to commit or roll back.
+  pub(crate) async fn take(&self) -> Option<PgTx> {
+    self.close();
+    self.inner.tx.lock().await.take()
+  }
+}
+
+/// Prepare without declared parameter types, bind by the types the server inferred, and
+/// decode the rows by column type.
+pub(crate) async fn run_query(
+  conn: &mut PgConnection,
+  sql: &str,
+  params: &[Param],
+) -> Result<QueryResult> {
+  let stmt = (&mut *conn).prepare_with(sql, &[]).await?;
+  let types = match stmt.parameters() {
+    Some(sqlx::Either::Left(types)) => types.to_vec(),
+    _ => Vec::new(),
+  };
+  if types.len() != params.len() {
+    return Err(Error::invalid(format!(
+      "the statement expects {} parameter(s), {} given",
+      types.len(),
+      params.len()
+    )));
+  }
+  let mut query = sqlx::query::<Postgres>(sql);
+  for (i, (p, ty)) in params.iter().zip(&types).enumerate() {
+    query = query.bind(bind(p, ty, i)?);
+  }
+  let mut out = QueryResult::default();
+  let mut stream = conn.fetch_many(query);
+  while let Some(item) = stream.try_next().await? {
+    match item {
+      sqlx::Either::Left(done) => out.rows_affected += done.rows_affected(),
+      sqlx::Either::Right(row) => {
+        if out.columns.is_empty() && !row.columns().is_empty() {
+          out.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+        }
+        let mut cells = Vec::with_capacity(row.len());
+        for i in 0..row.len() {
+          cells.push(decode(row.try_get_raw(i)?)?);
+        }
+        out.rows.push(cells);
+      }
+    }
+  }
+  if out.columns.is_empty() {
+    out.columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+  }
+  Ok(out)
+}

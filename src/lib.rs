@@ -1,0 +1,729 @@
+//! The Node binding: argument conversion, error mapping and the `#[napi]` classes. All logic
+//! and SQL live in `idempotency-core`; this crate only moves values across the boundary and
+//! bridges the stage callback (a JS async function) into the core's Rust-owned transaction.
+
+#![deny(clippy::all)]
+
+pub mod js;
+
+use idempotency_core::{
+  Error, Fingerprint, IdempotencyKey, Isolation, KeyUpdate, Options, Param, QueryResult, Service,
+  StageError, StageResult, StageTx, Target,
+};
+use js::JsResult;
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi_derive::napi;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Raw = sys::napi_value;
+
+/// A value on its way to JS: the result, or a core error that becomes a typed JS `Error`.
+pub struct Reply<T>(JsResult<T>);
+
+pub trait IntoJs {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw>;
+}
+
+impl IntoJs for IdempotencyKey {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
+    js::key_to_js(env, &self)
+  }
+}
+
+impl IntoJs for QueryResult {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
+    js::rows_to_js(env, &self)
+  }
+}
+
+impl IntoJs for () {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
+    let mut v = std::ptr::null_mut();
+    sys::napi_get_undefined(env, &mut v);
+    Ok(v)
+  }
+}
+
+impl IntoJs for IdempotencyKeyService {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
+    ToNapiValue::to_napi_value(env, self)
+  }
+}
+
+/// Reject with a typed JS error built on the JS thread (napi reuses the object as is).
+unsafe fn reject(env: sys::napi_env, e: &Error) -> napi::Error {
+  match js::error_to_js(env, e) {
+    Ok(raw) => match Unknown::from_napi_value(env, raw) {
+      Ok(u) => napi::Error::from(u),
+      Err(x) => x,
+    },
+    Err(x) => x,
+  }
+}
+
+impl<T: IntoJs> ToNapiValue for Reply<T> {
+  unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<Raw> {
+    match val.0 {
+      Ok(v) => v.into_js(env),
+      Err(e) => Err(reject(env, &e)),
+    }
+  }
+}
+
+impl<T> TypeName for Reply<T> {
+  fn type_name() -> &'static str {
+    "Reply"
+  }
+  fn value_type() -> ValueType {
+    ValueType::Unknown
+  }
+}
+
+/// A raw JS value returned as is.
+pub struct RawValue(Raw);
+
+impl ToNapiValue for RawValue {
+  unsafe fn to_napi_value(_: sys::napi_env, val: Self) -> Result<Raw> {
+    Ok(val.0)
+  }
+}
+
+/// Start a future whose core errors reject as typed JS errors.
+fn spawn<'env, T: IntoJs + Send + 'static>(
+  env: &'env Env,
+  fut: impl std::future::Future<Output = JsResult<T>> + Send + 'static,
+) -> Result<PromiseRaw<'env, Reply<T>>> {
+  env.spawn_future(async move { Ok(Reply(fut.await)) })
+}
+
+/// Bad arguments reject (never throw synchronously) like any other failure of an async method.
+fn rejected<'env, T: IntoJs + Send + 'static>(
+  env: &'env Env,
+  e: Error,
+) -> Result<PromiseRaw<'env, Reply<T>>> {
+  spawn(env, async move { Err(e) })
+}
+
+macro_rules! args {
+  ($env:expr, $e:expr) => {
+    match (|| -> JsResult<_> { unsafe { $e } })() {
+      Ok(v) => v,
+      Err(e) => return rejected($env, e),
+    }
+  };
+}
+
+fn opt_u32(env: sys::napi_env, obj: Raw, name: &str) -> JsResult<Option<u32>> {
+  unsafe {
+    let v = js::get_property(env, obj, name, name)?;
+    if js::is_nullish(env, v) {
+      return Ok(None);
+    }
+    let n = f64::from_napi_value(env, v)
+      .map_err(|_| Error::InvalidArgument(format!("{name} must be a number")))?;
+    if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= u32::MAX as f64) {
+      return Err(Error::InvalidArgument(format!(
+        "{name} must be a non-negative integer"
+      )));
+    }
+    Ok(Some(n as u32))
+  }
+}
+
+unsafe fn connect_options(env: sys::napi_env, arg: Raw) -> JsResult<Options> {
+  let url_of = |v: Raw| -> JsResult<String> { js::get_string(env, v, "url") };
+  match js::type_of(env, arg) {
+    sys::ValueType::napi_string => Ok(Options::new(url_of(arg)?)),
+    sys::ValueType::napi_undefined | sys::ValueType::napi_null => default_url().map(Options::new),
+    sys::ValueType::napi_object => {
+      let url = js::get_property(env, arg, "url", "url")?;
+      let mut o = Options::new(if js::is_nullish(env, url) {
+        default_url()?
+      } else {
+        url_of(url)?
+      });
+      if let Some(n) = opt_u32(env, arg, "maxConnections")? {
+        o.max_connections = n;
+      }
+      let iso = js::get_property(env, arg, "isolationLevel", "isolationLevel")?;
+      if !js::is_nullish(env, iso) {
+        o.isolation = Isolation::parse(&js::get_string(env, iso, "isolationLevel")?)?;
+      }
+      if let Some(n) = opt_u32(env, arg, "lockTimeoutMs")? {
+        o.lock_timeout = Duration::from_millis(n as u64);
+      }
+      if let Some(n) = opt_u32(env, arg, "maxRetries")? {
+        o.max_retries = n;
+      }
+      if let Some(n) = opt_u32(env, arg, "stageTimeoutMs")? {
+        o.stage_timeout = (n > 0).then(|| Duration::from_millis(n as u64));
+      }
+      if let Some(n) = opt_u32(env, arg, "acquireTimeoutMs")? {
+        o.acquire_timeout = Duration::from_millis(n as u64);
+      }
+      Ok(o)
+    }
+    _ => Err(Error::InvalidArgument(
+      "connect() takes a connection URL or an options object".into(),
+    )),
+  }
+}
+
+fn default_url() -> JsResult<String> {
+  std::env::var("DATABASE_URL").map_err(|_| {
+    Error::InvalidArgument("no connection URL given and DATABASE_URL is not set".into())
+  })
+}
+
+/// Options for {@link IdempotencyKeyService.connect}.
+#[napi(object)]
+pub struct ConnectOptions {
+  /// `postgres://user@host:port/db`. Defaults to `DATABASE_URL`.
+  pub url: Option<String>,
+  /// Pool size (default 10).
+  pub max_connections: Option<u32>,
+  /// Isolation of native stages: `"SERIALIZABLE"` (default), `"REPEATABLE READ"` or `"READ COMMITTED"`.
+  pub isolation_level: Option<String>,
+  /// How long a request lease and `lock()` hold without progress, in ms (default 1000, Medusa's `KEY_LOCKED_TIMEOUT`).
+  pub lock_timeout_ms: Option<u32>,
+  /// Re-runs of a stage after a serialization failure or deadlock (40001 / 40P01 / 53200); default 3.
+  pub max_retries: Option<u32>,
+  /// A stage whose callback has not settled by then is rolled back with `STAGE_TIMEOUT`; default 60000, 0 disables.
+  pub stage_timeout_ms: Option<u32>,
+  /// How long a call waits for a pooled connection before `POOL_TIMEOUT`, in ms (default 10000).
+  pub acquire_timeout_ms: Option<u32>,
+}
+
+/// Optional third argument of `workStage`.
+#[napi(object)]
+pub struct WorkStageOptions {
+  /// The recovery point the caller read; a key that has moved elsewhere fails with `IDEMPOTENCY_KEY_STALE` before the callback runs.
+  pub recovery_point: Option<String>,
+}
+
+/// A row of Medusa's `idempotency_key` table, every field present.
+#[napi(object, js_name = "IdempotencyKey")]
+pub struct IdempotencyKeyObject {
+  pub id: String,
+  #[napi(js_name = "idempotency_key")]
+  pub idempotency_key: String,
+  #[napi(js_name = "created_at", ts_type = "Date")]
+  pub created_at: String,
+  #[napi(js_name = "locked_at", ts_type = "Date | null")]
+  pub locked_at: Null,
+  #[napi(js_name = "request_method", ts_type = "string | null")]
+  pub request_method: Null,
+  #[napi(js_name = "request_params", ts_type = "any")]
+  pub request_params: Null,
+  #[napi(js_name = "request_path", ts_type = "string | null")]
+  pub request_path: Null,
+  #[napi(js_name = "response_code", ts_type = "number | null")]
+  pub response_code: Null,
+  #[napi(js_name = "response_body", ts_type = "any")]
+  pub response_body: Null,
+  #[napi(js_name = "recovery_point")]
+  pub recovery_point: String,
+}
+
+/// What a stage callback returns: a `recovery_point` to move to, or the response that finishes the key.
+#[napi(object)]
+pub struct StageReturnValue {
+  #[napi(js_name = "recovery_point")]
+  pub recovery_point: Option<String>,
+  #[napi(js_name = "response_code")]
+  pub response_code: Option<u32>,
+  #[napi(js_name = "response_body", ts_type = "any")]
+  pub response_body: Option<Null>,
+}
+
+/// Medusa's `IdempotencyKeyService`, backed by Rust and a connection pool.
+#[napi]
+pub struct IdempotencyKeyService {
+  core: Arc<Service>,
+  bound: Option<StageTx>,
+}
+
+/// The transaction a `workStage` callback runs in. `query` has TypeORM's
+/// `EntityManager.query` signature and returns rows as node-postgres would.
+#[napi]
+pub struct TransactionManager {
+  tx: StageTx,
+}
+
+#[napi]
+impl TransactionManager {
+  /// Run one statement (`$1`, `$2`… placeholders) inside the stage's transaction and
+  /// resolve to its rows. Parameters bind like node-postgres: strings are accepted for any
+  /// type the server infers; Date, number, boolean, null, Buffer, arrays and plain objects
+  /// (as JSON) too. A failed statement fails the whole stage, even if it is caught.
+  #[napi(
+    ts_args_type = "sql: string, params?: unknown[]",
+    ts_return_type = "Promise<any[]>"
+  )]
+  pub fn query<'env>(
+    &self,
+    env: &'env Env,
+    sql: Unknown,
+    params: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<QueryResult>>> {
+    let e = env.raw();
+    let (sql, params) = args!(env, {
+      let sql = js::get_string(e, sql.raw(), "sql")?;
+      let p = params.raw();
+      let params: Vec<Param> = if js::is_nullish(e, p) {
+        Vec::new()
+      } else {
+        let arr = Vec::<Unknown>::from_napi_value(e, p)
+          .map_err(|_| Error::InvalidArgument("params must be an array".into()))?;
+        arr
+          .iter()
+          .map(|v| js::to_param(e, v.raw(), 0))
+          .collect::<JsResult<_>>()?
+      };
+      Ok((sql, params))
+    });
+    // Counted now, on the JS thread, so the stage cannot settle around this query.
+    let pending = self.tx.start_query();
+    let tx = self.tx.clone();
+    spawn(env, async move { tx.query(pending, &sql, &params).await })
+  }
+
+  /// False once the stage has committed or rolled back.
+  #[napi(getter)]
+  pub fn active(&self) -> bool {
+    self.tx.is_active()
+  }
+}
+
+/// The callback's result, read on the JS thread. Never fails to convert: a bad value is kept
+/// as an `invalid_data` error so it is not mistaken for the callback's own rejection.
+struct StageReturn(JsResult<StageResult>);
+
+impl TypeName for StageReturn {
+  fn type_name() -> &'static str {
+    "StageReturnValue"
+  }
+  fn value_type() -> ValueType {
+    ValueType::Unknown
+  }
+}
+
+impl ValidateNapiValue for StageReturn {
+  unsafe fn validate(_: sys::napi_env, _: Raw) -> Result<Raw> {
+    Ok(std::ptr::null_mut())
+  }
+}
+
+impl FromNapiValue for StageReturn {
+  unsafe fn from_napi_value(env: sys::napi_env, v: Raw) -> Result<Self> {
+    Ok(StageReturn(read_stage_return(env, v)))
+  }
+}
+
+unsafe fn read_stage_return(env: sys::napi_env, v: Raw) -> JsResult<StageResult> {
+  let bad = |m: &str| Error::InvalidArgument(m.into());
+  if js::type_of(env, v) != sys::ValueType::napi_object {
+    return Err(bad("the stage callback must return an object like { recovery_point } or { response_code, response_body }"));
+  }
+  let mut r = StageResult::default();
+  let rp = js::get_property(env, v, "recovery_point", "recovery_point")?;
+  match js::type_of(env, rp) {
+    sys::ValueType::napi_undefined | sys::ValueType::napi_null => {}
+    sys::ValueType::napi_string => {
+      let s = js::get_string(env, rp, "recovery_point")?;
+      if !s.is_empty() {
+        r.recovery_point = Some(s);
+      }
+    }
+    _ => return Err(bad("recovery_point must be a string")),
+  }
+  let code = js::get_property(env, v, "response_code", "response_code")?;
+  if !js::is_undefined(env, code) {
+    r.response_code = Some(if js::is_nullish(env, code) {
+      None
+    } else {
+      let n = f64::from_napi_value(env, code).map_err(|_| bad("response_code must be a number"))?;
+      if n.fract() != 0.0 || n < i32::MIN as f64 || n > i32::MAX as f64 {
+        return Err(bad("response_code must be an integer"));
+      }
+      Some(n as i32)
+    });
+  }
+  let body = js::get_property(env, v, "response_body", "response_body")?;
+  if !js::is_undefined(env, body) {
+    r.response_body = Some(js::to_json(env, body, "response_body")?.filter(|j| !j.is_null()));
+  }
+  Ok(r)
+}
+
+type StageCallback = ThreadsafeFunction<
+  TransactionManager,
+  Either<Promise<StageReturn>, StageReturn>,
+  TransactionManager,
+  Status,
+  false,
+>;
+
+unsafe fn fingerprint(
+  env: sys::napi_env,
+  method: Raw,
+  params: Raw,
+  path: Raw,
+) -> JsResult<Fingerprint> {
+  let opt_str = |v: Raw, what: &str| -> JsResult<Option<String>> {
+    if js::is_nullish(env, v) {
+      Ok(None)
+    } else {
+      js::get_string(env, v, what).map(Some)
+    }
+  };
+  Ok(Fingerprint {
+    method: opt_str(method, "reqMethod")?,
+    params: js::to_json(env, params, "reqParams")?.filter(|j| !j.is_null()),
+    path: opt_str(path, "reqPath")?,
+  })
+}
+
+unsafe fn key_arg(env: sys::napi_env, v: Raw) -> JsResult<String> {
+  js::get_string(env, v, "idempotencyKey")
+}
+
+unsafe fn fields(
+  env: sys::napi_env,
+  v: Raw,
+  what: &str,
+) -> JsResult<Vec<(String, idempotency_core::UpdateValue)>> {
+  if js::type_of(env, v) != sys::ValueType::napi_object {
+    return Err(Error::InvalidArgument(format!("{what} must be an object")));
+  }
+  let mut out = Vec::new();
+  for (k, val) in js::own_keys(env, v, what)? {
+    if let Some(u) = js::to_update_value(env, val, &k)? {
+      out.push((k, u));
+    }
+  }
+  Ok(out)
+}
+
+#[napi]
+impl IdempotencyKeyService {
+  /// Connect to PostgreSQL. Takes a URL (`postgres://postgres@127.0.0.1:5432/app`) or
+  /// {@link ConnectOptions}; with neither, `DATABASE_URL`. Does not migrate: call `migrate()`.
+  #[napi(
+    ts_args_type = "urlOrOptions?: string | ConnectOptions",
+    ts_return_type = "Promise<IdempotencyKeyService>"
+  )]
+  pub fn connect<'env>(
+    env: &'env Env,
+    arg: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKeyService>>> {
+    let opts = args!(env, connect_options(env.raw(), arg.raw()));
+    spawn(env, async move {
+      let core = Service::connect(opts).await?;
+      Ok(IdempotencyKeyService {
+        core: Arc::new(core),
+        bound: None,
+      })
+    })
+  }
+
+  fn target(&self) -> Option<StageTx> {
+    self.bound.clone()
+  }
+
+  /// Create Medusa's `idempotency_key` table (same columns, constraint and index names) if it
+  /// is missing. A no-op on a Medusa database and when run twice.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn migrate<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Reply<()>>> {
+    let core = self.core.clone();
+    spawn(env, async move { core.migrate().await })
+  }
+
+  /// Execute the initial step of an idempotent request: return the key (creating it with the
+  /// client's value, or a fresh UUID when `headerKey` is empty) and claim it for this request.
+  /// Fails with `IDEMPOTENCY_KEY_LOCKED` while another request holds an unfinished key, and
+  /// `IDEMPOTENCY_KEY_REUSED` when the key was created for a different request. A finished key
+  /// is returned to everyone (replay).
+  #[napi(
+    ts_args_type = "headerKey: string | undefined | null, reqMethod?: string | null, reqParams?: unknown, reqPath?: string | null",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn initialize_request<'env>(
+    &self,
+    env: &'env Env,
+    header_key: Unknown,
+    method: Unknown,
+    params: Unknown,
+    path: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let e = env.raw();
+    let (key, fp) = args!(env, {
+      let hk = header_key.raw();
+      let key = if js::is_nullish(e, hk) {
+        None
+      } else {
+        Some(js::get_string(e, hk, "headerKey")?)
+      };
+      Ok((key, fingerprint(e, method.raw(), params.raw(), path.raw())?))
+    });
+    let (core, bound) = (self.core.clone(), self.target());
+    spawn(env, async move {
+      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      core.initialize_request(target, key.as_deref(), fp).await
+    })
+  }
+
+  /// Create a key. `payload.idempotency_key` is used when given, else a UUID v4. A duplicate
+  /// key fails with type `duplicate_error`, code `23505`.
+  #[napi(
+    ts_args_type = "payload: { idempotency_key?: string | null, request_method?: string | null, request_params?: unknown, request_path?: string | null, recovery_point?: string }",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn create<'env>(
+    &self,
+    env: &'env Env,
+    payload: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let e = env.raw();
+    let (key, fp, rp) = args!(env, {
+      let p = payload.raw();
+      if js::is_nullish(e, p) {
+        return Ok((None, Fingerprint::default(), None));
+      }
+      if js::type_of(e, p) != sys::ValueType::napi_object {
+        return Err(Error::InvalidArgument("payload must be an object".into()));
+      }
+      let get = |n: &str| js::get_property(e, p, n, n);
+      let opt = |n: &str| -> JsResult<Option<String>> {
+        let v = get(n)?;
+        if js::is_nullish(e, v) {
+          Ok(None)
+        } else {
+          js::get_string(e, v, n).map(Some)
+        }
+      };
+      let fp = fingerprint(
+        e,
+        get("request_method")?,
+        get("request_params")?,
+        get("request_path")?,
+      )?;
+      Ok((opt("idempotency_key")?, fp, opt("recovery_point")?))
+    });
+    let (core, bound) = (self.core.clone(), self.target());
+    spawn(env, async move {
+      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      core.create(target, key.as_deref(), fp, rp).await
+    })
+  }
+
+  /// Retrieve a key by its value, or by a selector of column equalities (`null` is IS NULL,
+  /// an array is IN), as Medusa's Stripe plugin does with `{ request_path, idempotency_key }`.
+  #[napi(
+    ts_args_type = "idempotencyKeyOrSelector: string | Partial<Record<keyof IdempotencyKey, unknown>>",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn retrieve<'env>(
+    &self,
+    env: &'env Env,
+    arg: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let e = env.raw();
+    enum By {
+      Key(String),
+      Selector(Vec<(String, idempotency_core::UpdateValue)>, String),
+    }
+    let by = args!(env, {
+      let v = arg.raw();
+      match js::type_of(e, v) {
+        sys::ValueType::napi_undefined | sys::ValueType::napi_null => Err(Error::NotFound(
+          "\"idempotencyKeyOrSelector\" must be defined".into(),
+        )),
+        sys::ValueType::napi_string => Ok(By::Key(key_arg(e, v)?)),
+        _ => {
+          let f = fields(e, v, "selector")?;
+          let shown = serde_json::Value::Object(
+            f.iter()
+              .map(|(k, v)| {
+                (
+                  k.clone(),
+                  match v {
+                    idempotency_core::UpdateValue::Json(j) => j.clone(),
+                    idempotency_core::UpdateValue::Null => serde_json::Value::Null,
+                    idempotency_core::UpdateValue::Date(d) => {
+                      serde_json::Value::String(d.to_rfc3339())
+                    }
+                  },
+                )
+              })
+              .collect(),
+          )
+          .to_string();
+          Ok(By::Selector(f, shown))
+        }
+      }
+    });
+    let (core, bound) = (self.core.clone(), self.target());
+    spawn(env, async move {
+      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      match by {
+        By::Key(k) => core.retrieve(target, &k).await,
+        By::Selector(f, shown) => core.retrieve_by(target, f, &shown).await,
+      }
+    })
+  }
+
+  /// Lock a key: atomically set `locked_at` unless another caller locked it within
+  /// `lockTimeoutMs`. Of N concurrent callers exactly one wins; the others get `conflict`.
+  #[napi(
+    ts_args_type = "idempotencyKey: string",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn lock<'env>(
+    &self,
+    env: &'env Env,
+    key: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let key = args!(env, key_arg(env.raw(), key.raw()));
+    let (core, bound) = (self.core.clone(), self.target());
+    spawn(env, async move {
+      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      core.lock(target, &key).await
+    })
+  }
+
+  /// Set the given columns of a key (`undefined` leaves a column alone, `null` writes NULL).
+  /// Setting `recovery_point: "finished"` also releases the request lease.
+  #[napi(
+    ts_args_type = "idempotencyKey: string, update: Partial<Omit<IdempotencyKey, 'id' | 'idempotency_key' | 'created_at'>>",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn update<'env>(
+    &self,
+    env: &'env Env,
+    key: Unknown,
+    update: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let e = env.raw();
+    let (key, u) = args!(env, {
+      let key = key_arg(e, key.raw())?;
+      Ok((
+        key,
+        KeyUpdate::from_fields(fields(e, update.raw(), "update")?)?,
+      ))
+    });
+    let (core, bound) = (self.core.clone(), self.target());
+    spawn(env, async move {
+      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      core.update(target, &key, u).await
+    })
+  }
+
+  /// Run `callback` inside a database transaction with the key's row locked (`FOR UPDATE
+  /// NOWAIT`: a key another stage is working fails at once with `IDEMPOTENCY_KEY_LOCKED`, before
+  /// the callback runs). What the callback writes through `tx` and the key's new state commit
+  /// together. The callback returns `{ recovery_point }` to move on, or `{ response_code,
+  /// response_body }` to finish. If it throws, everything rolls back and the same error value is
+  /// rethrown. Pass `{ recoveryPoint }` to refuse a stale stage (`IDEMPOTENCY_KEY_STALE`).
+  #[napi(
+    ts_args_type = "idempotencyKey: string, callback: (tx: TransactionManager) => StageReturnValue | Promise<StageReturnValue>, options?: WorkStageOptions",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn work_stage<'env>(
+    &self,
+    env: &'env Env,
+    key: Unknown,
+    callback: Unknown,
+    options: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let e = env.raw();
+    let (key, expected) = args!(env, {
+      let key = key_arg(e, key.raw())?;
+      if js::type_of(e, callback.raw()) != sys::ValueType::napi_function {
+        return Err(Error::InvalidArgument("callback must be a function".into()));
+      }
+      let o = options.raw();
+      let expected = if js::is_nullish(e, o) {
+        None
+      } else if js::type_of(e, o) != sys::ValueType::napi_object {
+        return Err(Error::InvalidArgument("options must be an object".into()));
+      } else {
+        let rp = js::get_property(e, o, "recoveryPoint", "recoveryPoint")?;
+        if js::is_nullish(e, rp) {
+          None
+        } else {
+          Some(js::get_string(e, rp, "recoveryPoint")?)
+        }
+      };
+      Ok((key, expected))
+    });
+    let tsfn: StageCallback = unsafe { StageCallback::from_napi_value(e, callback.raw())? };
+    let (core, bound) = (self.core.clone(), self.target());
+    env.spawn_future(async move {
+      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      let tsfn = &tsfn;
+      let result = core
+        .work_stage(target, &key, expected.as_deref(), |tx| async move {
+          let settled = match tsfn.call_async_catch(TransactionManager { tx }).await {
+            Ok(Either::A(promise)) => promise.await,
+            Ok(Either::B(value)) => Ok(value),
+            Err(thrown) => Err(thrown),
+          };
+          match settled {
+            Ok(StageReturn(r)) => r.map_err(StageError::Core),
+            Err(thrown) => Err(StageError::Callback(thrown)),
+          }
+        })
+        .await;
+      match result {
+        Ok(k) => Ok(Reply(Ok(k))),
+        Err(StageError::Core(err)) => Ok(Reply(Err(err))),
+        // The callback's own error value, passed back untouched.
+        Err(StageError::Callback(thrown)) => Err(thrown),
+      }
+    })
+  }
+
+  /// Return a copy of the service whose every statement runs in `manager`'s transaction (a
+  /// `TransactionManager` from a native stage). No argument returns the service itself.
+  #[napi(
+    ts_args_type = "manager?: TransactionManager",
+    ts_return_type = "IdempotencyKeyService"
+  )]
+  pub fn with_transaction(&self, env: &Env, this: This, manager: Unknown) -> Result<RawValue> {
+    let e = env.raw();
+    let m = manager.raw();
+    unsafe {
+      if js::is_nullish(e, m) {
+        return Ok(RawValue(this.object.raw()));
+      }
+      let tm = match <&TransactionManager>::from_napi_value(e, m) {
+        Ok(tm) => tm,
+        Err(_) => {
+          return Err(reject(
+            e,
+            &Error::InvalidArgument("withTransaction() takes a TransactionManager".into()),
+          ))
+        }
+      };
+      let copy = IdempotencyKeyService {
+        core: self.core.clone(),
+        bound: Some(tm.tx.clone()),
+      };
+      Ok(RawValue(ToNapiValue::to_napi_value(e, copy)?))
+    }
+  }
+
+  /// Close the pool, waiting for connections in use to be returned.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Reply<()>>> {
+    let core = self.core.clone();
+    spawn(env, async move {
+      core.close().await;
+      Ok(())
+    })
+  }
+}
