@@ -4,7 +4,7 @@
 
 #![deny(clippy::all)]
 
-pub mod js;
+mod js;
 
 use idempotency_core::{
   Error, Fingerprint, IdempotencyKey, Isolation, KeyUpdate, Options, Param, QueryResult, Service,
@@ -24,6 +24,8 @@ type Raw = sys::napi_value;
 pub struct Reply<T>(JsResult<T>);
 
 pub trait IntoJs {
+  /// # Safety
+  /// `env` must be the live environment of the JS thread this is called on.
   unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw>;
 }
 
@@ -107,9 +109,14 @@ fn rejected<'env, T: IntoJs + Send + 'static>(
   spawn(env, async move { Err(e) })
 }
 
+/// Runs an argument conversion; the closure gives `?` inside it a scope of its own.
+fn convert<T>(f: impl FnOnce() -> JsResult<T>) -> JsResult<T> {
+  f()
+}
+
 macro_rules! args {
   ($env:expr, $e:expr) => {
-    match (|| -> JsResult<_> { unsafe { $e } })() {
+    match convert(|| unsafe { $e }) {
       Ok(v) => v,
       Err(e) => return rejected($env, e),
     }

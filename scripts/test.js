@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+// `npm test`: lint, Rust tests of the core against a fresh PostgreSQL database, the addon
+// build, then the JS contract suite. Stops at the first failing step.
+const { execSync } = require('node:child_process')
+const { Client } = require('pg')
+
+const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
+
+function run(cmd, env = {}) {
+  console.log(`\n$ ${cmd}`)
+  execSync(cmd, { stdio: 'inherit', env: { ...process.env, ...env } })
+}
+
+/** Run the Rust tests with a per-run database prefix, then drop what they created. */
+async function withDbPrefix(fn) {
+  const prefix = `idem_core_${process.pid}_${Date.now()}_`
+  try {
+    fn(prefix)
+  } finally {
+    const c = new Client({ connectionString: ADMIN_URL })
+    await c.connect()
+    const { rows } = await c.query('SELECT datname FROM pg_database WHERE starts_with(datname, $1)', [prefix])
+    for (const { datname } of rows) await c.query(`DROP DATABASE IF EXISTS "${datname}" WITH (FORCE)`)
+    await c.end()
+  }
+}
+
+;(async () => {
+  const quick = process.argv.includes('--js-only')
+  if (!quick) {
+    run('cargo fmt --all -- --check')
+    run('cargo clippy --all-targets -- -D warnings')
+    await withDbPrefix((prefix) => run('cargo test -p idempotency-core', { TEST_DB_PREFIX: prefix }))
+    run('npx napi build --platform')
+    run('git diff --exit-code -- index.d.ts index.js')
+  }
+  run('node --test --test-concurrency=1 __test__/')
+})().catch((e) => {
+  console.error(e.message)
+  process.exit(1)
+})
