@@ -12,8 +12,10 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** Medusa's `IdempotencyKeyService`, backed by Rust and a connection pool. */
 export declare class IdempotencyKeyService {
   /**
-   * Connect to PostgreSQL. Takes a URL (`postgres://postgres@127.0.0.1:5432/app`) or
-   * {@link ConnectOptions}; with neither, `DATABASE_URL`. Does not migrate: call `migrate()`.
+   * Connect to PostgreSQL (`postgres://postgres@127.0.0.1:5432/app`) or SQLite
+   * (`sqlite://./idempotency.db`, `sqlite::memory:`). Takes a URL or {@link ConnectOptions};
+   * with neither, `DATABASE_URL`, else the embedded SQLite file `./idempotency.db`.
+   * Does not migrate: call `migrate()`.
    */
   static connect(urlOrOptions?: string | ConnectOptions): Promise<IdempotencyKeyService>
   /**
@@ -85,9 +87,12 @@ export declare class TransactionManager {
 
 /** Options for {@link IdempotencyKeyService.connect}. */
 export interface ConnectOptions {
-  /** `postgres://user@host:port/db`. Defaults to `DATABASE_URL`. */
+  /**
+   * `postgres://user@host:port/db`, `sqlite://./file.db` or `sqlite::memory:`. Defaults to
+   * `DATABASE_URL`, else the embedded SQLite file `./idempotency.db`.
+   */
   url?: string
-  /** Pool size (default 10). */
+  /** Pool size (default 10; always 1 for `sqlite::memory:`). */
   maxConnections?: number
   /** Isolation of native stages: `"SERIALIZABLE"` (default), `"REPEATABLE READ"` or `"READ COMMITTED"`. */
   isolationLevel?: string
@@ -99,6 +104,8 @@ export interface ConnectOptions {
   stageTimeoutMs?: number
   /** How long a call waits for a pooled connection before `POOL_TIMEOUT`, in ms (default 10000). */
   acquireTimeoutMs?: number
+  /** SQLite: how long a writer waits for the write lock before `DATABASE_BUSY`, in ms (default 5000). */
+  busyTimeoutMs?: number
 }
 
 /** A row of Medusa's `idempotency_key` table, every field present. */

@@ -171,6 +171,9 @@ unsafe fn connect_options(env: sys::napi_env, arg: Raw) -> JsResult<Options> {
       if let Some(n) = opt_u32(env, arg, "acquireTimeoutMs")? {
         o.acquire_timeout = Duration::from_millis(n as u64);
       }
+      if let Some(n) = opt_u32(env, arg, "busyTimeoutMs")? {
+        o.busy_timeout = Duration::from_millis(n as u64);
+      }
       Ok(o)
     }
     _ => Err(Error::InvalidArgument(
@@ -188,9 +191,10 @@ fn default_url() -> JsResult<String> {
 /// Options for {@link IdempotencyKeyService.connect}.
 #[napi(object)]
 pub struct ConnectOptions {
-  /// `postgres://user@host:port/db`. Defaults to `DATABASE_URL`.
+  /// `postgres://user@host:port/db`, `sqlite://./file.db` or `sqlite::memory:`. Defaults to
+  /// `DATABASE_URL`, else the embedded SQLite file `./idempotency.db`.
   pub url: Option<String>,
-  /// Pool size (default 10).
+  /// Pool size (default 10; always 1 for `sqlite::memory:`).
   pub max_connections: Option<u32>,
   /// Isolation of native stages: `"SERIALIZABLE"` (default), `"REPEATABLE READ"` or `"READ COMMITTED"`.
   pub isolation_level: Option<String>,
@@ -202,6 +206,8 @@ pub struct ConnectOptions {
   pub stage_timeout_ms: Option<u32>,
   /// How long a call waits for a pooled connection before `POOL_TIMEOUT`, in ms (default 10000).
   pub acquire_timeout_ms: Option<u32>,
+  /// SQLite: how long a writer waits for the write lock before `DATABASE_BUSY`, in ms (default 5000).
+  pub busy_timeout_ms: Option<u32>,
 }
 
 /// Optional third argument of `workStage`.
@@ -417,8 +423,10 @@ unsafe fn fields(
 
 #[napi]
 impl IdempotencyKeyService {
-  /// Connect to PostgreSQL. Takes a URL (`postgres://postgres@127.0.0.1:5432/app`) or
-  /// {@link ConnectOptions}; with neither, `DATABASE_URL`. Does not migrate: call `migrate()`.
+  /// Connect to PostgreSQL (`postgres://postgres@127.0.0.1:5432/app`) or SQLite
+  /// (`sqlite://./idempotency.db`, `sqlite::memory:`). Takes a URL or {@link ConnectOptions};
+  /// with neither, `DATABASE_URL`, else the embedded SQLite file `./idempotency.db`.
+  /// Does not migrate: call `migrate()`.
   #[napi(
     ts_args_type = "urlOrOptions?: string | ConnectOptions",
     ts_return_type = "Promise<IdempotencyKeyService>"

@@ -70,6 +70,9 @@ pub enum Error {
   /// Waiting for a pooled connection ran out.
   #[error("Timed out waiting for a database connection from the pool")]
   PoolTimeout,
+  /// SQLite: the write lock stayed taken for longer than the busy timeout.
+  #[error("The database stayed locked by another writer for longer than the busy timeout")]
+  Busy,
   /// The service was closed.
   #[error("The service is closed")]
   Closed,
@@ -95,6 +98,7 @@ impl Error {
       Error::QueryNotAwaited => "QUERY_NOT_AWAITED",
       Error::Database { sqlstate, .. } => sqlstate.as_deref().unwrap_or("DATABASE_ERROR"),
       Error::PoolTimeout => "POOL_TIMEOUT",
+      Error::Busy => "DATABASE_BUSY",
       Error::Closed => "SERVICE_CLOSED",
       Error::Connection(_) => "CONNECTION_FAILED",
     }
@@ -104,7 +108,7 @@ impl Error {
   pub fn kind(&self) -> Kind {
     match self {
       Error::NotFound(_) => Kind::NotFound,
-      Error::Locked(_) | Error::Stale { .. } => Kind::Conflict,
+      Error::Locked(_) | Error::Stale { .. } | Error::Busy => Kind::Conflict,
       Error::Reused(_) => Kind::DuplicateError,
       Error::InvalidArgument(_) => Kind::InvalidData,
       Error::Ambiguous(_)
@@ -155,10 +159,31 @@ fn is_retryable_state(s: &str) -> bool {
 impl From<sqlx::Error> for Error {
   fn from(e: sqlx::Error) -> Self {
     match e {
-      sqlx::Error::Database(db) => Error::Database {
-        sqlstate: db.code().map(|c| c.into_owned()),
-        message: db.message().to_owned(),
-      },
+      sqlx::Error::Database(db) => {
+        if db
+          .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+          .is_some()
+        {
+          return Error::Database {
+            sqlstate: db.code().map(|c| c.into_owned()),
+            message: db.message().to_owned(),
+          };
+        }
+        // SQLite: result codes, not SQLSTATEs. Map the ones callers act on.
+        let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+        let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(-1);
+        match (db.kind(), primary) {
+          (_, 5) | (_, 6) => Error::Busy,
+          (sqlx::error::ErrorKind::UniqueViolation, _) => Error::Database {
+            sqlstate: Some("23505".into()),
+            message: db.message().to_owned(),
+          },
+          _ => Error::Database {
+            sqlstate: Some(format!("SQLITE_{code}")),
+            message: db.message().to_owned(),
+          },
+        }
+      }
       sqlx::Error::PoolTimedOut => Error::PoolTimeout,
       sqlx::Error::PoolClosed => Error::Closed,
       // Io/Tls/Protocol errors describe the socket, never the URL.

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod key;
+mod lite;
 pub mod service;
 pub mod stage;
 pub mod value;
@@ -18,4 +19,10 @@ pub use value::{Cell, Param, QueryResult};
 pub const MIGRATIONS_POSTGRES: &[(&str, &str)] = &[(
   "20240101000000_idempotency_key.sql",
   include_str!("../../../migrations/postgres/20240101000000_idempotency_key.sql"),
+)];
+
+/// SQLite migrations, in order: (file name, SQL). Each is safe to run again.
+pub const MIGRATIONS_SQLITE: &[(&str, &str)] = &[(
+  "20240101000000_idempotency_key.sql",
+  include_str!("../../../migrations/sqlite/20240101000000_idempotency_key.sql"),
 )];

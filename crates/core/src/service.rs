@@ -1,4 +1,4 @@
-//! Medusa's `IdempotencyKeyService` on PostgreSQL: every method as one or two statements
+//! Medusa's `IdempotencyKeyService` on PostgreSQL (and SQLite, see `lite`): every method as one or two statements
 //! whose concurrency lives in SQL (conditional `UPDATE … RETURNING`, `INSERT … ON CONFLICT`,
 //! `FOR UPDATE NOWAIT`), and `work_stage`, which runs a caller-supplied callback inside a
 //! transaction this module owns.
@@ -7,13 +7,17 @@ use crate::error::{Error, Result};
 use crate::key::{
   validate_key, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, COLUMNS, FINISHED,
 };
-use crate::stage::{PgTx, StageTx};
+use crate::lite::{self, Claim};
+use crate::stage::{ConnRef, StageTx, TxConn};
 use futures_util::FutureExt;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
+use std::collections::HashSet;
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Mutex as StdMutex;
 use std::time::Duration;
 
 /// Transaction isolation of native stages.
@@ -59,6 +63,8 @@ pub struct Options {
   pub stage_timeout: Option<Duration>,
   /// How long a caller waits for a pooled connection.
   pub acquire_timeout: Duration,
+  /// SQLite: how long a writer waits for the database's write lock.
+  pub busy_timeout: Duration,
 }
 
 impl Options {
@@ -71,6 +77,7 @@ impl Options {
       max_retries: 3,
       stage_timeout: Some(Duration::from_secs(60)),
       acquire_timeout: Duration::from_secs(10),
+      busy_timeout: Duration::from_secs(5),
     }
   }
 }
@@ -106,8 +113,28 @@ pub enum Target<'a> {
 }
 
 pub struct Service {
-  pool: PgPool,
+  backend: Backend,
   opts: Options,
+}
+
+enum Backend {
+  Pg(PgPool),
+  Lite {
+    pool: SqlitePool,
+    /// Keys whose stage is running in this process: SQLite's stand-in for a held row lock.
+    working: StdMutex<HashSet<String>>,
+    /// Stages queue here for the single write lock instead of polling SQLite's busy handler.
+    writer: tokio::sync::Mutex<()>,
+  },
+}
+
+/// Removes a key from the working set when its SQLite stage ends, however it ends.
+struct Working<'a>(&'a StdMutex<HashSet<String>>, String);
+
+impl Drop for Working<'_> {
+  fn drop(&mut self) {
+    self.0.lock().unwrap().remove(&self.1);
+  }
 }
 
 const LOCK_SQL: &str =
@@ -135,21 +162,70 @@ fn boxed<'c, T: 'c>(
 }
 
 impl Service {
+  /// Connect to `postgres://…` or `sqlite://path` / `sqlite::memory:`.
   pub async fn connect(opts: Options) -> Result<Self> {
     if opts.max_connections == 0 {
       return Err(Error::invalid("maxConnections must be at least 1"));
     }
-    let connect = PgConnectOptions::from_str(&opts.url)
-      .map_err(|_| Error::invalid("invalid PostgreSQL connection URL"))?;
-    let pool = PgPoolOptions::new()
-      .max_connections(opts.max_connections)
-      .acquire_timeout(opts.acquire_timeout)
-      // The ping on every acquire costs a round trip per operation; a broken connection
-      // surfaces as a typed error on first use instead and is then dropped by the pool.
-      .test_before_acquire(false)
-      .connect_with(connect)
-      .await?;
-    Ok(Service { pool, opts })
+    let url = opts.url.as_str();
+    let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+      let connect = PgConnectOptions::from_str(url)
+        .map_err(|_| Error::invalid("invalid PostgreSQL connection URL"))?;
+      let pool = PgPoolOptions::new()
+        .max_connections(opts.max_connections)
+        .acquire_timeout(opts.acquire_timeout)
+        // The ping on every acquire costs a round trip per operation; a broken connection
+        // surfaces as a typed error on first use instead and is then dropped by the pool.
+        .test_before_acquire(false)
+        .connect_with(connect)
+        .await?;
+      Backend::Pg(pool)
+    } else if url.starts_with("sqlite:") {
+      let memory = url.contains(":memory:") || url.contains("mode=memory");
+      let connect = SqliteConnectOptions::from_str(url)
+        .map_err(|_| Error::invalid("invalid SQLite URL"))?
+        .create_if_missing(true)
+        .busy_timeout(opts.busy_timeout)
+        .foreign_keys(true);
+      let connect = if memory {
+        connect
+      } else {
+        connect.journal_mode(SqliteJournalMode::Wal)
+      };
+      // Every connection to `sqlite::memory:` is a separate database: one connection only.
+      let size = if memory { 1 } else { opts.max_connections };
+      let pool = SqlitePoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(opts.acquire_timeout)
+        .test_before_acquire(false)
+        .connect_with(connect)
+        .await?;
+      Backend::Lite {
+        pool,
+        working: StdMutex::new(HashSet::new()),
+        writer: tokio::sync::Mutex::new(()),
+      }
+    } else {
+      return Err(Error::invalid(
+        "unsupported database URL: use postgres://… or sqlite://…",
+      ));
+    };
+    Ok(Service { backend, opts })
+  }
+
+  /// "postgres" or "sqlite".
+  pub fn backend_name(&self) -> &'static str {
+    match self.backend {
+      Backend::Pg(_) => "postgres",
+      Backend::Lite { .. } => "sqlite",
+    }
+  }
+
+  fn lite_working(&self, key: &str) -> bool {
+    match &self.backend {
+      Backend::Lite { working, .. } => working.lock().unwrap().contains(key),
+      Backend::Pg(_) => false,
+    }
   }
 
   pub fn options(&self) -> &Options {
@@ -157,27 +233,45 @@ impl Service {
   }
 
   pub async fn close(&self) {
-    self.pool.close().await;
+    match &self.backend {
+      Backend::Pg(p) => p.close().await,
+      Backend::Lite { pool, .. } => pool.close().await,
+    }
   }
 
   /// Run `f` on a pooled connection or on the bound stage's connection.
   async fn on<T: Send>(
     &self,
     target: Target<'_>,
-    f: impl for<'c> FnOnce(&'c mut PgConnection) -> futures_util::future::BoxFuture<'c, Result<T>>,
+    f: impl for<'c> FnOnce(ConnRef<'c>) -> futures_util::future::BoxFuture<'c, Result<T>>,
   ) -> Result<T> {
-    match target {
-      Target::Pool => {
-        let mut conn = self.pool.acquire().await?;
-        f(&mut conn).await
+    match (target, &self.backend) {
+      (Target::Tx(tx), _) => tx.with_conn(f).await,
+      (Target::Pool, Backend::Pg(pool)) => {
+        let mut conn = pool.acquire().await?;
+        f(ConnRef::Pg(&mut conn)).await
       }
-      Target::Tx(tx) => tx.with_conn(f).await,
+      (Target::Pool, Backend::Lite { pool, .. }) => {
+        let mut conn = pool.acquire().await?;
+        f(ConnRef::Lite(&mut conn)).await
+      }
     }
   }
 
   /// Create Medusa's table when missing; a no-op on a Medusa database and when run twice.
   pub async fn migrate(&self) -> Result<()> {
-    let mut tx = self.pool.begin().await?;
+    let pool = match &self.backend {
+      Backend::Pg(p) => p,
+      Backend::Lite { pool, .. } => {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (_, sql) in crate::MIGRATIONS_SQLITE {
+          sqlx::Executor::execute(&mut *tx, *sql).await?;
+        }
+        tx.commit().await?;
+        return Ok(());
+      }
+    };
+    let mut tx = pool.begin().await?;
     // Serialise concurrent migrations (two processes starting at once would otherwise race
     // on CREATE TABLE IF NOT EXISTS and fail with 23505 on pg_type).
     sqlx::query("SELECT pg_advisory_xact_lock(8245017791)")
@@ -209,9 +303,19 @@ impl Service {
     let lease_ms = self.opts.lock_timeout.as_millis() as f64;
     let id = crate::key::new_id();
     let params = fp.params.clone().map(sqlx::types::Json);
+    let may_claim = !self.lite_working(&key);
     self
       .on(target, move |c| {
         boxed(async move {
+          let c = match c {
+            ConnRef::Pg(c) => c,
+            ConnRef::Lite(c) => {
+              return match lite::insert_or_claim(c, &id, &key, &fp, lease_ms, may_claim).await? {
+                Claim::Got(k) => Ok(k),
+                Claim::Existing { key: found, same_request } => classify(found, same_request, &key),
+              };
+            }
+          };
           const INSERT: &str = concat!(
             "INSERT INTO idempotency_key (id, idempotency_key, locked_at, request_method, request_params, request_path) ",
             "VALUES ($1, $2, clock_timestamp(), $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
@@ -278,14 +382,7 @@ impl Service {
             // Deleted between our statements (a reap): the caller may simply retry.
             .ok_or_else(|| Error::locked(&key))?;
           let same: bool = row.try_get("same_request")?;
-          let found = IdempotencyKey::from_pg(&row)?;
-          if !same {
-            return Err(Error::Reused(key));
-          }
-          if found.is_finished() {
-            return Ok(found);
-          }
-          Err(Error::locked(&key))
+          classify(IdempotencyKey::from_pg(&row)?, same, &key)
         })
       })
       .await
@@ -310,6 +407,10 @@ impl Service {
     self
       .on(target, move |c| {
         boxed(async move {
+          let c = match c {
+            ConnRef::Pg(c) => c,
+            ConnRef::Lite(c) => return lite::create(c, &id, &key, &fp, recovery_point).await.map_err(|e| duplicate(e, &key)),
+          };
           const SQL: &str = concat!(
             "INSERT INTO idempotency_key (id, idempotency_key, request_method, request_params, request_path, recovery_point) ",
             "VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'started')) RETURNING ",
@@ -324,13 +425,7 @@ impl Service {
             .bind(recovery_point)
             .fetch_one(&mut *c)
             .await
-            .map_err(|e| match Error::from(e) {
-              Error::Database { sqlstate: Some(s), .. } if s == "23505" => Error::Database {
-                sqlstate: Some(s),
-                message: format!("Idempotency key {key} already exists"),
-              },
-              other => other,
-            })?;
+            .map_err(|e| duplicate(Error::from(e), &key))?;
           IdempotencyKey::from_pg(&row)
         })
       })
@@ -360,6 +455,7 @@ impl Service {
     shown: &str,
   ) -> Result<IdempotencyKey> {
     let mut sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE TRUE");
+    let mut lite_where = String::new();
     let mut binds: Vec<(&'static str, UpdateValue)> = Vec::new();
     for (name, value) in selector {
       let (col, cast) = match name.as_str() {
@@ -380,33 +476,49 @@ impl Service {
         }
       };
       match value {
-        UpdateValue::Null => sql += &format!(" AND {col} IS NULL"),
+        UpdateValue::Null => {
+          sql += &format!(" AND {col} IS NULL");
+          lite_where += &format!(" AND {col} IS NULL");
+        }
         UpdateValue::Json(Value::Array(items)) if cast.is_empty() => {
           binds.push((col, UpdateValue::Json(Value::Array(items))));
           sql += &format!(" AND {col} = ANY(${})", binds.len());
+          lite_where += &format!(" AND {col} {}", lite::in_list(binds.len()));
         }
         v => {
           binds.push((col, v));
           sql += &format!(" AND {col} = ${}{cast}", binds.len());
+          lite_where += &format!(" AND {col} = ?{}", binds.len());
         }
       }
     }
     sql += " LIMIT 2";
     let shown = shown.to_owned();
-    let rows = self
+    let mut rows = self
       .on(target, move |c| {
         boxed(async move {
+          let c = match c {
+            ConnRef::Pg(c) => c,
+            ConnRef::Lite(c) => {
+              let binds: Vec<_> = binds.into_iter().map(|(c, v)| (c, false, v)).collect();
+              return lite::select_by(c, &binds, &lite_where).await;
+            }
+          };
           let mut q = sqlx::query(&sql);
           for (col, v) in &binds {
             q = bind_column(q, col, v)?;
           }
-          Ok(q.fetch_all(&mut *c).await?)
+          q.fetch_all(&mut *c)
+            .await?
+            .iter()
+            .map(IdempotencyKey::from_pg)
+            .collect()
         })
       })
       .await?;
     match rows.len() {
       0 => Err(Error::not_found(&shown)),
-      1 => IdempotencyKey::from_pg(&rows[0]),
+      1 => Ok(rows.remove(0)),
       _ => Err(Error::Ambiguous(format!(
         "More than one idempotency key matches {shown}"
       ))),
@@ -421,6 +533,16 @@ impl Service {
     self
       .on(target, move |c| {
         boxed(async move {
+          let c = match c {
+            ConnRef::Pg(c) => c,
+            ConnRef::Lite(c) => {
+              return match lite::lock(c, &key, lease_ms).await? {
+                Some(k) => Ok(k),
+                None if lite::exists(c, &key).await? => Err(Error::Locked("Key already locked".into())),
+                None => Err(Error::not_found(&key)),
+              };
+            }
+          };
           const SQL: &str = concat!(
             "UPDATE idempotency_key SET locked_at = clock_timestamp() WHERE idempotency_key = $1 ",
             "AND (locked_at IS NULL OR locked_at <= clock_timestamp() - $2 * interval '1 millisecond') RETURNING ",
@@ -480,6 +602,14 @@ impl Service {
     self
       .on(target, move |c| {
         boxed(async move {
+          let c = match c {
+            ConnRef::Pg(c) => c,
+            ConnRef::Lite(c) => {
+              return lite::update(c, &key, u)
+                .await?
+                .ok_or_else(|| Error::not_found(&key))
+            }
+          };
           let mut q = sqlx::query(&sql).bind(&key);
           if let Some(v) = u.locked_at {
             q = q.bind(v);
@@ -511,18 +641,91 @@ impl Service {
       .await
   }
 
-  /// Release the lease of a key whose stage failed after its callback ran. On the pool, in
-  /// the background: when bound, the caller's open transaction still holds the row lock, and
-  /// we must not wait on it.
+  /// Release the lease of a key whose stage failed after its callback ran. On the pool:
+  /// when bound, the caller's open transaction still holds the row lock, so this runs in the
+  /// background and must not be awaited by the stage.
   fn release_in_background(&self, key: String) {
-    let pool = self.pool.clone();
-    tokio::spawn(async move {
-      let _ = sqlx::query(RELEASE_SQL).bind(key).execute(&pool).await;
-    });
+    match &self.backend {
+      Backend::Pg(pool) => {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+          let _ = sqlx::query(RELEASE_SQL).bind(key).execute(&pool).await;
+        });
+      }
+      Backend::Lite { pool, .. } => {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+          let _ = sqlx::query(lite::RELEASE_SQL)
+            .bind(key)
+            .execute(&pool)
+            .await;
+        });
+      }
+    }
   }
 
   async fn release(&self, key: &str) {
-    let _ = sqlx::query(RELEASE_SQL).bind(key).execute(&self.pool).await;
+    let _ = match &self.backend {
+      Backend::Pg(pool) => sqlx::query(RELEASE_SQL)
+        .bind(key)
+        .execute(pool)
+        .await
+        .map(|_| ()),
+      Backend::Lite { pool, .. } => sqlx::query(lite::RELEASE_SQL)
+        .bind(key)
+        .execute(pool)
+        .await
+        .map(|_| ()),
+    };
+  }
+
+  /// Open a stage transaction with the key's row claimed for this stage. On SQLite the write
+  /// lock is taken up front and a key another stage of this process is working is refused
+  /// at once, like `FOR UPDATE NOWAIT` on PostgreSQL.
+  async fn begin_stage<'s>(
+    &'s self,
+    key: &str,
+    expected: Option<&str>,
+  ) -> Result<(TxConn, IdempotencyKey, Option<Working<'s>>)> {
+    match &self.backend {
+      Backend::Pg(pool) => {
+        let mut tx = pool.begin_with(self.opts.isolation.begin_sql()).await?;
+        match lock_row(&mut tx, key, expected).await {
+          Ok(k) => Ok((TxConn::Pg(tx), k, None)),
+          Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+          }
+        }
+      }
+      Backend::Lite {
+        pool,
+        working,
+        writer,
+      } => {
+        if !working.lock().unwrap().insert(key.to_owned()) {
+          return Err(Error::locked(key));
+        }
+        let guard = Working(working, key.to_owned());
+        let gate = tokio::time::timeout(self.opts.busy_timeout, writer.lock())
+          .await
+          .map_err(|_| Error::Busy)?;
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        drop(gate); // SQLite's own write lock now serialises writers.
+        let row = lite::select_key(&mut tx, key).await;
+        let checked = row.and_then(|r| {
+          let k = r.ok_or_else(|| Error::not_found(key))?;
+          check_expected(k, key, expected)
+        });
+        match checked {
+          Ok(k) => Ok((TxConn::Lite(tx), k, Some(guard))),
+          Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+          }
+        }
+      }
+    }
   }
 
   /// Medusa's `workStage` (SPEC §4). `callback` is called once per attempt with a fresh
@@ -543,22 +746,14 @@ impl Service {
     }
     let mut attempt = 0;
     loop {
-      let mut tx: PgTx = self
-        .pool
-        .begin_with(self.opts.isolation.begin_sql())
-        .await
-        .map_err(Error::from)?;
-      let locked = match lock_row(&mut tx, key, expected).await {
-        Ok(k) => k,
-        Err(e) => {
-          let _ = tx.rollback().await;
-          if e.is_retryable() && attempt < self.opts.max_retries {
-            attempt += 1;
-            backoff(attempt).await;
-            continue;
-          }
-          return Err(StageError::Core(e));
+      let (tx, locked, working) = match self.begin_stage(key, expected).await {
+        Ok(t) => t,
+        Err(e) if e.is_retryable() && attempt < self.opts.max_retries => {
+          attempt += 1;
+          backoff(attempt).await;
+          continue;
         }
+        Err(e) => return Err(StageError::Core(e)),
       };
       let stx = StageTx::new(tx);
       let outcome = self.run_callback(&stx, key, &mut callback).await;
@@ -568,31 +763,34 @@ impl Service {
       };
       let result = match outcome {
         Err(StageError::Core(e @ Error::StageTimeout { .. })) => {
-          // A query may still be running on the connection; roll back without waiting.
+          // A query may still be running on the connection: roll back and release the
+          // lease without making the caller wait for it.
           let key = key.to_owned();
-          let pool = self.pool.clone();
+          let release = self.release_task(key);
           tokio::spawn(async move {
-            let _ = tx.rollback().await;
-            let _ = sqlx::query(RELEASE_SQL).bind(key).execute(&pool).await;
+            tx.rollback().await;
+            release.await;
           });
+          drop(working);
           return Err(StageError::Core(e));
         }
         Err(e) => Err(e),
         Ok(_) if failure.is_some() => Err(StageError::Core(caught(failure.clone().unwrap()))),
-        Ok(r) => apply(&mut tx, &locked.id, r)
+        Ok(r) => apply_any(tx.conn(), &locked.id, r)
           .await
           .map_err(StageError::Core),
       };
       let result = match result {
         Ok(updated) => match tx.commit().await {
           Ok(()) => return Ok(updated),
-          Err(e) => Err(StageError::Core(Error::from(e))),
+          Err(e) => Err(StageError::Core(e)),
         },
         Err(e) => {
-          let _ = tx.rollback().await;
+          tx.rollback().await;
           Err(e)
         }
       };
+      drop(working);
       let retryable = match (&result, &failure) {
         (_, Some(f)) if f.is_retryable() => true,
         (Err(StageError::Core(e)), _) => e.is_retryable(),
@@ -605,6 +803,27 @@ impl Service {
       }
       self.release(key).await;
       return result;
+    }
+  }
+
+  /// A future releasing `key`'s lease on the pool, for use after the stage returned.
+  fn release_task(&self, key: String) -> futures_util::future::BoxFuture<'static, ()> {
+    match &self.backend {
+      Backend::Pg(pool) => {
+        let pool = pool.clone();
+        boxed_unit(async move {
+          let _ = sqlx::query(RELEASE_SQL).bind(key).execute(&pool).await;
+        })
+      }
+      Backend::Lite { pool, .. } => {
+        let pool = pool.clone();
+        boxed_unit(async move {
+          let _ = sqlx::query(lite::RELEASE_SQL)
+            .bind(key)
+            .execute(&pool)
+            .await;
+        })
+      }
     }
   }
 
@@ -658,33 +877,51 @@ impl Service {
     let locked = parent
       .with_conn(move |c| {
         boxed(async move {
-          sqlx::query("SAVEPOINT medusa_idempotency_stage")
-            .execute(&mut *c)
-            .await?;
-          match lock_row(c, &k, exp.as_deref()).await {
-            Ok(row) => Ok(row),
-            Err(e) => {
-              sqlx::query("ROLLBACK TO SAVEPOINT medusa_idempotency_stage")
-                .execute(&mut *c)
-                .await?;
-              Err(e)
+          savepoint(c, "SAVEPOINT medusa_idempotency_stage").await?;
+          Ok(())
+        })
+      })
+      .await?;
+    let _: () = locked;
+    let locked = parent
+      .with_conn(move |c| {
+        boxed(async move {
+          match c {
+            ConnRef::Pg(c) => lock_row(c, &k, exp.as_deref()).await,
+            ConnRef::Lite(c) => {
+              let found = lite::select_key(c, &k)
+                .await?
+                .ok_or_else(|| Error::not_found(&k))?;
+              check_expected(found, &k, exp.as_deref())
             }
           }
         })
       })
-      .await?;
+      .await;
+    let locked = match locked {
+      Ok(k) => k,
+      Err(e) => {
+        let _ = parent
+          .with_conn(|c| {
+            boxed(savepoint(
+              c,
+              "ROLLBACK TO SAVEPOINT medusa_idempotency_stage",
+            ))
+          })
+          .await;
+        return Err(StageError::Core(e));
+      }
+    };
     let outcome = self.run_callback(parent, key, &mut callback).await;
     let failed_inside = parent.failure().is_some() && before.is_none();
     let result = match outcome {
       Ok(r) if !failed_inside => {
         let id = locked.id.clone();
         parent
-          .with_conn(move |c| {
+          .with_conn(move |mut c| {
             boxed(async move {
-              let updated = apply(c, &id, r).await?;
-              sqlx::query("RELEASE SAVEPOINT medusa_idempotency_stage")
-                .execute(&mut *c)
-                .await?;
+              let updated = apply_any(reborrow(&mut c), &id, r).await?;
+              savepoint(c, "RELEASE SAVEPOINT medusa_idempotency_stage").await?;
               Ok(updated)
             })
           })
@@ -697,12 +934,10 @@ impl Service {
     if result.is_err() {
       let _ = parent
         .with_conn(|c| {
-          boxed(async move {
-            sqlx::query("ROLLBACK TO SAVEPOINT medusa_idempotency_stage")
-              .execute(&mut *c)
-              .await?;
-            Ok(())
-          })
+          boxed(savepoint(
+            c,
+            "ROLLBACK TO SAVEPOINT medusa_idempotency_stage",
+          ))
         })
         .await;
       parent.set_failure(before);
@@ -710,6 +945,74 @@ impl Service {
     }
     result
   }
+}
+
+fn reborrow<'a>(c: &'a mut ConnRef<'_>) -> ConnRef<'a> {
+  match c {
+    ConnRef::Pg(c) => ConnRef::Pg(c),
+    ConnRef::Lite(c) => ConnRef::Lite(c),
+  }
+}
+
+async fn savepoint(c: ConnRef<'_>, sql: &'static str) -> Result<()> {
+  match c {
+    ConnRef::Pg(c) => sqlx::query(sql).execute(c).await.map(|_| ()),
+    ConnRef::Lite(c) => sqlx::query(sql).execute(c).await.map(|_| ()),
+  }
+  .map_err(Error::from)
+}
+
+fn boxed_unit(
+  f: impl Future<Output = ()> + Send + 'static,
+) -> futures_util::future::BoxFuture<'static, ()> {
+  f.boxed()
+}
+
+async fn apply_any(c: ConnRef<'_>, id: &str, r: StageResult) -> Result<IdempotencyKey> {
+  match c {
+    ConnRef::Pg(c) => apply(c, id, r).await,
+    ConnRef::Lite(c) => lite::apply(c, id, r).await,
+  }
+}
+
+/// A found key: a different request is refused, a finished one replayed, else it is leased.
+fn classify(found: IdempotencyKey, same_request: bool, key: &str) -> Result<IdempotencyKey> {
+  if !same_request {
+    return Err(Error::Reused(key.to_owned()));
+  }
+  if found.is_finished() {
+    return Ok(found);
+  }
+  Err(Error::locked(key))
+}
+
+fn duplicate(e: Error, key: &str) -> Error {
+  match e {
+    Error::Database {
+      sqlstate: Some(s), ..
+    } if s == "23505" => Error::Database {
+      sqlstate: Some(s),
+      message: format!("Idempotency key {key} already exists"),
+    },
+    other => other,
+  }
+}
+
+fn check_expected(
+  current: IdempotencyKey,
+  key: &str,
+  expected: Option<&str>,
+) -> Result<IdempotencyKey> {
+  if let Some(exp) = expected {
+    if current.recovery_point != exp {
+      return Err(Error::Stale {
+        key: key.to_owned(),
+        expected: exp.to_owned(),
+        actual: current.recovery_point,
+      });
+    }
+  }
+  Ok(current)
 }
 
 /// The stage's row, locked without waiting; refused when another stage holds it, missing, or
@@ -735,16 +1038,7 @@ async fn lock_row(
     }
   };
   let current = IdempotencyKey::from_pg(&row.ok_or_else(|| Error::not_found(key))?)?;
-  if let Some(exp) = expected {
-    if current.recovery_point != exp {
-      return Err(Error::Stale {
-        key: key.to_owned(),
-        expected: exp.to_owned(),
-        actual: current.recovery_point,
-      });
-    }
-  }
-  Ok(current)
+  check_expected(current, key, expected)
 }
 
 async fn apply(c: &mut PgConnection, id: &str, r: StageResult) -> Result<IdempotencyKey> {

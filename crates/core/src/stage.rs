@@ -5,15 +5,53 @@
 //! handle refuses every further query.
 
 use crate::error::{Error, Result};
+use crate::lite::LiteTx;
 use crate::value::{bind, decode, Param, QueryResult};
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
 use sqlx::{Column, Executor, Postgres, Row, Statement};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::{Mutex, Notify};
 
 pub(crate) type PgTx = sqlx::Transaction<'static, Postgres>;
+
+/// A stage transaction on either backend.
+pub(crate) enum TxConn {
+  Pg(PgTx),
+  Lite(LiteTx),
+}
+
+/// A connection of either backend, borrowed for one operation.
+pub(crate) enum ConnRef<'c> {
+  Pg(&'c mut PgConnection),
+  Lite(&'c mut SqliteConnection),
+}
+
+impl TxConn {
+  pub(crate) fn conn(&mut self) -> ConnRef<'_> {
+    match self {
+      TxConn::Pg(t) => ConnRef::Pg(t),
+      TxConn::Lite(t) => ConnRef::Lite(t),
+    }
+  }
+
+  pub(crate) async fn commit(self) -> Result<()> {
+    match self {
+      TxConn::Pg(t) => t.commit().await?,
+      TxConn::Lite(t) => t.commit().await?,
+    }
+    Ok(())
+  }
+
+  pub(crate) async fn rollback(self) {
+    let _ = match self {
+      TxConn::Pg(t) => t.rollback().await,
+      TxConn::Lite(t) => t.rollback().await,
+    };
+  }
+}
 
 /// A live stage transaction, shared between the stage driver and the JS handle.
 #[derive(Clone)]
@@ -22,7 +60,7 @@ pub struct StageTx {
 }
 
 struct Inner {
-  tx: Mutex<Option<PgTx>>,
+  tx: Mutex<Option<TxConn>>,
   pending: AtomicUsize,
   idle: Notify,
   closed: AtomicBool,
@@ -42,7 +80,7 @@ impl Drop for Pending {
 }
 
 impl StageTx {
-  pub(crate) fn new(tx: PgTx) -> Self {
+  pub(crate) fn new(tx: TxConn) -> Self {
     StageTx {
       inner: Arc::new(Inner {
         tx: Mutex::new(Some(tx)),
@@ -78,8 +116,14 @@ impl StageTx {
     if self.inner.closed.load(Ordering::SeqCst) {
       return Err(Error::TransactionClosed);
     }
+    let run = async {
+      match tx {
+        TxConn::Pg(t) => run_query(t, sql, params).await,
+        TxConn::Lite(t) => crate::lite::run_query(t, sql, params).await,
+      }
+    };
     let result = tokio::select! {
-      r = run_query(tx, sql, params) => r,
+      r = run => r,
       _ = cancelled => Err(Error::TransactionClosed),
     };
     if let Err(e) = &result {
@@ -94,11 +138,11 @@ impl StageTx {
   /// Run a statement of the service itself (not counted, not cancelled).
   pub(crate) async fn with_conn<T>(
     &self,
-    f: impl for<'c> FnOnce(&'c mut PgConnection) -> futures_util::future::BoxFuture<'c, Result<T>>,
+    f: impl for<'c> FnOnce(ConnRef<'c>) -> futures_util::future::BoxFuture<'c, Result<T>>,
   ) -> Result<T> {
     let mut guard = self.inner.tx.lock().await;
     let tx = guard.as_mut().ok_or(Error::TransactionClosed)?;
-    f(tx).await
+    f(tx.conn()).await
   }
 
   /// Wait until no query the callback started is running; returns how many were running
@@ -129,7 +173,7 @@ impl StageTx {
   }
 
   /// Close the handle and take the transaction out to commit or roll back.
-  pub(crate) async fn take(&self) -> Option<PgTx> {
+  pub(crate) async fn take(&self) -> Option<TxConn> {
     self.close();
     self.inner.tx.lock().await.take()
   }

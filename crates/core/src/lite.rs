@@ -1,0 +1,471 @@
+//! SQLite, the embedded default: the same operations as on PostgreSQL, in SQLite's dialect.
+//!
+//! SQLite has one writer at a time and no row locks, so a stage takes the write lock up front
+//! (`BEGIN IMMEDIATE`), and "another stage is working this key" is known in-process (the
+//! service keeps the set of keys whose stage is running) instead of through `FOR UPDATE NOWAIT`.
+//! Timestamps are stored as ISO 8601 text in UTC with milliseconds (sortable, readable), JSON
+//! columns as text.
+
+use crate::error::{Error, Result};
+use crate::key::{Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, COLUMNS};
+use crate::service::StageResult;
+use crate::value::{Cell, Param, QueryResult};
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
+use sqlx::{Column, Executor, Row, Sqlite, TypeInfo, ValueRef};
+
+pub(crate) type LiteTx = sqlx::Transaction<'static, Sqlite>;
+type LiteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
+
+/// The current time as stored: `2024-01-02T03:04:05.678Z`.
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+pub(crate) fn iso(d: &DateTime<Utc>) -> String {
+  d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>> {
+  DateTime::parse_from_rfc3339(s)
+    .map(|d| d.with_timezone(&Utc))
+    .or_else(|_| {
+      chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc())
+    })
+    .map_err(|_| Error::Database {
+      sqlstate: None,
+      message: format!("stored timestamp '{s}' is not ISO 8601"),
+    })
+}
+
+fn parse_json(s: Option<String>) -> Result<Option<Value>> {
+  s.map(|t| {
+    serde_json::from_str(&t).map_err(|_| Error::Database {
+      sqlstate: None,
+      message: "stored JSON column is not valid JSON".into(),
+    })
+  })
+  .transpose()
+}
+
+fn json_text(v: &Option<Value>) -> Option<String> {
+  v.as_ref().map(|j| j.to_string())
+}
+
+pub(crate) fn key_from_row(row: &SqliteRow) -> Result<IdempotencyKey> {
+  Ok(IdempotencyKey {
+    id: row.try_get("id")?,
+    idempotency_key: row.try_get("idempotency_key")?,
+    created_at: parse_time(&row.try_get::<String, _>("created_at")?)?,
+    locked_at: row
+      .try_get::<Option<String>, _>("locked_at")?
+      .map(|s| parse_time(&s))
+      .transpose()?,
+    request_method: row.try_get("request_method")?,
+    request_params: parse_json(row.try_get("request_params")?)?,
+    request_path: row.try_get("request_path")?,
+    response_code: row.try_get("response_code")?,
+    response_body: parse_json(row.try_get("response_body")?)?,
+    recovery_point: row.try_get("recovery_point")?,
+  })
+}
+
+/// SQLite's date modifier for "lease_ms ago".
+fn ago(lease_ms: f64) -> String {
+  format!("-{:.3} seconds", lease_ms / 1000.0)
+}
+
+/// Outcome of the insert-or-claim of `initializeRequest`.
+pub(crate) enum Claim {
+  Got(IdempotencyKey),
+  Existing {
+    key: IdempotencyKey,
+    same_request: bool,
+  },
+}
+
+pub(crate) async fn insert_or_claim(
+  c: &mut SqliteConnection,
+  id: &str,
+  key: &str,
+  fp: &Fingerprint,
+  lease_ms: f64,
+  may_claim: bool,
+) -> Result<Claim> {
+  let params = json_text(&fp.params);
+  let sql = format!(
+    "INSERT INTO idempotency_key (id, idempotency_key, locked_at, request_method, request_params, request_path) \
+     VALUES (?1, ?2, {NOW}, ?3, ?4, ?5) ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
+  );
+  let inserted = sqlx::query(&sql)
+    .bind(id)
+    .bind(key)
+    .bind(&fp.method)
+    .bind(&params)
+    .bind(&fp.path)
+    .fetch_optional(&mut *c)
+    .await?;
+  if let Some(row) = inserted {
+    return Ok(Claim::Got(key_from_row(&row)?));
+  }
+  const SAME: &str = "(request_method IS NULL OR request_method IS ?3) AND (request_path IS NULL OR request_path IS ?4) \
+     AND (request_params IS NULL OR request_params IS ?5)";
+  if may_claim {
+    let sql = format!(
+      "UPDATE idempotency_key SET locked_at = {NOW} WHERE idempotency_key = ?1 AND recovery_point <> 'finished' \
+       AND (locked_at IS NULL OR locked_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)) AND {SAME} RETURNING {COLUMNS}"
+    );
+    let claimed = sqlx::query(&sql)
+      .bind(key)
+      .bind(ago(lease_ms))
+      .bind(&fp.method)
+      .bind(&fp.path)
+      .bind(&params)
+      .fetch_optional(&mut *c)
+      .await?;
+    if let Some(row) = claimed {
+      return Ok(Claim::Got(key_from_row(&row)?));
+    }
+  }
+  let sql = format!(
+    "SELECT {COLUMNS}, ({SAME}) AS same_request FROM idempotency_key WHERE idempotency_key = ?1"
+  );
+  let row = sqlx::query(&sql)
+    .bind(key)
+    .bind(ago(lease_ms))
+    .bind(&fp.method)
+    .bind(&fp.path)
+    .bind(&params)
+    .fetch_optional(&mut *c)
+    .await?
+    .ok_or_else(|| Error::locked(key))?;
+  Ok(Claim::Existing {
+    key: key_from_row(&row)?,
+    same_request: row.try_get::<bool, _>("same_request")?,
+  })
+}
+
+pub(crate) async fn create(
+  c: &mut SqliteConnection,
+  id: &str,
+  key: &str,
+  fp: &Fingerprint,
+  recovery_point: Option<String>,
+) -> Result<IdempotencyKey> {
+  let sql = format!(
+    "INSERT INTO idempotency_key (id, idempotency_key, request_method, request_params, request_path, recovery_point) \
+     VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?6, 'started')) RETURNING {COLUMNS}"
+  );
+  let row = sqlx::query(&sql)
+    .bind(id)
+    .bind(key)
+    .bind(&fp.method)
+    .bind(json_text(&fp.params))
+    .bind(&fp.path)
+    .bind(recovery_point)
+    .fetch_one(&mut *c)
+    .await?;
+  key_from_row(&row)
+}
+
+pub(crate) async fn select_by(
+  c: &mut SqliteConnection,
+  binds: &[(&'static str, bool, UpdateValue)],
+  where_sql: &str,
+) -> Result<Vec<IdempotencyKey>> {
+  let sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE TRUE{where_sql} LIMIT 2");
+  let mut q = sqlx::query(&sql);
+  for (col, _, v) in binds {
+    q = bind_column(q, col, v)?;
+  }
+  q.fetch_all(&mut *c)
+    .await?
+    .iter()
+    .map(key_from_row)
+    .collect()
+}
+
+/// `col IN (…)` for a bound JSON array, as SQLite has no array parameters.
+pub(crate) fn in_list(n: usize) -> String {
+  format!("IN (SELECT value FROM json_each(?{n}))")
+}
+
+fn bind_column<'q>(q: LiteQuery<'q>, col: &str, v: &'q UpdateValue) -> Result<LiteQuery<'q>> {
+  let bad = || Error::invalid(format!("selector value for '{col}' has the wrong type"));
+  Ok(match (col, v) {
+    ("request_params" | "response_body", UpdateValue::Json(j)) => q.bind(j.to_string()),
+    (_, UpdateValue::Json(Value::Array(items))) => q.bind(Value::Array(items.clone()).to_string()),
+    ("response_code", UpdateValue::Json(Value::Number(n))) => q.bind(n.as_i64().ok_or_else(bad)?),
+    ("created_at" | "locked_at", UpdateValue::Date(d)) => q.bind(iso(d)),
+    ("created_at" | "locked_at", _) => return Err(bad()),
+    (_, UpdateValue::Json(Value::String(s))) => q.bind(s.as_str()),
+    _ => return Err(bad()),
+  })
+}
+
+pub(crate) async fn lock(
+  c: &mut SqliteConnection,
+  key: &str,
+  lease_ms: f64,
+) -> Result<Option<IdempotencyKey>> {
+  let sql = format!(
+    "UPDATE idempotency_key SET locked_at = {NOW} WHERE idempotency_key = ?1 \
+     AND (locked_at IS NULL OR locked_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)) RETURNING {COLUMNS}"
+  );
+  sqlx::query(&sql)
+    .bind(key)
+    .bind(ago(lease_ms))
+    .fetch_optional(&mut *c)
+    .await?
+    .map(|r| key_from_row(&r))
+    .transpose()
+}
+
+pub(crate) async fn exists(c: &mut SqliteConnection, key: &str) -> Result<bool> {
+  Ok(
+    sqlx::query("SELECT 1 FROM idempotency_key WHERE idempotency_key = ?1")
+      .bind(key)
+      .fetch_optional(&mut *c)
+      .await?
+      .is_some(),
+  )
+}
+
+pub(crate) async fn update(
+  c: &mut SqliteConnection,
+  key: &str,
+  u: KeyUpdate,
+) -> Result<Option<IdempotencyKey>> {
+  let mut sets = Vec::new();
+  let mut q_binds: Vec<Option<String>> = Vec::new();
+  let mut code: Option<Option<i32>> = None;
+  if let Some(v) = u.locked_at {
+    q_binds.push(v.as_ref().map(iso));
+    sets.push(format!("locked_at = ?{}", q_binds.len() + 1));
+  }
+  for (col, v) in [
+    ("request_method", u.request_method),
+    ("request_path", u.request_path),
+    ("recovery_point", u.recovery_point.map(Some)),
+  ] {
+    if let Some(v) = v {
+      q_binds.push(v);
+      sets.push(format!("{col} = ?{}", q_binds.len() + 1));
+    }
+  }
+  for (col, v) in [
+    ("request_params", u.request_params),
+    ("response_body", u.response_body),
+  ] {
+    if let Some(v) = v {
+      q_binds.push(json_text(&v));
+      sets.push(format!("{col} = ?{}", q_binds.len() + 1));
+    }
+  }
+  if let Some(v) = u.response_code {
+    code = Some(v);
+    sets.push(format!("response_code = ?{}", q_binds.len() + 2));
+  }
+  let sql = if sets.is_empty() {
+    format!("SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = ?1")
+  } else {
+    format!(
+      "UPDATE idempotency_key SET {} WHERE idempotency_key = ?1 RETURNING {COLUMNS}",
+      sets.join(", ")
+    )
+  };
+  let mut q = sqlx::query(&sql).bind(key);
+  for b in q_binds {
+    q = q.bind(b);
+  }
+  if let Some(v) = code {
+    q = q.bind(v);
+  }
+  q.fetch_optional(&mut *c)
+    .await?
+    .map(|r| key_from_row(&r))
+    .transpose()
+}
+
+pub(crate) async fn select_key(
+  c: &mut SqliteConnection,
+  key: &str,
+) -> Result<Option<IdempotencyKey>> {
+  let sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = ?1");
+  sqlx::query(&sql)
+    .bind(key)
+    .fetch_optional(&mut *c)
+    .await?
+    .map(|r| key_from_row(&r))
+    .transpose()
+}
+
+pub(crate) async fn apply(
+  c: &mut SqliteConnection,
+  id: &str,
+  r: StageResult,
+) -> Result<IdempotencyKey> {
+  let sql = format!(
+    "UPDATE idempotency_key SET recovery_point = COALESCE(?2, 'finished'), \
+     locked_at = CASE WHEN ?2 IS NULL THEN NULL ELSE {NOW} END, \
+     response_code = CASE WHEN ?2 IS NULL AND ?3 THEN ?4 ELSE response_code END, \
+     response_body = CASE WHEN ?2 IS NULL AND ?5 THEN ?6 ELSE response_body END \
+     WHERE id = ?1 RETURNING {COLUMNS}"
+  );
+  let (set_code, code) = r.response_code.map_or((false, None), |v| (true, v));
+  let (set_body, body) = r.response_body.map_or((false, None), |v| (true, v));
+  let row = sqlx::query(&sql)
+    .bind(id)
+    .bind(r.recovery_point)
+    .bind(set_code)
+    .bind(code)
+    .bind(set_body)
+    .bind(json_text(&body))
+    .fetch_one(&mut *c)
+    .await?;
+  key_from_row(&row)
+}
+
+pub(crate) const RELEASE_SQL: &str =
+  "UPDATE idempotency_key SET locked_at = NULL WHERE idempotency_key = ?1 AND recovery_point <> 'finished'";
+
+/// `$1` → `?1`, so callers can write the same placeholders for both backends. Quoted strings,
+/// quoted identifiers and comments are left alone.
+pub(crate) fn placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
+  if !sql.contains('$') {
+    return sql.into();
+  }
+  let b = sql.as_bytes();
+  let mut out = String::with_capacity(sql.len());
+  let mut i = 0;
+  while i < b.len() {
+    let ch = b[i];
+    match ch {
+      b'\'' | b'"' | b'`' => {
+        let end = b[i + 1..]
+          .iter()
+          .position(|&x| x == ch)
+          .map_or(b.len(), |p| i + 1 + p + 1);
+        out.push_str(&sql[i..end]);
+        i = end;
+      }
+      b'-' if b.get(i + 1) == Some(&b'-') => {
+        let end = b[i..]
+          .iter()
+          .position(|&x| x == b'\n')
+          .map_or(b.len(), |p| i + p);
+        out.push_str(&sql[i..end]);
+        i = end;
+      }
+      b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+        out.push('?');
+        i += 1;
+      }
+      _ => {
+        let next = sql[i..].chars().next().unwrap();
+        out.push(next);
+        i += next.len_utf8();
+      }
+    }
+  }
+  out.into()
+}
+
+fn bind_param<'q>(q: LiteQuery<'q>, p: &'q Param) -> Result<LiteQuery<'q>> {
+  Ok(match p {
+    Param::Null => q.bind(None::<i64>),
+    Param::Bool(b) => q.bind(*b as i64),
+    Param::Number(n) if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_992e15 => {
+      q.bind(*n as i64)
+    }
+    Param::Number(n) => q.bind(*n),
+    Param::BigInt(s) => match s.parse::<i64>() {
+      Ok(i) => q.bind(i),
+      Err(_) => q.bind(s.as_str()),
+    },
+    Param::Text(s) => q.bind(s.as_str()),
+    Param::Bytes(b) => q.bind(b.as_slice()),
+    Param::Date(ms) => q.bind(iso(
+      &DateTime::from_timestamp_millis(*ms as i64)
+        .ok_or_else(|| Error::invalid("invalid Date parameter"))?,
+    )),
+    other => q.bind(crate::value::to_json(other).to_string()),
+  })
+}
+
+/// Run one statement of a stage callback: values by SQLite storage class, integers beyond
+/// 2^53 as strings.
+pub(crate) async fn run_query(
+  c: &mut SqliteConnection,
+  sql: &str,
+  params: &[Param],
+) -> Result<QueryResult> {
+  let sql = placeholders(sql);
+  let stmt = (&mut *c).prepare_with(&sql, &[]).await?;
+  let expected = match sqlx::Statement::parameters(&stmt) {
+    Some(sqlx::Either::Right(n)) => n,
+    Some(sqlx::Either::Left(types)) => types.len(),
+    None => params.len(),
+  };
+  if expected != params.len() {
+    return Err(Error::invalid(format!(
+      "the statement expects {expected} parameter(s), {} given",
+      params.len()
+    )));
+  }
+  let mut q = sqlx::query::<Sqlite>(&sql);
+  for p in params {
+    q = bind_param(q, p)?;
+  }
+  let mut out = QueryResult::default();
+  let mut stream = c.fetch_many(q);
+  while let Some(item) = stream.try_next().await? {
+    match item {
+      sqlx::Either::Left(done) => out.rows_affected += done.rows_affected(),
+      sqlx::Either::Right(row) => {
+        if out.columns.is_empty() {
+          out.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+        }
+        let mut cells = Vec::with_capacity(row.len());
+        for i in 0..row.len() {
+          let raw = row.try_get_raw(i)?;
+          let class = if raw.is_null() {
+            "NULL".to_owned()
+          } else {
+            raw.type_info().name().to_owned()
+          };
+          cells.push(match class.as_str() {
+            "NULL" => Cell::Null,
+            "INTEGER" | "BOOLEAN" | "INT8" => {
+              let n: i64 = row.try_get_unchecked(i)?;
+              if n.unsigned_abs() <= 1 << 53 {
+                Cell::Number(n as f64)
+              } else {
+                Cell::Text(n.to_string())
+              }
+            }
+            "REAL" => Cell::Number(row.try_get_unchecked(i)?),
+            "BLOB" => Cell::Bytes(row.try_get_unchecked(i)?),
+            _ => Cell::Text(row.try_get_unchecked(i)?),
+          });
+        }
+        out.rows.push(cells);
+      }
+    }
+  }
+  Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::placeholders;
+
+  #[test]
+  fn placeholders_skip_strings_and_comments() {
+    assert_eq!(
+      placeholders("SELECT $1, '$2', \"$3\" -- $4\n, $10"),
+      "SELECT ?1, '$2', \"$3\" -- $4\n, ?10"
+    );
+    assert_eq!(placeholders("SELECT 'é' || $1"), "SELECT 'é' || ?1");
+  }
+}
