@@ -281,8 +281,13 @@ pub(crate) unsafe fn to_update_value(
   v: Raw,
   what: &str,
 ) -> JsResult<Option<UpdateValue>> {
-  if type_of(env, v) == sys::ValueType::napi_null {
-    return Ok(Some(UpdateValue::Null));
+  match type_of(env, v) {
+    sys::ValueType::napi_null => return Ok(Some(UpdateValue::Null)),
+    sys::ValueType::napi_undefined => return Ok(None),
+    sys::ValueType::napi_function | sys::ValueType::napi_symbol => {
+      return Err(invalid(format!("{what} cannot be a function or Symbol")))
+    }
+    _ => {}
   }
   if type_of(env, v) == sys::ValueType::napi_object && is(env, v, sys::napi_is_date) {
     let ms = date_ms(env, v);

@@ -6,6 +6,7 @@
 
 mod js;
 
+use futures_util::FutureExt;
 use idempotency_core::{
   Error, Fingerprint, IdempotencyKey, Isolation, KeyUpdate, Options, Param, QueryResult, Service,
   StageError, StageResult, StageTx, Target,
@@ -15,6 +16,7 @@ use napi::bindgen_prelude::*;
 use napi::sys;
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,12 +95,16 @@ impl ToNapiValue for RawValue {
   }
 }
 
-/// Start a future whose core errors reject as typed JS errors.
+/// Start a future whose core errors reject as typed JS errors. A panic (a bug) becomes a typed
+/// `INTERNAL_ERROR` rejection instead of napi's untyped one.
 fn spawn<'env, T: IntoJs + Send + 'static>(
   env: &'env Env,
   fut: impl std::future::Future<Output = JsResult<T>> + Send + 'static,
 ) -> Result<PromiseRaw<'env, Reply<T>>> {
-  env.spawn_future(async move { Ok(Reply(fut.await)) })
+  env.spawn_future(async move {
+    let caught = AssertUnwindSafe(fut).catch_unwind().await;
+    Ok(Reply(caught.unwrap_or_else(|p| Err(Error::from_panic(p)))))
+  })
 }
 
 /// Bad arguments reject (never throw synchronously) like any other failure of an async method.
@@ -560,6 +566,12 @@ impl IdempotencyKeyService {
         sys::ValueType::napi_string => Ok(By::Key(key_arg(e, v)?)),
         _ => {
           let f = fields(e, v, "selector")?;
+          if f.is_empty() {
+            // TypeORM would return an arbitrary row for `{}`; a selector must select.
+            return Err(Error::InvalidArgument(
+              "the selector names no column".into(),
+            ));
+          }
           let shown = serde_json::Value::Object(
             f.iter()
               .map(|(k, v)| {
@@ -708,28 +720,30 @@ impl IdempotencyKeyService {
     ts_args_type = "manager?: TransactionManager",
     ts_return_type = "IdempotencyKeyService"
   )]
-  pub fn with_transaction(&self, env: &Env, this: This, manager: Unknown) -> Result<RawValue> {
+  pub fn with_transaction(
+    &self,
+    env: &Env,
+    this: This,
+    manager: Option<Either<&TransactionManager, Unknown>>,
+  ) -> Result<RawValue> {
     let e = env.raw();
-    let m = manager.raw();
-    unsafe {
-      if js::is_nullish(e, m) {
-        return Ok(RawValue(this.object.raw()));
-      }
-      let tm = match <&TransactionManager>::from_napi_value(e, m) {
-        Ok(tm) => tm,
-        Err(_) => {
-          return Err(reject(
+    let tm = match manager {
+      Some(Either::A(tm)) => tm,
+      Some(Either::B(other)) if unsafe { !js::is_nullish(e, other.raw()) } => {
+        return Err(unsafe {
+          reject(
             e,
             &Error::InvalidArgument("withTransaction() takes a TransactionManager".into()),
-          ))
-        }
-      };
-      let copy = IdempotencyKeyService {
-        core: self.core.clone(),
-        bound: Some(tm.tx.clone()),
-      };
-      Ok(RawValue(ToNapiValue::to_napi_value(e, copy)?))
-    }
+          )
+        })
+      }
+      _ => return Ok(RawValue(this.object.raw())),
+    };
+    let copy = IdempotencyKeyService {
+      core: self.core.clone(),
+      bound: Some(tm.tx.clone()),
+    };
+    Ok(RawValue(unsafe { ToNapiValue::to_napi_value(e, copy)? }))
   }
 
   /// Close the pool, waiting for connections in use to be returned.

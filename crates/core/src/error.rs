@@ -73,6 +73,9 @@ pub enum Error {
   /// SQLite: the write lock stayed taken for longer than the busy timeout.
   #[error("The database stayed locked by another writer for longer than the busy timeout")]
   Busy,
+  /// A bug: a panic caught at the boundary.
+  #[error("internal error: {0}")]
+  Internal(String),
   /// The service was closed.
   #[error("The service is closed")]
   Closed,
@@ -98,6 +101,7 @@ impl Error {
       Error::QueryNotAwaited => "QUERY_NOT_AWAITED",
       Error::Database { sqlstate, .. } => sqlstate.as_deref().unwrap_or("DATABASE_ERROR"),
       Error::PoolTimeout => "POOL_TIMEOUT",
+      Error::Internal(_) => "INTERNAL_ERROR",
       Error::Busy => "DATABASE_BUSY",
       Error::Closed => "SERVICE_CLOSED",
       Error::Connection(_) => "CONNECTION_FAILED",
@@ -114,7 +118,8 @@ impl Error {
       Error::Ambiguous(_)
       | Error::StageTimeout { .. }
       | Error::TransactionClosed
-      | Error::QueryNotAwaited => Kind::UnexpectedState,
+      | Error::QueryNotAwaited
+      | Error::Internal(_) => Kind::UnexpectedState,
       Error::Database { sqlstate, .. } => match sqlstate.as_deref() {
         Some("23505") => Kind::DuplicateError,
         Some(s) if is_retryable_state(s) => Kind::Conflict,
@@ -135,6 +140,16 @@ impl Error {
       Error::Database { sqlstate, .. } => sqlstate.as_deref(),
       _ => None,
     }
+  }
+
+  /// A caught panic's payload as an error.
+  pub fn from_panic(p: Box<dyn std::any::Any + Send>) -> Self {
+    let msg = p
+      .downcast_ref::<&str>()
+      .map(|s| s.to_string())
+      .or_else(|| p.downcast_ref::<String>().cloned())
+      .unwrap_or_else(|| "panic".into());
+    Error::Internal(msg)
   }
 
   pub(crate) fn not_found(key: &str) -> Self {

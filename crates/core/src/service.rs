@@ -758,19 +758,24 @@ impl Service {
       let stx = StageTx::new(tx);
       let outcome = self.run_callback(&stx, key, &mut callback).await;
       let failure = stx.failure();
+      let in_flight = stx.in_flight();
       let Some(mut tx) = stx.take().await else {
         return Err(StageError::Core(Error::TransactionClosed));
       };
       let result = match outcome {
         Err(StageError::Core(e @ Error::StageTimeout { .. })) => {
-          // A query may still be running on the connection: roll back and release the
-          // lease without making the caller wait for it.
-          let key = key.to_owned();
-          let release = self.release_task(key);
-          tokio::spawn(async move {
+          let release = self.release_task(key.to_owned());
+          if in_flight == 0 {
             tx.rollback().await;
             release.await;
-          });
+          } else {
+            // A query is still running on the connection and the rollback waits for it:
+            // do not make the caller wait too.
+            tokio::spawn(async move {
+              tx.rollback().await;
+              release.await;
+            });
+          }
           drop(working);
           return Err(StageError::Core(e));
         }
@@ -874,15 +879,9 @@ impl Service {
     let before = parent.failure();
     let k = key.to_owned();
     let exp = expected.map(str::to_owned);
-    let locked = parent
-      .with_conn(move |c| {
-        boxed(async move {
-          savepoint(c, "SAVEPOINT medusa_idempotency_stage").await?;
-          Ok(())
-        })
-      })
+    parent
+      .with_conn(|c| boxed(savepoint(c, "SAVEPOINT medusa_idempotency_stage")))
       .await?;
-    let _: () = locked;
     let locked = parent
       .with_conn(move |c| {
         boxed(async move {

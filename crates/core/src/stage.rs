@@ -122,12 +122,13 @@ impl StageTx {
         TxConn::Lite(t) => crate::lite::run_query(t, sql, params).await,
       }
     };
+    let run = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
     let result = tokio::select! {
-      r = run => r,
+      r = run => r.unwrap_or_else(|p| Err(Error::from_panic(p))),
       _ = cancelled => Err(Error::TransactionClosed),
     };
     if let Err(e) = &result {
-      if matches!(e, Error::Database { .. }) {
+      if matches!(e, Error::Database { .. } | Error::Internal(_)) {
         let mut f = self.inner.failure.lock().unwrap();
         f.get_or_insert_with(|| e.clone());
       }
@@ -156,6 +157,11 @@ impl StageTx {
       }
       idle.await;
     }
+  }
+
+  /// Queries started and not yet finished.
+  pub(crate) fn in_flight(&self) -> usize {
+    self.inner.pending.load(Ordering::SeqCst)
   }
 
   pub(crate) fn failure(&self) -> Option<Error> {

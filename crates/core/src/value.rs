@@ -115,11 +115,18 @@ fn type_oid(ty: &PgTypeInfo) -> u32 {
   ty.oid().map(|o| o.0).unwrap_or(0)
 }
 
-fn is_textual(ty: &PgTypeInfo) -> bool {
+fn is_textual_oid(t: u32) -> bool {
   matches!(
-    type_oid(ty),
+    t,
     oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN | oid::XML
-  ) || matches!(ty.kind(), PgTypeKind::Enum(_))
+  )
+}
+
+/// Types sent and received as UTF-8 text. Only types the server described may be asked for
+/// their kind or name: sqlx panics on a type built from a bare OID.
+fn is_textual(ty: &PgTypeInfo) -> bool {
+  is_textual_oid(type_oid(ty))
+    || matches!(ty.kind(), PgTypeKind::Enum(_))
     || ty.name().eq_ignore_ascii_case("citext")
 }
 
@@ -267,7 +274,6 @@ fn encode_array(param: &Param, elem: u32) -> EncodeResult {
     Param::Array(items) => items,
     _ => return Err("expected an array".into()),
   };
-  let elem_ty = PgTypeInfo::with_oid(Oid(elem));
   let mut out = Vec::with_capacity(20 + items.len() * 8);
   let has_null = items.iter().any(|p| matches!(p, Param::Null));
   out.extend_from_slice(&1i32.to_be_bytes()); // dimensions
@@ -279,10 +285,10 @@ fn encode_array(param: &Param, elem: u32) -> EncodeResult {
     match item {
       Param::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
       p => {
-        let bytes = if is_textual(&elem_ty) {
+        let bytes = if is_textual_oid(elem) {
           as_text(p)?.into_bytes()
         } else {
-          encode_scalar(p, elem, elem_ty.name())?
+          encode_scalar(p, elem, "array element")?
         };
         out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
         out.extend_from_slice(&bytes);
@@ -557,14 +563,20 @@ pub(crate) fn decode(value: PgValueRef<'_>) -> Result<Cell> {
 }
 
 fn decode_bytes(b: &[u8], ty: &PgTypeInfo, text: bool) -> Result<Cell> {
-  let bad = || Error::Database {
-    sqlstate: None,
-    message: format!("could not decode a value of type {}", ty.name()),
-  };
   if text || is_textual(ty) {
     return Ok(Cell::Text(String::from_utf8_lossy(b).into_owned()));
   }
-  let t = type_oid(ty);
+  decode_oid(b, type_oid(ty))
+}
+
+fn decode_oid(b: &[u8], t: u32) -> Result<Cell> {
+  let bad = || Error::Database {
+    sqlstate: None,
+    message: format!("could not decode a value of type oid {t}"),
+  };
+  if is_textual_oid(t) {
+    return Ok(Cell::Text(String::from_utf8_lossy(b).into_owned()));
+  }
   if let Some(elem) = array_element(t) {
     return decode_array(b, elem).ok_or_else(bad);
   }
@@ -581,7 +593,13 @@ fn decode_bytes(b: &[u8], ty: &PgTypeInfo, text: bool) -> Result<Cell> {
     oid::INT4 => Cell::Number(i32::from_be_bytes(be(4)?.try_into().unwrap()) as f64),
     oid::OID => Cell::Number(u32::from_be_bytes(be(4)?.try_into().unwrap()) as f64),
     oid::INT8 => Cell::Text(i64::from_be_bytes(be(8)?.try_into().unwrap()).to_string()),
-    oid::FLOAT4 => Cell::Number(f32::from_be_bytes(be(4)?.try_into().unwrap()) as f64),
+    // Through the shortest decimal form, as node-postgres parses float4 text: 0.1, not 0.10000000149.
+    oid::FLOAT4 => Cell::Number(
+      f32::from_be_bytes(be(4)?.try_into().unwrap())
+        .to_string()
+        .parse()
+        .unwrap_or(f64::NAN),
+    ),
     oid::FLOAT8 => Cell::Number(f64::from_be_bytes(be(8)?.try_into().unwrap())),
     oid::NUMERIC => Cell::Text(decode_numeric(b).ok_or_else(bad)?),
     oid::UUID => Cell::Text(
@@ -600,7 +618,8 @@ fn decode_bytes(b: &[u8], ty: &PgTypeInfo, text: bool) -> Result<Cell> {
       match micros {
         i64::MAX => Cell::Number(f64::INFINITY),
         i64::MIN => Cell::Number(f64::NEG_INFINITY),
-        m => Cell::Date((m + PG_EPOCH_MICROS) as f64 / 1000.0),
+        // JS Dates hold milliseconds; round down like node-postgres (also before 1970).
+        m => Cell::Date((m + PG_EPOCH_MICROS).div_euclid(1000) as f64),
       }
     }
     oid::DATE => {
@@ -632,15 +651,13 @@ fn decode_array(b: &[u8], elem: u32) -> Option<Cell> {
   if ndim == 0 {
     return Some(Cell::Array(vec![]));
   }
-  if ndim != 1 {
-    // Multi-dimensional arrays are rare here; fail loudly rather than flatten them.
-    return None;
-  }
-  let len = i32_at(12)? as usize;
-  let elem_ty = PgTypeInfo::with_oid(Oid(elem));
-  let mut pos = 20;
-  let mut items = Vec::with_capacity(len);
-  for _ in 0..len {
+  let dims: Vec<usize> = (0..ndim as usize)
+    .map(|d| i32_at(12 + d * 8).map(|n| n as usize))
+    .collect::<Option<_>>()?;
+  let mut pos = 12 + dims.len() * 8;
+  let total: usize = dims.iter().product();
+  let mut items = Vec::with_capacity(total);
+  for _ in 0..total {
     let n = i32_at(pos)?;
     pos += 4;
     if n < 0 {
@@ -648,8 +665,20 @@ fn decode_array(b: &[u8], elem: u32) -> Option<Cell> {
     } else {
       let slice = b.get(pos..pos + n as usize)?;
       pos += n as usize;
-      items.push(decode_bytes(slice, &elem_ty, false).ok()?);
+      let cell = match decode_oid(slice, elem).ok()? {
+        // node-postgres parses numeric[] elements with parseFloat (unlike a numeric column).
+        Cell::Text(t) if elem == oid::NUMERIC => Cell::Number(t.parse().unwrap_or(f64::NAN)),
+        other => other,
+      };
+      items.push(cell);
     }
+  }
+  // Nest row-major, innermost dimension first, as node-postgres does.
+  for &len in dims[1..].iter().rev() {
+    items = items
+      .chunks(len.max(1))
+      .map(|c| Cell::Array(c.to_vec()))
+      .collect();
   }
   Some(Cell::Array(items))
 }
