@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// `npm test`: lint, Rust tests of the core against a fresh PostgreSQL database, the addon
-// build, then the JS contract suite. Stops at the first failing step.
+// `npm test`: lint, Rust tests of the core against fresh PostgreSQL databases, the addon
+// build, the JS contract suite on SQLite and on PostgreSQL, and the demo. Stops at the first
+// failing step.
 const { execSync } = require('node:child_process')
 const { Client } = require('pg')
 
@@ -34,7 +35,14 @@ async function withDbPrefix(fn) {
     run('npx napi build --platform')
     run('git diff --exit-code -- index.d.ts index.js')
   }
-  run('node --test --test-concurrency=1 __test__/')
+  // One contract suite, run against each backend.
+  for (const backend of ['sqlite', 'postgres']) {
+    run('node --test --test-concurrency=1 __test__/', { IDEM_BACKEND: backend, RUST_BACKTRACE: '0' })
+  }
+  // The README's demo, on a throwaway embedded database, so it cannot rot.
+  const demoDb = require('node:path').join(require('node:os').tmpdir(), `idem_demo_${process.pid}.db`)
+  run('node examples/checkout.js', { DATABASE_URL: `sqlite://${demoDb}` })
+  for (const suffix of ['', '-wal', '-shm']) require('node:fs').rmSync(demoDb + suffix, { force: true })
 })().catch((e) => {
   console.error(e.message)
   process.exit(1)

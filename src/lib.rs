@@ -188,10 +188,11 @@ unsafe fn connect_options(env: sys::napi_env, arg: Raw) -> JsResult<Options> {
   }
 }
 
+/// The embedded default when neither a URL nor `DATABASE_URL` is given.
+const EMBEDDED_URL: &str = "sqlite://./idempotency.db";
+
 fn default_url() -> JsResult<String> {
-  std::env::var("DATABASE_URL").map_err(|_| {
-    Error::InvalidArgument("no connection URL given and DATABASE_URL is not set".into())
-  })
+  Ok(std::env::var("DATABASE_URL").unwrap_or_else(|_| EMBEDDED_URL.to_owned()))
 }
 
 /// Options for {@link IdempotencyKeyService.connect}.

@@ -1,0 +1,185 @@
+#!/usr/bin/env node
+// An idempotent checkout over plain node:http, on the embedded SQLite default.
+//
+// POST /checkout with an `Idempotency-Key` header walks three work stages:
+//   started → stock_reserved → payment_captured → finished (order created, 201 stored)
+// Each stage's writes and its recovery point commit together, so a request that dies
+// half-way is resumed by its retry from the last committed stage, and a retry of a finished
+// request gets the stored response back instead of a second charge.
+//
+// The script starts the server, fires duplicate, concurrent and failing-then-retried
+// requests at it, prints what happened and exits 0 only if every order, charge and
+// reservation exists exactly once.
+const http = require('node:http')
+const { IdempotencyKeyService } = require('..')
+
+const run = Date.now().toString(36)
+const failOnce = new Set() // keys whose first charge attempt "times out" at the card network
+
+async function setupTables(service) {
+  const key = await service.initializeRequest('', 'SETUP', null, '/setup')
+  await service.workStage(key.idempotency_key, async (tx) => {
+    await tx.query('CREATE TABLE IF NOT EXISTS reservations (idem_key text, cart_id text, qty integer)')
+    await tx.query('CREATE TABLE IF NOT EXISTS charges (idem_key text, amount integer)')
+    await tx.query('CREATE TABLE IF NOT EXISTS orders (idem_key text, cart_id text, total integer)')
+    return { response_code: 200, response_body: null }
+  })
+}
+
+function send(res, status, body, headers = {}) {
+  res.writeHead(status, { 'content-type': 'application/json', ...headers })
+  res.end(JSON.stringify(body))
+}
+
+/** The route, written the way Medusa's cart-completion route is. */
+async function checkout(service, req, res, body) {
+  let key
+  try {
+    key = await service.initializeRequest(req.headers['idempotency-key'] ?? '', 'POST', body, '/checkout')
+  } catch (e) {
+    const status = { invalid_data: 400, conflict: 409, duplicate_error: 422 }[e.type] ?? 500
+    return send(res, status, { type: e.type, code: e.code, message: e.message })
+  }
+  const k = key.idempotency_key
+  if (key.recovery_point === 'finished') {
+    return send(res, key.response_code, key.response_body, { 'idempotent-replayed': 'true', 'idempotency-key': k })
+  }
+  const walked = []
+  try {
+    while (key.recovery_point !== 'finished') {
+      const at = key.recovery_point
+      walked.push(at)
+      switch (at) {
+        case 'started':
+          key = await service.workStage(k, async (tx) => {
+            await tx.query('INSERT INTO reservations VALUES ($1, $2, $3)', [k, body.cart_id, body.qty])
+            return { recovery_point: 'stock_reserved' }
+          }, { recoveryPoint: at })
+          break
+        case 'stock_reserved':
+          key = await service.workStage(k, async (tx) => {
+            await tx.query('INSERT INTO charges VALUES ($1, $2)', [k, body.amount])
+            if (failOnce.delete(k)) throw Object.assign(new Error('card network timeout'), { status: 502 })
+            return { recovery_point: 'payment_captured' }
+          }, { recoveryPoint: at })
+          break
+        case 'payment_captured':
+          key = await service.workStage(k, async (tx) => {
+            await tx.query('INSERT INTO orders VALUES ($1, $2, $3)', [k, body.cart_id, body.amount])
+            return { response_code: 201, response_body: { order: `order_${k}`, cart_id: body.cart_id, total: body.amount } }
+          }, { recoveryPoint: at })
+          break
+        default:
+          throw new Error(`unknown recovery point ${at}`)
+      }
+    }
+  } catch (e) {
+    const status = e.status ?? ({ conflict: 409 }[e.type] ?? 500)
+    return send(res, status, { message: e.message, code: e.code, walked }, { 'idempotency-key': k })
+  }
+  walked.push('finished')
+  send(res, key.response_code, { ...key.response_body, walked }, { 'idempotency-key': k })
+}
+
+function request(port, key, body) {
+  return new Promise((resolve, reject) => {
+    const data = JSON.stringify(body)
+    const req = http.request(
+      { port, method: 'POST', path: '/checkout', headers: { 'content-type': 'application/json', 'idempotency-key': key } },
+      (res) => {
+        let text = ''
+        res.on('data', (c) => (text += c))
+        res.on('end', () => resolve({ status: res.statusCode, replayed: res.headers['idempotent-replayed'] === 'true', body: JSON.parse(text) }))
+      },
+    )
+    req.on('error', reject)
+    req.end(data)
+  })
+}
+
+async function main() {
+  const service = await IdempotencyKeyService.connect() // DATABASE_URL, else sqlite://./idempotency.db
+  await service.migrate()
+  await setupTables(service)
+
+  const server = http.createServer((req, res) => {
+    let raw = ''
+    req.on('data', (c) => (raw += c))
+    req.on('end', () => checkout(service, req, res, JSON.parse(raw || '{}')).catch((e) => send(res, 500, { message: e.message })))
+  })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  const { port } = server.address()
+  const say = (...a) => console.log(...a)
+  const tally = { requests: 0, created: 0, replays: 0, conflicts: 0, failed: 0, refused: 0 }
+  const fire = async (key, body) => {
+    const r = await request(port, key, body)
+    tally.requests++
+    if (r.status === 201 && !r.replayed) tally.created++
+    else if (r.replayed) tally.replays++
+    else if (r.status === 409) tally.conflicts++
+    else if (r.status === 422) tally.refused++
+    else tally.failed++
+    return r
+  }
+
+  say(`checkout demo on ${process.env.DATABASE_URL ? 'DATABASE_URL' : 'the embedded SQLite default (./idempotency.db)'}\n`)
+
+  const a = `demo-${run}-a`
+  const cartA = { cart_id: 'cart_a', qty: 1, amount: 4200 }
+  let r = await fire(a, cartA)
+  say(`1. first request ${a}: ${r.status}, walked ${r.body.walked.join(' → ')}`)
+  r = await fire(a, cartA)
+  say(`2. client retry of ${a}: ${r.status}, Idempotent-Replayed: ${r.replayed}, order ${r.body.order}`)
+
+  const b = `demo-${run}-b`
+  const cartB = { cart_id: 'cart_b', qty: 2, amount: 1999 }
+  const burst = await Promise.all(Array.from({ length: 8 }, () => fire(b, cartB)))
+  const codes = burst.map((x) => x.status).sort()
+  say(`3. 8 concurrent requests with ${b}: statuses ${codes.join(',')}`)
+  for (;;) {
+    r = await fire(b, cartB)
+    if (r.status !== 409) break
+    await new Promise((res) => setTimeout(res, 100))
+  }
+  say(`   retry after they settle: ${r.status}, replayed ${r.replayed}, order ${r.body.order}`)
+
+  const c = `demo-${run}-c`
+  const cartC = { cart_id: 'cart_c', qty: 3, amount: 500 }
+  failOnce.add(c)
+  r = await fire(c, cartC)
+  say(`4. ${c} fails mid-way: ${r.status} "${r.body.message}", walked ${r.body.walked.join(' → ')} (reservation kept, charge rolled back)`)
+  r = await fire(c, cartC)
+  say(`   its retry resumes: ${r.status}, walked ${r.body.walked.join(' → ')}`)
+
+  r = await fire(a, { ...cartA, amount: 1 })
+  say(`5. ${a} reused for a different cart total: ${r.status} ${r.body.code}`)
+
+  // Check the invariants straight from the database.
+  const probe = await service.initializeRequest('', 'CHECK', null, '/check')
+  const counts = {}
+  await service.workStage(probe.idempotency_key, async (tx) => {
+    for (const t of ['reservations', 'charges', 'orders']) {
+      counts[t] = await tx.query(`SELECT idem_key, count(*) AS n FROM ${t} WHERE idem_key IN ($1, $2, $3) GROUP BY idem_key`, [a, b, c])
+    }
+    return { response_code: 200 }
+  })
+  server.close()
+  await service.close()
+
+  say(`\n${tally.requests} requests: ${tally.created} orders created, ${tally.replays} replays, ${tally.conflicts} refused while in flight (409), ${tally.refused} refused as reuse (422), ${tally.failed} failed mid-way`)
+  let ok = true
+  for (const [table, rows] of Object.entries(counts)) {
+    const line = rows.map((x) => `${x.idem_key.slice(-1)}=${x.n}`).join(' ')
+    const exact = rows.length === 3 && rows.every((x) => Number(x.n) === 1)
+    ok &&= exact
+    say(`${table.padEnd(12)} per key: ${line}  ${exact ? 'exactly once' : 'WRONG'}`)
+  }
+  ok &&= tally.created === 3 && tally.failed === 1 && tally.refused === 1
+  say(ok ? '\nevery order, charge and reservation exists exactly once' : '\nINVARIANT BROKEN')
+  process.exit(ok ? 0 : 1)
+}
+
+main().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
