@@ -59,12 +59,27 @@ export declare class IdempotencyKeyService {
    * response_body }` to finish. If it throws, everything rolls back and the same error value is
    * rethrown. Pass `{ recoveryPoint }` to refuse a stale stage (`IDEMPOTENCY_KEY_STALE`).
    */
-  workStage(idempotencyKey: string, callback: (tx: TransactionManager) => StageReturnValue | Promise<StageReturnValue>, options?: WorkStageOptions): Promise<IdempotencyKey>
+  workStage(idempotencyKey: string, callback: (tx: TransactionManager | any) => StageReturnValue | Promise<StageReturnValue>, options?: WorkStageOptions): Promise<IdempotencyKey>
   /**
-   * Return a copy of the service whose every statement runs in `manager`'s transaction (a
-   * `TransactionManager` from a native stage). No argument returns the service itself.
+   * Return a copy of the service whose every statement runs in `manager`'s transaction: a
+   * `TransactionManager` from a native stage, or any executor with `query(sql, params)` — a
+   * TypeORM `EntityManager` inside `manager.transaction(...)`, a node-postgres client inside
+   * `BEGIN … COMMIT`. Stages of the copy lock the key's row there, hand the callback that same
+   * executor, and commit or roll back with the caller. No argument returns the service itself.
    */
-  withTransaction(manager?: TransactionManager): IdempotencyKeyService
+  withTransaction(manager?: TransactionManager | QueryExecutor): IdempotencyKeyService
+  /**
+   * Bound mode, used by `withTransaction(executor)` in index.js: a copy of the service whose
+   * every statement goes through `query`, the executor's `query` wrapped so that it resolves
+   * to `{ rows }` or `{ error: { code, message } }`.
+   */
+  bindExecutor(query: (sql: string, params: unknown[]) => Promise<unknown>): IdempotencyKeyService
+  /**
+   * A service with no pool of its own, for the Medusa container class: every call is bound
+   * to a caller's executor with `bindExecutor`; `release` (a wrapped executor outside any
+   * transaction, Medusa's `cradle.manager`) releases leases after failed stages.
+   */
+  static detached(release: (sql: string, params: unknown[]) => Promise<unknown>, options?: Omit<ConnectOptions, 'url' | 'maxConnections'>): IdempotencyKeyService
   /** Close the pool, waiting for connections in use to be returned. */
   close(): Promise<void>
 }
@@ -120,6 +135,14 @@ export interface IdempotencyKey {
   response_code: number | null
   response_body: any
   recovery_point: string
+}
+
+/**
+ * Anything that runs SQL in the caller's transaction: a TypeORM `EntityManager`, a
+ * node-postgres `Client`/`PoolClient`, or a `TransactionManager`.
+ */
+export interface QueryExecutor {
+  query: (sql: string, params?: unknown[]) => Promise<unknown>
 }
 
 /** What a stage callback returns: a `recovery_point` to move to, or the response that finishes the key. */

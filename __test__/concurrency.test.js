@@ -1,34 +1,37 @@
 // Concurrency contract of the request lease, the stage row lock, stale stages, lock() and
-// serialization retries (SPEC §3, §4, §6). Every count is taken through an independent
-// node-postgres client, every error is checked by `type` and `code`.
+// serialization retries (SPEC §3, §4, §6, §7), on the backend IDEM_BACKEND selects. Every count
+// is taken through the independent verification client (node-postgres / better-sqlite3), every
+// error is checked by `type` and `code`.
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { freshDb, rejects, sleep } = require('./helpers')
+const { freshDb, rejects, sleep, pick, isPostgres, decodeKeyRow, slowSql } = require('./helpers')
 
 const N = 16
 const METHOD = 'POST'
 const PATH = '/store/carts/cart_01/complete'
 const PARAMS = { cart_id: 'cart_01' }
 
-let db
+let fx // the fresh database: service, connect(), cleanup()
+let db // its verification client
 
 before(async () => {
-  db = await freshDb()
+  fx = await freshDb()
+  db = fx.db
 })
 
 after(async () => {
-  if (db) await db.cleanup()
+  if (fx) await fx.cleanup()
 })
 
 let seq = 0
 const uniqueKey = (prefix) => `${prefix}-${process.pid}-${Date.now()}-${++seq}`
 
 async function rowsFor(key) {
-  const { rows } = await db.pg.query(
+  const rows = await db.query(
     'SELECT idempotency_key, recovery_point, locked_at, response_code, response_body FROM idempotency_key WHERE idempotency_key = $1',
     [key],
   )
-  return rows
+  return rows.map(decodeKeyRow)
 }
 
 async function oneRow(key) {
@@ -38,8 +41,8 @@ async function oneRow(key) {
 }
 
 async function totalRows() {
-  const { rows } = await db.pg.query('SELECT count(*)::int AS n FROM idempotency_key')
-  return rows[0].n
+  const [r] = await db.query('SELECT CAST(count(*) AS integer) AS n FROM idempotency_key')
+  return r.n
 }
 
 function assertErr(err, type, code) {
@@ -55,18 +58,18 @@ function assertErrOneOf(err, type, codes) {
 }
 
 async function makeSide(name) {
-  await db.pg.query(`CREATE TABLE ${name} (id serial primary key, k text, stage text)`)
+  await db.exec(`CREATE TABLE ${name} (k text, stage text)`)
 }
 
 async function sideCount(name, where = '', params = []) {
-  const { rows } = await db.pg.query(`SELECT count(*)::int AS n FROM ${name} ${where}`, params)
-  return rows[0].n
+  const [r] = await db.query(`SELECT CAST(count(*) AS integer) AS n FROM ${name} ${where}`, params)
+  return r.n
 }
 
 test('1. concurrent initializeRequest with one new key: one row, one winner, 15 LOCKED; then 16 replays', async () => {
   const key = uniqueKey('init-race')
   const results = await Promise.allSettled(
-    Array.from({ length: N }, () => db.service.initializeRequest(key, METHOD, PARAMS, PATH)),
+    Array.from({ length: N }, () => fx.service.initializeRequest(key, METHOD, PARAMS, PATH)),
   )
   const ok = results.filter((r) => r.status === 'fulfilled')
   const bad = results.filter((r) => r.status === 'rejected')
@@ -83,7 +86,7 @@ test('1. concurrent initializeRequest with one new key: one row, one winner, 15 
 
   // Finish the key.
   const body = { cart: { id: 'cart_01', total: 4200 }, items: [1, 2, 3] }
-  const finished = await db.service.workStage(key, async () => ({ response_code: 201, response_body: body }), {
+  const finished = await fx.service.workStage(key, async () => ({ response_code: 201, response_body: body }), {
     recoveryPoint: 'started',
   })
   assert.equal(finished.recovery_point, 'finished')
@@ -95,7 +98,7 @@ test('1. concurrent initializeRequest with one new key: one row, one winner, 15 
 
   // Replay: everyone gets the stored response.
   const replays = await Promise.allSettled(
-    Array.from({ length: N }, () => db.service.initializeRequest(key, METHOD, PARAMS, PATH)),
+    Array.from({ length: N }, () => fx.service.initializeRequest(key, METHOD, PARAMS, PATH)),
   )
   for (const r of replays) {
     assert.equal(r.status, 'fulfilled', r.status === 'rejected' ? `${r.reason.type}/${r.reason.code}` : '')
@@ -108,7 +111,7 @@ test('1. concurrent initializeRequest with one new key: one row, one winner, 15 
 })
 
 test('2. lease expiry: a crashed request blocks until lockTimeoutMs, then a retry resumes', async () => {
-  const s = await db.connect({ lockTimeoutMs: 300 })
+  const s = await fx.connect({ lockTimeoutMs: 300 })
   await makeSide('side2')
   const key = uniqueKey('lease-expiry')
 
@@ -178,7 +181,7 @@ test('2. lease expiry: a crashed request blocks until lockTimeoutMs, then a retr
 test('3. 16 concurrent workStage with recoveryPoint, 20 rounds: exactly one stage body per round', async () => {
   await makeSide('side3')
   const key = uniqueKey('stage-race-rp')
-  const created = await db.service.create({
+  const created = await fx.service.create({
     idempotency_key: key,
     request_method: METHOD,
     request_path: PATH,
@@ -194,7 +197,7 @@ test('3. 16 concurrent workStage with recoveryPoint, 20 rounds: exactly one stag
     const ran = new Array(N).fill(0)
     const results = await Promise.allSettled(
       Array.from({ length: N }, (_, c) =>
-        db.service.workStage(
+        fx.service.workStage(
           key,
           async (tx) => {
             ran[c]++
@@ -230,7 +233,7 @@ test('3. 16 concurrent workStage with recoveryPoint, 20 rounds: exactly one stag
 
   assert.equal(invocations, ROUNDS)
   assert.equal(await sideCount('side3'), ROUNDS)
-  const { rows } = await db.pg.query('SELECT stage, count(*)::int AS n FROM side3 GROUP BY stage ORDER BY stage')
+  const rows = await db.query('SELECT stage, CAST(count(*) AS integer) AS n FROM side3 GROUP BY stage ORDER BY stage')
   assert.equal(rows.length, ROUNDS)
   for (const r of rows) assert.equal(r.n, 1, `stage ${r.stage} committed ${r.n} times`)
   assert.equal(codes.IDEMPOTENCY_KEY_LOCKED + codes.IDEMPOTENCY_KEY_STALE, ROUNDS * (N - 1))
@@ -240,7 +243,7 @@ test('3. 16 concurrent workStage with recoveryPoint, 20 rounds: exactly one stag
 test('4. 16 concurrent workStage without recoveryPoint: stage bodies never overlap', async () => {
   await makeSide('side4')
   const key = uniqueKey('stage-race')
-  await db.service.create({ idempotency_key: key, request_method: METHOD, request_path: PATH, recovery_point: 'x' })
+  await fx.service.create({ idempotency_key: key, request_method: METHOD, request_path: PATH, recovery_point: 'x' })
 
   const ROUNDS = 5
   let active = 0
@@ -252,14 +255,14 @@ test('4. 16 concurrent workStage without recoveryPoint: stage bodies never overl
     const ran = new Array(N).fill(0)
     const results = await Promise.allSettled(
       Array.from({ length: N }, (_, c) =>
-        db.service.workStage(key, async (tx) => {
+        fx.service.workStage(key, async (tx) => {
           ran[c]++
           totalRuns++
           active++
           maxActive = Math.max(maxActive, active)
           try {
             await tx.query('INSERT INTO side4 (k, stage) VALUES ($1, $2)', [key, `r${round}c${c}`])
-            await tx.query('SELECT pg_sleep(0.02)')
+            await tx.query(slowSql(0.02))
             return { recovery_point: `r${round}c${c}` }
           } finally {
             active--
@@ -287,7 +290,7 @@ test('4. 16 concurrent workStage without recoveryPoint: stage bodies never overl
 })
 
 test('5. stale stage: B reading an old recovery point is refused; A keeps the lease through its stage commit', async () => {
-  const s = await db.connect({ lockTimeoutMs: 600 })
+  const s = await fx.connect({ lockTimeoutMs: 600 })
   await makeSide('side5')
   const key = uniqueKey('stale')
 
@@ -354,14 +357,14 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
   await makeSide('side6')
   // (a) throwing stage
   const key = uniqueKey('throw-release')
-  await db.service.initializeRequest(key, METHOD, PARAMS, PATH)
-  await db.service.workStage(key, async () => ({ recovery_point: 'tax_lines_created' }), { recoveryPoint: 'started' })
+  await fx.service.initializeRequest(key, METHOD, PARAMS, PATH)
+  await fx.service.workStage(key, async () => ({ recovery_point: 'tax_lines_created' }), { recoveryPoint: 'started' })
   // Still leased by request A.
-  assertErr(await rejects(db.service.initializeRequest(key, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(await rejects(fx.service.initializeRequest(key, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
 
   const boom = Object.assign(new Error('payment provider down'), { code: 'PROVIDER_DOWN', type: 'unexpected_state' })
   const thrown = await rejects(
-    db.service.workStage(
+    fx.service.workStage(
       key,
       async (tx) => {
         await tx.query('INSERT INTO side6 (k, stage) VALUES ($1, $2)', [key, 'payment'])
@@ -376,7 +379,7 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
   assert.equal(await sideCount('side6', 'WHERE k = $1', [key]), 0)
 
   // Another request retries immediately: the lease was released, the recovery point unchanged.
-  const b = await db.service.initializeRequest(key, METHOD, PARAMS, PATH)
+  const b = await fx.service.initializeRequest(key, METHOD, PARAMS, PATH)
   assert.equal(b.recovery_point, 'tax_lines_created')
   const row = await oneRow(key)
   assert.equal(row.recovery_point, 'tax_lines_created')
@@ -384,10 +387,10 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
 
   // (b) a stage refused before its callback (stale) leaves the lease alone
   const key2 = uniqueKey('stale-keeps-lease')
-  await db.service.initializeRequest(key2, METHOD, PARAMS, PATH)
+  await fx.service.initializeRequest(key2, METHOD, PARAMS, PATH)
   let runs = 0
   const stale = await rejects(
-    db.service.workStage(
+    fx.service.workStage(
       key2,
       async () => {
         runs++
@@ -399,17 +402,17 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
   assertErr(stale, 'conflict', 'IDEMPOTENCY_KEY_STALE')
   assert.equal(runs, 0)
   assert.ok((await oneRow(key2)).locked_at instanceof Date, 'lease still set after a refused stage')
-  assertErr(await rejects(db.service.initializeRequest(key2, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(await rejects(fx.service.initializeRequest(key2, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
   assert.equal((await oneRow(key2)).recovery_point, 'started')
 
   // (c) a stage refused on the row lock leaves the lease alone too
   const key3 = uniqueKey('rowlock-keeps-lease')
-  await db.service.initializeRequest(key3, METHOD, PARAMS, PATH)
+  await fx.service.initializeRequest(key3, METHOD, PARAMS, PATH)
   let release
   const gate = new Promise((r) => (release = r))
   let entered
   const inside = new Promise((r) => (entered = r))
-  const holder = db.service.workStage(
+  const holder = fx.service.workStage(
     key3,
     async () => {
       entered()
@@ -421,7 +424,7 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
   await inside
   let runs3 = 0
   const locked = await rejects(
-    db.service.workStage(key3, async () => {
+    fx.service.workStage(key3, async () => {
       runs3++
       return { recovery_point: 'y' }
     }),
@@ -430,15 +433,15 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
   assert.equal(runs3, 0)
   release()
   assert.equal((await holder).recovery_point, 'tax_lines_created')
-  assertErr(await rejects(db.service.initializeRequest(key3, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(await rejects(fx.service.initializeRequest(key3, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
 })
 
 test('7. lock(): one of 16 wins, the window expires, a missing key is not_found', async () => {
   const key = uniqueKey('lock')
-  await db.service.create({ idempotency_key: key, request_method: METHOD, request_path: PATH })
+  await fx.service.create({ idempotency_key: key, request_method: METHOD, request_path: PATH })
   assert.equal((await oneRow(key)).locked_at, null)
 
-  const results = await Promise.allSettled(Array.from({ length: N }, () => db.service.lock(key)))
+  const results = await Promise.allSettled(Array.from({ length: N }, () => fx.service.lock(key)))
   const ok = results.filter((r) => r.status === 'fulfilled')
   const bad = results.filter((r) => r.status === 'rejected')
   assert.equal(ok.length, 1, `exactly one lock wins: ${bad.map((r) => r.reason.code).join(',')}`)
@@ -448,7 +451,7 @@ test('7. lock(): one of 16 wins, the window expires, a missing key is not_found'
   assert.ok(row.locked_at instanceof Date)
   assert.equal(row.locked_at.getTime(), ok[0].value.locked_at.getTime())
 
-  const s = await db.connect({ lockTimeoutMs: 300 })
+  const s = await fx.connect({ lockTimeoutMs: 300 })
   assertErr(await rejects(s.lock(key)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
   await sleep(400)
   const again = await s.lock(key)
@@ -458,13 +461,23 @@ test('7. lock(): one of 16 wins, the window expires, a missing key is not_found'
   assertErr(await rejects(s.lock(key)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
 
   const missing = uniqueKey('lock-missing')
-  assertErr(await rejects(db.service.lock(missing)), 'not_found', 'IDEMPOTENCY_KEY_NOT_FOUND')
+  assertErr(await rejects(fx.service.lock(missing)), 'not_found', 'IDEMPOTENCY_KEY_NOT_FOUND')
   assert.equal((await rowsFor(missing)).length, 0)
 })
 
-test('8. serialization failures re-run the whole stage maxRetries times, then fail with 40001', async () => {
+test('8. serialization failures re-run the whole stage maxRetries times, then fail with 40001 (postgres only: SQLite has one writer and no serialization failures; on SQLite a failing statement runs the stage once whatever maxRetries, and writer contention fails with DATABASE_BUSY before the callback)', async () => {
   await makeSide('side8')
-  const RAISE = "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'serialization_failure'; END $$"
+  // What makes a statement of the stage fail, and what the stage reports once it gives up:
+  // PostgreSQL raises a serialization failure, which re-runs the whole stage maxRetries times;
+  // SQLite cannot produce one, so the nearest failure (no such table) must not be retried.
+  const FAIL = pick({
+    postgres: "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = 'serialization_failure'; END $$",
+    sqlite: 'SELECT * FROM no_such_table_8',
+  })
+  const expected = pick({
+    postgres: { type: 'conflict', code: '40001', runs: (maxRetries) => maxRetries + 1 },
+    sqlite: { type: 'database_error', code: 'SQLITE_1', runs: () => 1 },
+  })
 
   async function run(service, key, catchIt) {
     let runs = 0
@@ -475,7 +488,7 @@ test('8. serialization failures re-run the whole stage maxRetries times, then fa
           runs++
           await tx.query('INSERT INTO side8 (k, stage) VALUES ($1, $2)', [key, 'attempt'])
           try {
-            await tx.query(RAISE)
+            await tx.query(FAIL)
           } catch (err) {
             if (!catchIt) throw err
           }
@@ -487,48 +500,85 @@ test('8. serialization failures re-run the whole stage maxRetries times, then fa
     return { e, runs }
   }
 
-  // maxRetries: 1 → two runs
-  const s1 = await db.connect({ maxRetries: 1 })
-  const k1 = uniqueKey('retry1')
-  await db.service.create({ idempotency_key: k1, recovery_point: 'tax_lines_created' })
-  const r1 = await run(s1, k1, false)
-  assertErr(r1.e, 'conflict', '40001')
-  assert.equal(r1.runs, 2)
-  assert.equal((await oneRow(k1)).recovery_point, 'tax_lines_created')
-  assert.equal(await sideCount('side8', 'WHERE k = $1', [k1]), 0)
+  const s1 = await fx.connect({ maxRetries: 1 })
+  for (const [label, service, maxRetries, catchIt] of [
+    // maxRetries: 1 → two runs on PostgreSQL
+    ['retry1', s1, 1, false],
+    // default (3 retries) → four runs on PostgreSQL
+    ['retry3', fx.service, 3, false],
+    // the callback catches the failure and returns normally: still fails after the retries
+    ['retry-caught', fx.service, 3, true],
+    // and with maxRetries: 1 the caught variant runs twice on PostgreSQL
+    ['retry-caught1', s1, 1, true],
+  ]) {
+    const key = uniqueKey(label)
+    await fx.service.create({ idempotency_key: key, recovery_point: 'tax_lines_created' })
+    const r = await run(service, key, catchIt)
+    assertErr(r.e, expected.type, expected.code)
+    assert.equal(r.runs, expected.runs(maxRetries), `${label}: callback runs`)
+    assert.equal((await oneRow(key)).recovery_point, 'tax_lines_created', `${label}: recovery point unchanged`)
+    assert.equal(await sideCount('side8', 'WHERE k = $1', [key]), 0, `${label}: nothing committed`)
+  }
 
-  // default (3 retries) → four runs
-  const k2 = uniqueKey('retry3')
-  await db.service.create({ idempotency_key: k2, recovery_point: 'tax_lines_created' })
-  const r2 = await run(db.service, k2, false)
-  assertErr(r2.e, 'conflict', '40001')
-  assert.equal(r2.runs, 4)
-  assert.equal((await oneRow(k2)).recovery_point, 'tax_lines_created')
-  assert.equal(await sideCount('side8', 'WHERE k = $1', [k2]), 0)
-
-  // the callback catches the failure and returns normally: still 40001 after the retries
-  const k3 = uniqueKey('retry-caught')
-  await db.service.create({ idempotency_key: k3, recovery_point: 'tax_lines_created' })
-  const r3 = await run(db.service, k3, true)
-  assertErr(r3.e, 'conflict', '40001')
-  assert.equal(r3.runs, 4)
-  assert.equal((await oneRow(k3)).recovery_point, 'tax_lines_created')
-  assert.equal(await sideCount('side8', 'WHERE k = $1', [k3]), 0)
-
-  // and with maxRetries: 1 the caught variant runs twice
-  const k4 = uniqueKey('retry-caught1')
-  await db.service.create({ idempotency_key: k4, recovery_point: 'tax_lines_created' })
-  const r4 = await run(s1, k4, true)
-  assertErr(r4.e, 'conflict', '40001')
-  assert.equal(r4.runs, 2)
-  assert.equal((await oneRow(k4)).recovery_point, 'tax_lines_created')
+  if (isPostgres) return
+  // SQLite's contention error: a stage on ANOTHER key queues for the single write lock up to
+  // busyTimeoutMs, then fails with conflict / DATABASE_BUSY before its callback runs.
+  const s = await fx.connect({ busyTimeoutMs: 200 })
+  const holderKey = uniqueKey('busy-holder')
+  const waiterKey = uniqueKey('busy-waiter')
+  await s.create({ idempotency_key: holderKey, recovery_point: 'tax_lines_created' })
+  await s.create({ idempotency_key: waiterKey, recovery_point: 'tax_lines_created' })
+  let release
+  const gate = new Promise((r) => (release = r))
+  let entered
+  const inside = new Promise((r) => (entered = r))
+  const holder = s.workStage(
+    holderKey,
+    async (tx) => {
+      await tx.query('INSERT INTO side8 (k, stage) VALUES ($1, $2)', [holderKey, 'held'])
+      entered()
+      await gate
+      return { recovery_point: 'payment_authorized' }
+    },
+    { recoveryPoint: 'tax_lines_created' },
+  )
+  try {
+    await inside
+    let waiterRuns = 0
+    const t0 = Date.now()
+    const busy = await rejects(
+      s.workStage(
+        waiterKey,
+        async () => {
+          waiterRuns++
+          return { recovery_point: 'payment_authorized' }
+        },
+        { recoveryPoint: 'tax_lines_created' },
+      ),
+    )
+    const took = Date.now() - t0
+    assertErr(busy, 'conflict', 'DATABASE_BUSY')
+    assert.equal(waiterRuns, 0, 'the waiting stage never ran its callback')
+    assert.ok(took >= 150, `DATABASE_BUSY after only ${took} ms (busyTimeoutMs 200)`)
+    assert.ok(took < 2000, `DATABASE_BUSY after ${took} ms: busyTimeoutMs 200 not honoured`)
+  } finally {
+    release()
+  }
+  assert.equal((await holder).recovery_point, 'payment_authorized')
+  assert.equal(await sideCount('side8', 'WHERE k = $1', [holderKey]), 1)
+  assert.equal((await oneRow(waiterKey)).recovery_point, 'tax_lines_created')
+  // Once the writer is free, the refused stage goes through.
+  const later = await s.workStage(waiterKey, async () => ({ recovery_point: 'payment_authorized' }), {
+    recoveryPoint: 'tax_lines_created',
+  })
+  assert.equal(later.recovery_point, 'payment_authorized')
 })
 
 test('9. Medusa difference: 16 concurrent calls with one unknown client key create one row carrying that key', async () => {
   const key = uniqueKey('client-key')
   const beforeCount = await totalRows()
   const results = await Promise.allSettled(
-    Array.from({ length: N }, () => db.service.initializeRequest(key, 'POST', { cart_id: 'cart_09' }, '/store/carts/cart_09/complete')),
+    Array.from({ length: N }, () => fx.service.initializeRequest(key, 'POST', { cart_id: 'cart_09' }, '/store/carts/cart_09/complete')),
   )
   const afterCount = await totalRows()
   assert.equal(afterCount - beforeCount, 1, 'exactly one row was created')
@@ -540,7 +590,7 @@ test('9. Medusa difference: 16 concurrent calls with one unknown client key crea
   assert.equal(ok[0].value.idempotency_key, key)
   for (const r of results.filter((x) => x.status === 'rejected')) assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
   // No row with a random UUID appeared for this request path.
-  const { rows: byPath } = await db.pg.query('SELECT idempotency_key FROM idempotency_key WHERE request_path = $1', [
+  const byPath = await db.query('SELECT idempotency_key FROM idempotency_key WHERE request_path = $1', [
     '/store/carts/cart_09/complete',
   ])
   assert.deepEqual(

@@ -1,7 +1,47 @@
-// Shared setup for the JS contract tests: every test file gets its own fresh PostgreSQL
-// database (dropped afterwards), so runs and files never collide.
-const { Client } = require('pg')
+// Shared setup for the JS contract tests, run against either backend from one source:
+//
+//   IDEM_BACKEND=postgres (default)  every test file gets its own fresh PostgreSQL database
+//                                    (dropped afterwards), verified through node-postgres;
+//   IDEM_BACKEND=sqlite              every test file gets its own fresh SQLite file in /tmp
+//                                    (removed with its -wal/-shm files afterwards), verified
+//                                    through better-sqlite3. No PostgreSQL server is needed.
+//
+// Either way the test sees the same `db.query(sql, params) -> rows` / `db.exec(sql)` verification
+// client, independent of the addon, with `$1, $2…` placeholders on both.
+const fs = require('node:fs')
+const path = require('node:path')
+const assert = require('node:assert/strict')
 const { IdempotencyKeyService } = require('..')
+
+const BACKENDS = ['postgres', 'sqlite']
+const backend = process.env.IDEM_BACKEND || 'postgres'
+if (!BACKENDS.includes(backend)) {
+  throw new Error(`IDEM_BACKEND must be one of ${BACKENDS.join(', ')}, got ${JSON.stringify(backend)}`)
+}
+const isPostgres = backend === 'postgres'
+const isSqlite = backend === 'sqlite'
+
+/** Choose a per-backend value (SQL text, expected code…): `pick({ postgres: a, sqlite: b })`. */
+function pick(choices) {
+  if (!(backend in choices)) throw new Error(`pick(): no choice for backend ${backend}`)
+  return choices[backend]
+}
+
+/**
+ * A SELECT that keeps the database busy for roughly `seconds`: `pg_sleep` on PostgreSQL; SQLite
+ * has no sleep function, so a recursive CTE counting to ~1e6 rows per second (the debug addon's
+ * SQLite; a release build is faster, which only shortens it). Tests use it to have a statement
+ * in flight, never to measure time.
+ */
+function slowSql(seconds) {
+  return pick({
+    postgres: `SELECT pg_sleep(${seconds})`,
+    sqlite: `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ${Math.max(1, Math.round(seconds * 1e6))}) SELECT count(*) AS n FROM c`,
+  })
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
 
 const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
 
@@ -12,6 +52,7 @@ function dbUrl(name) {
 }
 
 async function admin(sql) {
+  const { Client } = require('pg')
   const c = new Client({ connectionString: ADMIN_URL })
   await c.connect()
   try {
@@ -21,31 +62,178 @@ async function admin(sql) {
   }
 }
 
-/**
- * Create a fresh database and a migrated service on it.
- * Returns { url, service, pg, connect(opts), cleanup() }; `pg` is an independent node-postgres
- * client for checking what really committed.
- */
-async function freshDb(options = {}) {
+async function freshPostgres() {
+  const { Client } = require('pg')
   const name = `idem_test_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
   await admin(`CREATE DATABASE ${name}`)
   const url = dbUrl(name)
+  const pg = new Client({ connectionString: url })
+  await pg.connect()
+  const db = {
+    backend,
+    pg,
+    async query(sql, params = []) {
+      return (await pg.query(sql, params)).rows
+    },
+    async exec(sql) {
+      await pg.query(sql)
+    },
+    async close() {
+      await pg.end()
+    },
+  }
+  const drop = () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+  return { url, name, db, drop }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite
+
+/** `$1` → `?1` (better-sqlite3 binds `?NNN` by number, from an object keyed 1, 2…). */
+function toSqliteSql(sql) {
+  return sql.replace(/\$(\d+)/g, '?$1')
+}
+
+function toSqliteParams(params) {
+  assert.ok(Array.isArray(params), 'db.query params must be an array')
+  const named = {}
+  params.forEach((p, i) => {
+    named[i + 1] = p
+  })
+  return named
+}
+
+/** Open an independent better-sqlite3 verification client on `file`. */
+function openSqliteVerifier(file) {
+  const Database = require('better-sqlite3')
+  // Wait for the addon's write lock like any other writer would (reads never wait in WAL mode).
+  const sqlite = new Database(file, { timeout: 5000 })
+  const run = (sql, params) => {
+    const stmt = sqlite.prepare(toSqliteSql(sql))
+    const args = params.length ? [toSqliteParams(params)] : []
+    if (stmt.reader) return stmt.all(...args)
+    stmt.run(...args)
+    return []
+  }
+  return {
+    backend,
+    sqlite,
+    async query(sql, params = []) {
+      return run(sql, params)
+    },
+    async exec(sql) {
+      sqlite.exec(sql)
+    },
+    async close() {
+      sqlite.close()
+    },
+  }
+}
+
+function sqliteFiles(file) {
+  return [file, `${file}-wal`, `${file}-shm`, `${file}-journal`]
+}
+
+function removeSqliteFiles(file) {
+  for (const f of sqliteFiles(file)) fs.rmSync(f, { force: true })
+}
+
+async function freshSqlite() {
+  const name = `idem_test_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
+  const file = path.join('/tmp', `${name}.db`)
+  removeSqliteFiles(file)
+  const url = `sqlite://${file}`
+  let db = null
+  const drop = async () => removeSqliteFiles(file)
+  // The verifier is opened after migrate() (the addon creates the file), see freshDb.
+  return {
+    url,
+    name,
+    file,
+    get db() {
+      return db
+    },
+    open() {
+      // The addon must have created the file: better-sqlite3 would silently create an empty one.
+      assert.ok(fs.existsSync(file), `the service did not create ${file}`)
+      db = openSqliteVerifier(file)
+      return db
+    },
+    drop,
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Create a fresh, migrated database on the backend chosen by IDEM_BACKEND and a service on it.
+ * Returns { backend, url, service, db, connect(opts), cleanup() } (plus `pg` on PostgreSQL,
+ * `sqlite` and `file` on SQLite, for backend-only checks). `db` is the independent
+ * verification client: `await db.query(sql, params) -> rows`, `await db.exec(sql)`.
+ */
+async function freshDb(options = {}) {
   const opened = []
+  let target
+  let db
+  if (isPostgres) {
+    target = await freshPostgres()
+    db = target.db
+  } else {
+    target = await freshSqlite()
+  }
+  const { url } = target
   const connect = async (opts = {}) => {
     const s = await IdempotencyKeyService.connect({ url, ...options, ...opts })
     opened.push(s)
     return s
   }
-  const service = await connect()
-  await service.migrate()
-  const pg = new Client({ connectionString: url })
-  await pg.connect()
-  const cleanup = async () => {
-    await pg.end().catch(() => {})
+  let service
+  try {
+    service = await connect()
+    await service.migrate()
+    if (isSqlite) db = target.open()
+  } catch (e) {
     for (const s of opened) await s.close().catch(() => {})
-    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    await target.drop().catch(() => {})
+    throw e
   }
-  return { url, name, service, pg, connect, cleanup }
+  const cleanup = async () => {
+    if (db) await db.close().catch(() => {})
+    for (const s of opened) await s.close().catch(() => {})
+    await target.drop()
+  }
+  const out = { backend, url, name: target.name, service, db, connect, cleanup }
+  if (isPostgres) out.pg = db.pg
+  else {
+    out.sqlite = db.sqlite
+    out.file = target.file
+  }
+  return out
+}
+
+const ISO_MS_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
+
+/**
+ * A row of `idempotency_key` as read by the verification client, in one shape on both backends:
+ * timestamps as Date, JSON columns parsed. On PostgreSQL node-postgres already returns that. On
+ * SQLite the stored form is checked first (SPEC §7: ISO 8601 UTC text with milliseconds, JSON as
+ * text), then converted, so a wrong storage format fails here. Columns not selected stay absent.
+ */
+function decodeKeyRow(row) {
+  if (row === undefined || row === null || isPostgres) return row
+  const out = { ...row }
+  for (const c of ['created_at', 'locked_at']) {
+    if (!(c in row) || row[c] === null) continue
+    assert.equal(typeof row[c], 'string', `${c} is stored as text on SQLite, got ${typeof row[c]}`)
+    assert.match(row[c], ISO_MS_UTC, `${c} is stored as ISO 8601 UTC with milliseconds`)
+    out[c] = new Date(row[c])
+  }
+  for (const c of ['request_params', 'response_body']) {
+    if (!(c in row) || row[c] === null) continue
+    assert.equal(typeof row[c], 'string', `${c} is stored as JSON text on SQLite, got ${typeof row[c]}`)
+    out[c] = JSON.parse(row[c])
+  }
+  return out
 }
 
 /** Await a promise that must reject; return the rejection. */
@@ -60,4 +248,19 @@ async function rejects(promise) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
-module.exports = { freshDb, rejects, sleep, admin, ADMIN_URL }
+module.exports = {
+  backend,
+  isPostgres,
+  isSqlite,
+  pick,
+  slowSql,
+  freshDb,
+  decodeKeyRow,
+  openSqliteVerifier,
+  removeSqliteFiles,
+  rejects,
+  sleep,
+  admin,
+  ADMIN_URL,
+  ISO_MS_UTC,
+}

@@ -1,10 +1,23 @@
-// Contract tests for the service's methods (SPEC §1–§4, §6), against a fresh PostgreSQL database.
+// Contract tests for the service's methods (SPEC §1–§4, §6, §7), against a fresh database of
+// the backend IDEM_BACKEND selects, verified through an independent client (node-postgres /
+// better-sqlite3).
 const { test, describe, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const util = require('node:util')
-const { Client } = require('pg')
 const { IdempotencyKeyService, TransactionManager } = require('..')
-const { freshDb, rejects, sleep, admin, ADMIN_URL } = require('./helpers')
+const {
+  freshDb,
+  rejects,
+  sleep,
+  admin,
+  ADMIN_URL,
+  pick,
+  isPostgres,
+  slowSql,
+  decodeKeyRow,
+  openSqliteVerifier,
+  removeSqliteFiles,
+} = require('./helpers')
 
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 const KEY_ID = /^ikey_[0-9A-HJKMNP-TV-Z]{26}$/
@@ -21,9 +34,9 @@ const FIELDS = [
   'recovery_point',
 ]
 
-let db
+let fx // the fresh database: service, connect(), cleanup()
+let db // its verification client
 let service
-let pg
 let seq = 0
 const uniq = (p = 'k') => `${p}-${process.pid}-${++seq}-${Math.random().toString(36).slice(2, 8)}`
 
@@ -57,30 +70,40 @@ function assertKeyShape(k) {
   assert.ok(k.request_path === null || typeof k.request_path === 'string')
 }
 
+/** The key's row as committed (timestamps as Date, JSON parsed), or undefined. */
 async function row(key) {
-  const r = await pg.query('SELECT * FROM idempotency_key WHERE idempotency_key = $1', [key])
-  return r.rows[0]
+  const rows = await db.query('SELECT * FROM idempotency_key WHERE idempotency_key = $1', [key])
+  return decodeKeyRow(rows[0])
 }
 
 async function sideRows(tag) {
-  const r = await pg.query('SELECT v FROM side WHERE tag = $1 ORDER BY v', [tag])
-  return r.rows.map((x) => x.v)
+  const rows = await db.query('SELECT v FROM side WHERE tag = $1 ORDER BY v', [tag])
+  return rows.map((x) => x.v)
+}
+
+async function count(sql, params = []) {
+  const [r] = await db.query(`SELECT CAST(count(*) AS integer) AS n FROM ${sql}`, params)
+  return r.n
 }
 
 before(async () => {
-  db = await freshDb()
-  service = db.service
-  pg = db.pg
-  await pg.query('CREATE TABLE side (tag text NOT NULL, v text NOT NULL)')
+  fx = await freshDb()
+  service = fx.service
+  db = fx.db
+  await db.exec('CREATE TABLE side (tag text NOT NULL, v text NOT NULL)')
 })
 
 after(async () => {
-  if (db) await db.cleanup()
+  if (fx) await fx.cleanup()
 })
 
 // ---------------------------------------------------------------------------------------------
 describe('migrate()', () => {
-  const expectedColumns = [
+  const PK = 'PK_213f125e14469be304f9ff1d452'
+  const IDX = 'IDX_a421bf4588d0004a9b0c0fe84f'
+
+  // PostgreSQL: information_schema / pg_catalog, compared with SPEC §1 exactly.
+  const expectedPgColumns = [
     ['created_at', 'timestamp with time zone', 'NO', 'now()'],
     ['id', 'character varying', 'NO', null],
     ['idempotency_key', 'character varying', 'NO', null],
@@ -93,56 +116,119 @@ describe('migrate()', () => {
     ['response_code', 'integer', 'YES', null],
   ]
 
+  // SQLite (SPEC §7): the same columns in SPEC §1's order with the same nullability and
+  // defaults; timestamptz is ISO 8601 text (the default writes it), jsonb is JSON text.
+  // [name, declared type (lower case), notnull, default, pk]
+  const expectedSqliteColumns = [
+    ['id', 'varchar', 1, null, 1],
+    ['idempotency_key', 'varchar', 1, null, 0],
+    ['created_at', 'text', 1, "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", 0],
+    ['locked_at', 'text', 0, null, 0],
+    ['request_method', 'varchar', 0, null, 0],
+    ['request_params', 'text', 0, null, 0],
+    ['request_path', 'varchar', 0, null, 0],
+    ['response_code', 'integer', 0, null, 0],
+    ['response_body', 'text', 0, null, 0],
+    ['recovery_point', 'varchar', 1, "'started'", 0],
+  ]
+
+  /** The table as the verification client `client` (db.query / db.exec shape) sees it. */
   async function describeTable(client) {
-    const cols = await client.query(
-      `SELECT column_name, data_type, is_nullable, column_default, character_maximum_length
-         FROM information_schema.columns
-        WHERE table_schema = 'public' AND table_name = 'idempotency_key'
-        ORDER BY column_name`,
-    )
-    const cons = await client.query(
-      `SELECT conname, contype, pg_get_constraintdef(c.oid) AS def
-         FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
-        WHERE t.relname = 'idempotency_key' ORDER BY conname`,
+    if (isPostgres) {
+      const cols = await client.query(
+        `SELECT column_name, data_type, is_nullable, column_default, character_maximum_length
+           FROM information_schema.columns
+          WHERE table_schema = 'public' AND table_name = 'idempotency_key'
+          ORDER BY column_name`,
+      )
+      const cons = await client.query(
+        `SELECT conname, contype, pg_get_constraintdef(c.oid) AS def
+           FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+          WHERE t.relname = 'idempotency_key' ORDER BY conname`,
+      )
+      const idx = await client.query(
+        `SELECT indexname, indexdef FROM pg_indexes
+          WHERE schemaname = 'public' AND tablename = 'idempotency_key' ORDER BY indexname`,
+      )
+      return { cols, cons, idx }
+    }
+    const cols = await client.query(`SELECT cid, name, type, "notnull", dflt_value, pk FROM pragma_table_info('idempotency_key') ORDER BY cid`)
+    const master = await client.query(
+      `SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master WHERE tbl_name = 'idempotency_key' ORDER BY name`,
     )
     const idx = await client.query(
-      `SELECT indexname, indexdef FROM pg_indexes
-        WHERE schemaname = 'public' AND tablename = 'idempotency_key' ORDER BY indexname`,
+      `SELECT name, "unique", origin, partial FROM pragma_index_list('idempotency_key') ORDER BY name`,
     )
-    return { cols: cols.rows, cons: cons.rows, idx: idx.rows }
+    for (const i of idx) {
+      i.columns = (await client.query(`SELECT name FROM pragma_index_info($1) ORDER BY seqno`, [i.name])).map((c) => c.name)
+    }
+    return { cols, master, idx }
   }
 
   function assertMedusaTable(t) {
+    if (isPostgres) {
+      assert.deepEqual(
+        t.cols.map((c) => [c.column_name, c.data_type, c.is_nullable, c.column_default]),
+        expectedPgColumns,
+      )
+      for (const c of t.cols) assert.equal(c.character_maximum_length, null, `${c.column_name} has no length limit`)
+      assert.deepEqual(t.cons, [{ conname: PK, contype: 'p', def: 'PRIMARY KEY (id)' }])
+      assert.deepEqual(
+        t.idx.map((i) => i.indexname),
+        [IDX, PK],
+      )
+      const uniqueIdx = t.idx.find((i) => i.indexname === IDX)
+      assert.equal(uniqueIdx.indexdef, `CREATE UNIQUE INDEX "${IDX}" ON public.idempotency_key USING btree (idempotency_key)`)
+      return
+    }
     assert.deepEqual(
-      t.cols.map((c) => [c.column_name, c.data_type, c.is_nullable, c.column_default]),
-      expectedColumns,
+      t.cols.map((c) => [c.name, c.type.toLowerCase(), c.notnull, c.dflt_value, c.pk]),
+      expectedSqliteColumns,
     )
-    for (const c of t.cols) assert.equal(c.character_maximum_length, null, `${c.column_name} has no length limit`)
-    assert.deepEqual(t.cons, [{ conname: 'PK_213f125e14469be304f9ff1d452', contype: 'p', def: 'PRIMARY KEY (id)' }])
+    // SQLite keeps constraint names only in the DDL text: the primary key is the named constraint.
+    const table = t.master.filter((m) => m.type === 'table')
+    assert.equal(table.length, 1)
+    assert.match(table[0].sql, new RegExp(`CONSTRAINT "${PK}" PRIMARY KEY \\("?id"?\\)`))
+    assert.equal((table[0].sql.match(/CONSTRAINT/g) || []).length, 1, `one named constraint: ${table[0].sql}`)
+    // Two unique indexes: Medusa's on idempotency_key, and the primary key's on id.
     assert.deepEqual(
-      t.idx.map((i) => i.indexname),
-      ['IDX_a421bf4588d0004a9b0c0fe84f', 'PK_213f125e14469be304f9ff1d452'],
+      t.idx.map((i) => [i.name, i.unique, i.origin, i.partial, i.columns]),
+      [
+        [IDX, 1, 'c', 0, ['idempotency_key']],
+        ['sqlite_autoindex_idempotency_key_1', 1, 'pk', 0, ['id']],
+      ],
     )
-    const uniqueIdx = t.idx.find((i) => i.indexname === 'IDX_a421bf4588d0004a9b0c0fe84f')
-    assert.equal(
-      uniqueIdx.indexdef,
-      'CREATE UNIQUE INDEX "IDX_a421bf4588d0004a9b0c0fe84f" ON public.idempotency_key USING btree (idempotency_key)',
+    assert.deepEqual(
+      t.master.map((m) => [m.type, m.name]),
+      [
+        ['index', IDX],
+        ['table', 'idempotency_key'],
+        ['index', 'sqlite_autoindex_idempotency_key_1'],
+      ].sort((x, y) => (x[1] < y[1] ? -1 : 1)),
+      'nothing else (no triggers, no extra indexes) hangs off the table',
     )
   }
 
-  test('runs twice without error and the table matches SPEC §1 exactly', async () => {
+  test('runs twice without error and the table matches SPEC §1 exactly (SQLite: same names, nullability and defaults; timestamptz and jsonb are text)', async () => {
     await service.migrate()
     await service.migrate()
-    assertMedusaTable(await describeTable(pg))
+    assertMedusaTable(await describeTable(db))
   })
 
-  test("on a database whose table Medusa's own migration created, migrate() is a no-op and the service works", async () => {
+  test("on a database whose table Medusa's own migration created, migrate() is a no-op and the service works (postgres only: Medusa's migration is PostgreSQL DDL; on SQLite, an idempotency_key table that already exists, written in another layout, is left as it is and the service works on it)", async () => {
+    if (isPostgres) return medusaTableOnPostgres()
+    return existingTableOnSqlite()
+  })
+
+  async function medusaTableOnPostgres() {
+    const { Client } = require('pg')
     const name = `idem_test_medusa_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
     await admin(`CREATE DATABASE ${name}`)
     const u = new URL(ADMIN_URL)
     u.pathname = '/' + name
     const url = u.toString()
     const c = new Client({ connectionString: url })
+    const client = { query: async (sql, params) => (await c.query(sql, params)).rows }
     let s
     try {
       await c.connect()
@@ -156,14 +242,14 @@ describe('migrate()', () => {
         `INSERT INTO idempotency_key (id, idempotency_key, request_method, request_path, recovery_point)
          VALUES ('ikey_01ARZ3NDEKTSV4RRFFQ69G5FAV', 'medusa-old', 'POST', '/store/carts/1/complete', 'tax_lines_created')`,
       )
-      const before = await describeTable(c)
+      const before = await describeTable(client)
       const oidBefore = (await c.query(`SELECT 'idempotency_key'::regclass::oid AS oid`)).rows[0].oid
 
       s = await IdempotencyKeyService.connect({ url })
       await s.migrate()
       await s.migrate()
 
-      const afterT = await describeTable(c)
+      const afterT = await describeTable(client)
       assert.deepEqual(afterT, before)
       assertMedusaTable(afterT)
       const oidAfter = (await c.query(`SELECT 'idempotency_key'::regclass::oid AS oid`)).rows[0].oid
@@ -176,23 +262,67 @@ describe('migrate()', () => {
         'idempotency_key still there',
       )
 
-      const old = await s.retrieve('medusa-old')
-      assertKeyShape(old)
-      assert.equal(old.recovery_point, 'tax_lines_created')
-      assert.equal(old.request_path, '/store/carts/1/complete')
-
-      const k = await s.create({ idempotency_key: 'on-medusa-table', request_method: 'POST' })
-      assertKeyShape(k)
-      const staged = await s.workStage('on-medusa-table', async () => ({ response_code: 201, response_body: { ok: 1 } }))
-      assert.equal(staged.recovery_point, 'finished')
-      const r = await c.query(`SELECT response_code, response_body FROM idempotency_key WHERE idempotency_key = 'on-medusa-table'`)
-      assert.deepEqual(r.rows, [{ response_code: 201, response_body: { ok: 1 } }])
+      await serviceWorksOn(s, client)
     } finally {
       await c.end().catch(() => {})
       if (s) await s.close().catch(() => {})
       await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
     }
-  })
+  }
+
+  async function existingTableOnSqlite() {
+    const file = `/tmp/idem_test_medusa_${process.pid}_${Math.random().toString(36).slice(2, 8)}.db`
+    removeSqliteFiles(file)
+    const client = openSqliteVerifier(file)
+    let s
+    try {
+      // The SQLite form of SPEC §1, written by hand in a layout the addon does not use (unquoted
+      // names, one line, lower-case keywords where allowed): if migrate() recreated the table,
+      // the DDL text in sqlite_master would change.
+      await client.exec(
+        `create table idempotency_key (id varchar NOT NULL, idempotency_key varchar NOT NULL, created_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), locked_at text, request_method varchar, request_params text, request_path varchar, response_code integer, response_body text, recovery_point varchar NOT NULL DEFAULT 'started', CONSTRAINT "PK_213f125e14469be304f9ff1d452" PRIMARY KEY (id));
+         create unique index "IDX_a421bf4588d0004a9b0c0fe84f" on idempotency_key (idempotency_key);`,
+      )
+      // A row written before the service was pointed at this file.
+      await client.query(
+        `INSERT INTO idempotency_key (id, idempotency_key, request_method, request_path, recovery_point)
+         VALUES ('ikey_01ARZ3NDEKTSV4RRFFQ69G5FAV', 'medusa-old', 'POST', '/store/carts/1/complete', 'tax_lines_created')`,
+      )
+      const before = await describeTable(client)
+      assertMedusaTable(before)
+      const rowidBefore = await client.query(`SELECT rowid, * FROM idempotency_key`)
+
+      s = await IdempotencyKeyService.connect({ url: `sqlite://${file}` })
+      await s.migrate()
+      await s.migrate()
+
+      const afterT = await describeTable(client)
+      // Same DDL text, same root pages: the table and its indexes were not recreated.
+      assert.deepEqual(afterT, before)
+      assert.deepEqual(await client.query(`SELECT rowid, * FROM idempotency_key`), rowidBefore)
+
+      await serviceWorksOn(s, client)
+    } finally {
+      await client.close().catch(() => {})
+      if (s) await s.close().catch(() => {})
+      removeSqliteFiles(file)
+    }
+  }
+
+  /** The pre-existing row reads back, and a new key can be created and finished. */
+  async function serviceWorksOn(s, client) {
+    const old = await s.retrieve('medusa-old')
+    assertKeyShape(old)
+    assert.equal(old.recovery_point, 'tax_lines_created')
+    assert.equal(old.request_path, '/store/carts/1/complete')
+
+    const k = await s.create({ idempotency_key: 'on-medusa-table', request_method: 'POST' })
+    assertKeyShape(k)
+    const staged = await s.workStage('on-medusa-table', async () => ({ response_code: 201, response_body: { ok: 1 } }))
+    assert.equal(staged.recovery_point, 'finished')
+    const r = await client.query(`SELECT response_code, response_body FROM idempotency_key WHERE idempotency_key = 'on-medusa-table'`)
+    assert.deepEqual(r.map(decodeKeyRow), [{ response_code: 201, response_body: { ok: 1 } }])
+  }
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -270,20 +400,18 @@ describe('initializeRequest()', () => {
 
   test('no row is created for an invalid key', async () => {
     await rejects(service.initializeRequest('a'.repeat(256), 'POST', {}, '/no-row'))
-    const r = await pg.query(`SELECT count(*)::int AS n FROM idempotency_key WHERE request_path = '/no-row'`)
-    assert.equal(r.rows[0].n, 0)
+    assert.equal(await count(`idempotency_key WHERE request_path = '/no-row'`), 0)
   })
 
   test('an existing key with the same request is returned (after its lease expired)', async () => {
-    const s = await db.connect({ lockTimeoutMs: 100 })
+    const s = await fx.connect({ lockTimeoutMs: 100 })
     const key = uniq('same')
     const a = await s.initializeRequest(key, 'POST', { x: 1 }, '/same')
     await sleep(250)
     const b = await s.initializeRequest(key, 'POST', { x: 1 }, '/same')
     assert.equal(b.id, a.id)
     assert.equal(b.idempotency_key, key)
-    const n = await pg.query('SELECT count(*)::int AS n FROM idempotency_key WHERE idempotency_key = $1', [key])
-    assert.equal(n.rows[0].n, 1)
+    assert.equal(await count('idempotency_key WHERE idempotency_key = $1', [key]), 1)
   })
 
   for (const [label, args] of [
@@ -292,7 +420,7 @@ describe('initializeRequest()', () => {
     ['params', ['POST', { x: 2 }, '/reuse']],
   ]) {
     test(`a key reused with a different ${label} → duplicate_error / IDEMPOTENCY_KEY_REUSED (leased or not)`, async () => {
-      const s = await db.connect({ lockTimeoutMs: 150 })
+      const s = await fx.connect({ lockTimeoutMs: 150 })
       const key = uniq('reuse')
       await s.initializeRequest(key, 'POST', { x: 1 }, '/reuse')
       // Still leased.
@@ -447,18 +575,18 @@ describe('update()', () => {
     assert.equal(r.request_method, 'POST')
     assert.deepEqual(r.request_params, { p: 1 })
     // null on a nullable column really writes SQL NULL (not JSON null).
-    const j = await pg.query(
-      'SELECT response_body IS NULL AS isnull FROM idempotency_key WHERE idempotency_key = $1',
+    const [j] = await db.query(
+      "SELECT CASE WHEN response_body IS NULL THEN 'sql null' ELSE 'not sql null' END AS null_kind FROM idempotency_key WHERE idempotency_key = $1",
       [key],
     )
-    assert.equal(j.rows[0].isnull, true)
+    assert.equal(j.null_kind, 'sql null')
     const k2 = await service.update(key, { response_code: null, request_path: null })
     assert.equal(k2.response_code, null)
     assert.equal(k2.request_path, null)
     assert.equal(k2.request_method, 'POST')
   })
 
-  test('response_body object stored as jsonb and returned parsed', async () => {
+  test('response_body object stored as JSON (jsonb; JSON text on SQLite) and returned parsed', async () => {
     const key = uniq('updbody')
     await service.create({ idempotency_key: key })
     const body = { cart: { id: 'c1', items: [{ q: 2, price: 10.5 }], ok: true, none: null }, s: 'é✓' }
@@ -468,11 +596,11 @@ describe('update()', () => {
     assert.equal(k.recovery_point, 'payment_authorized')
     const r = await row(key)
     assert.deepEqual(r.response_body, body)
-    const t = await pg.query(
-      'SELECT jsonb_typeof(response_body) AS t FROM idempotency_key WHERE idempotency_key = $1',
+    const [t] = await db.query(
+      `SELECT ${pick({ postgres: 'jsonb_typeof', sqlite: 'json_type' })}(response_body) AS t FROM idempotency_key WHERE idempotency_key = $1`,
       [key],
     )
-    assert.equal(t.rows[0].t, 'object')
+    assert.equal(t.t, 'object')
   })
 
   test('an unknown field → invalid_data / INVALID_ARGUMENT, nothing written', async () => {
@@ -502,6 +630,13 @@ describe('update()', () => {
 
 // ---------------------------------------------------------------------------------------------
 describe('workStage()', () => {
+  // An INSERT that only runs after ~0.3 s of other work (SQLite has no pg_sleep).
+  const SLOW_INSERT = pick({
+    postgres: 'INSERT INTO side (tag, v) SELECT $1, $2 FROM pg_sleep(0.3)',
+    sqlite:
+      'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) INSERT INTO side (tag, v) SELECT $1, $2 FROM (SELECT count(*) AS n FROM c)',
+  })
+
   test('commits: side-table row visible, recovery point moved, locked_at refreshed', async () => {
     const key = uniq('ws-commit')
     const k0 = await service.initializeRequest(key, 'POST', {}, '/ws')
@@ -707,14 +842,14 @@ describe('workStage()', () => {
     assertErr(await rejects(saved2.query('SELECT 1')), 'unexpected_state', 'TRANSACTION_CLOSED')
   })
 
-  test('an un-awaited SELECT pg_sleep(0.3) when the callback returns → QUERY_NOT_AWAITED, nothing committed', async () => {
+  test('an un-awaited slow SELECT (~0.3 s) when the callback returns → QUERY_NOT_AWAITED, nothing committed', async () => {
     const key = uniq('ws-notawaited')
     await service.create({ idempotency_key: key })
     let dangling
     const e = await rejects(
       service.workStage(key, async (tx) => {
         await tx.query('INSERT INTO side (tag, v) VALUES ($1, $2)', [key, 'awaited'])
-        dangling = tx.query('SELECT pg_sleep(0.3)')
+        dangling = tx.query(slowSql(0.3))
         dangling.catch(() => {})
         return { recovery_point: 'moved' }
       }),
@@ -725,13 +860,13 @@ describe('workStage()', () => {
     assert.equal((await row(key)).recovery_point, 'started')
   })
 
-  test('an un-awaited INSERT preceded by pg_sleep → QUERY_NOT_AWAITED, the INSERT not committed', async () => {
+  test('an un-awaited INSERT behind a slow statement (~0.3 s) → QUERY_NOT_AWAITED, the INSERT not committed', async () => {
     const key = uniq('ws-notawaited2')
     await service.create({ idempotency_key: key })
     let dangling
     const e = await rejects(
       service.workStage(key, async (tx) => {
-        dangling = tx.query('INSERT INTO side (tag, v) SELECT $1, $2 FROM pg_sleep(0.3)', [key, 'late'])
+        dangling = tx.query(SLOW_INSERT, [key, 'late'])
         dangling.catch(() => {})
         return { recovery_point: 'moved' }
       }),
@@ -744,7 +879,7 @@ describe('workStage()', () => {
   })
 
   test('a never-settling callback with stageTimeoutMs 200 → STAGE_TIMEOUT within ~2 s, its write not committed', async () => {
-    const s = await db.connect({ stageTimeoutMs: 200 })
+    const s = await fx.connect({ stageTimeoutMs: 200 })
     const key = uniq('ws-timeout')
     await s.create({ idempotency_key: key })
     const t0 = Date.now()
@@ -765,7 +900,7 @@ describe('workStage()', () => {
   test('when STAGE_TIMEOUT rejects, the stage has already rolled back: lease released, key workable', async () => {
     // As for a callback that throws (see 'a failed stage releases the request lease'), the
     // rejection must come after the rollback, so a retry right away is not refused.
-    const s = await db.connect({ stageTimeoutMs: 200 })
+    const s = await fx.connect({ stageTimeoutMs: 200 })
     const key = uniq('ws-timeout-release')
     await s.initializeRequest(key, 'POST', {}, '/ws')
     const e = await rejects(s.workStage(key, () => new Promise(() => {})))
@@ -775,7 +910,7 @@ describe('workStage()', () => {
     assert.equal(k.recovery_point, 'after_timeout')
   })
 
-  test('a SQL error the callback caught → the stage rejects with database_error / 42P01, nothing committed', async () => {
+  test('a SQL error the callback caught → the stage rejects with database_error (42P01; SQLITE_1 on SQLite), nothing committed', async () => {
     const key = uniq('ws-caught')
     await service.create({ idempotency_key: key })
     let caughtInside
@@ -790,8 +925,9 @@ describe('workStage()', () => {
         return { recovery_point: 'moved' }
       }),
     )
-    assertErr(caughtInside, 'database_error', '42P01')
-    assertErr(e, 'database_error', '42P01')
+    const NO_SUCH_TABLE = pick({ postgres: '42P01', sqlite: 'SQLITE_1' })
+    assertErr(caughtInside, 'database_error', NO_SUCH_TABLE)
+    assertErr(e, 'database_error', NO_SUCH_TABLE)
     assert.deepEqual(await sideRows(key), [])
     assert.equal((await row(key)).recovery_point, 'started')
   })
@@ -997,7 +1133,16 @@ describe('errors', () => {
     }
   })
 
-  test('a failed connection rejects with database_error and never leaks the password', async () => {
+  test('a failed connection rejects with database_error and never leaks the password (postgres only: SQLite has no server and its URLs carry no credentials; on SQLite a file that cannot be opened rejects with database_error / SQLITE_14)', async () => {
+    if (!isPostgres) {
+      // SQLITE_CANTOPEN (14): a directory that does not exist; through the URL and the options.
+      const url = `sqlite:///tmp/idem_test_no_such_dir_${process.pid}/sub/x.db`
+      const e = await rejects(IdempotencyKeyService.connect(url))
+      assertErr(e, 'database_error', 'SQLITE_14')
+      const e2 = await rejects(IdempotencyKeyService.connect({ url, acquireTimeoutMs: 500 }))
+      assertErr(e2, 'database_error', 'SQLITE_14')
+      return
+    }
     const e = await rejects(IdempotencyKeyService.connect('postgres://someuser:s3cretpw@127.0.0.1:1/db'))
     assertErr(e, 'database_error')
     assert.ok(!e.message.includes('s3cretpw'), e.message)

@@ -20,5 +20,5 @@ function newest(dir) {
 const sources = Math.max(newest(path.join(root, 'src')), newest(path.join(root, 'crates')), newest(path.join(root, 'migrations')))
 if (!addon || fs.statSync(path.join(root, addon)).mtimeMs < sources) {
   console.log('building the addon (debug profile)…')
-  execSync('npx napi build --platform', { cwd: root, stdio: 'inherit' })
+  execSync('npx napi build --platform --js native.js', { cwd: root, stdio: 'inherit' })
 }

@@ -32,8 +32,8 @@ async function withDbPrefix(fn) {
     run('cargo fmt --all -- --check')
     run('cargo clippy --all-targets -- -D warnings')
     await withDbPrefix((prefix) => run('cargo test -p idempotency-core', { TEST_DB_PREFIX: prefix }))
-    run('npx napi build --platform')
-    run('git diff --exit-code -- index.d.ts index.js')
+    run('npx napi build --platform --js native.js')
+    run('git diff --exit-code -- index.d.ts native.js')
   }
   // One contract suite, run against each backend.
   for (const backend of ['sqlite', 'postgres']) {

@@ -518,3 +518,20 @@ pub(crate) unsafe fn error_to_js(env: Env_, e: &Error) -> Result<Raw> {
   )?;
   Ok(err)
 }
+
+/// A value of a row a caller's executor returned, as a cell.
+pub(crate) unsafe fn to_cell(env: Env_, v: Raw) -> JsResult<Cell> {
+  Ok(match type_of(env, v) {
+    sys::ValueType::napi_undefined | sys::ValueType::napi_null => Cell::Null,
+    sys::ValueType::napi_boolean => Cell::Bool(get_bool(env, v)),
+    sys::ValueType::napi_number => Cell::Number(get_number(env, v)),
+    sys::ValueType::napi_string => Cell::Text(get_string(env, v, "row value")?),
+    sys::ValueType::napi_bigint => Cell::Text(bigint_string(env, v)?),
+    sys::ValueType::napi_object if is(env, v, sys::napi_is_date) => Cell::Date(date_ms(env, v)),
+    sys::ValueType::napi_object => match buffer_bytes(env, v) {
+      Some(b) => Cell::Bytes(b),
+      None => Cell::Json(to_json(env, v, "row value")?.unwrap_or(Value::Null)),
+    },
+    _ => Cell::Null,
+  })
+}

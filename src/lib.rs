@@ -4,8 +4,10 @@
 
 #![deny(clippy::all)]
 
+mod executor;
 mod js;
 
+use executor::JsExecutor;
 use futures_util::FutureExt;
 use idempotency_core::{
   Error, Fingerprint, IdempotencyKey, Isolation, KeyUpdate, Options, Param, QueryResult, Service,
@@ -147,45 +149,50 @@ fn opt_u32(env: sys::napi_env, obj: Raw, name: &str) -> JsResult<Option<u32>> {
 }
 
 unsafe fn connect_options(env: sys::napi_env, arg: Raw) -> JsResult<Options> {
-  let url_of = |v: Raw| -> JsResult<String> { js::get_string(env, v, "url") };
   match js::type_of(env, arg) {
-    sys::ValueType::napi_string => Ok(Options::new(url_of(arg)?)),
+    sys::ValueType::napi_string => Ok(Options::new(js::get_string(env, arg, "url")?)),
     sys::ValueType::napi_undefined | sys::ValueType::napi_null => default_url().map(Options::new),
     sys::ValueType::napi_object => {
       let url = js::get_property(env, arg, "url", "url")?;
-      let mut o = Options::new(if js::is_nullish(env, url) {
+      let url = if js::is_nullish(env, url) {
         default_url()?
       } else {
-        url_of(url)?
-      });
-      if let Some(n) = opt_u32(env, arg, "maxConnections")? {
-        o.max_connections = n;
-      }
-      let iso = js::get_property(env, arg, "isolationLevel", "isolationLevel")?;
-      if !js::is_nullish(env, iso) {
-        o.isolation = Isolation::parse(&js::get_string(env, iso, "isolationLevel")?)?;
-      }
-      if let Some(n) = opt_u32(env, arg, "lockTimeoutMs")? {
-        o.lock_timeout = Duration::from_millis(n as u64);
-      }
-      if let Some(n) = opt_u32(env, arg, "maxRetries")? {
-        o.max_retries = n;
-      }
-      if let Some(n) = opt_u32(env, arg, "stageTimeoutMs")? {
-        o.stage_timeout = (n > 0).then(|| Duration::from_millis(n as u64));
-      }
-      if let Some(n) = opt_u32(env, arg, "acquireTimeoutMs")? {
-        o.acquire_timeout = Duration::from_millis(n as u64);
-      }
-      if let Some(n) = opt_u32(env, arg, "busyTimeoutMs")? {
-        o.busy_timeout = Duration::from_millis(n as u64);
-      }
-      Ok(o)
+        js::get_string(env, url, "url")?
+      };
+      connect_options_object(env, arg, url)
     }
     _ => Err(Error::InvalidArgument(
       "connect() takes a connection URL or an options object".into(),
     )),
   }
+}
+
+/// The tuning fields of {@link ConnectOptions}.
+unsafe fn connect_options_object(env: sys::napi_env, arg: Raw, url: String) -> JsResult<Options> {
+  let mut o = Options::new(url);
+  if let Some(n) = opt_u32(env, arg, "maxConnections")? {
+    o.max_connections = n;
+  }
+  let iso = js::get_property(env, arg, "isolationLevel", "isolationLevel")?;
+  if !js::is_nullish(env, iso) {
+    o.isolation = Isolation::parse(&js::get_string(env, iso, "isolationLevel")?)?;
+  }
+  if let Some(n) = opt_u32(env, arg, "lockTimeoutMs")? {
+    o.lock_timeout = Duration::from_millis(n as u64);
+  }
+  if let Some(n) = opt_u32(env, arg, "maxRetries")? {
+    o.max_retries = n;
+  }
+  if let Some(n) = opt_u32(env, arg, "stageTimeoutMs")? {
+    o.stage_timeout = (n > 0).then(|| Duration::from_millis(n as u64));
+  }
+  if let Some(n) = opt_u32(env, arg, "acquireTimeoutMs")? {
+    o.acquire_timeout = Duration::from_millis(n as u64);
+  }
+  if let Some(n) = opt_u32(env, arg, "busyTimeoutMs")? {
+    o.busy_timeout = Duration::from_millis(n as u64);
+  }
+  Ok(o)
 }
 
 /// The embedded default when neither a URL nor `DATABASE_URL` is given.
@@ -215,6 +222,14 @@ pub struct ConnectOptions {
   pub acquire_timeout_ms: Option<u32>,
   /// SQLite: how long a writer waits for the write lock before `DATABASE_BUSY`, in ms (default 5000).
   pub busy_timeout_ms: Option<u32>,
+}
+
+/// Anything that runs SQL in the caller's transaction: a TypeORM `EntityManager`, a
+/// node-postgres `Client`/`PoolClient`, or a `TransactionManager`.
+#[napi(object)]
+pub struct QueryExecutor {
+  #[napi(ts_type = "(sql: string, params?: unknown[]) => Promise<unknown>")]
+  pub query: Unknown<'static>,
 }
 
 /// Optional third argument of `workStage`.
@@ -263,7 +278,24 @@ pub struct StageReturnValue {
 #[napi]
 pub struct IdempotencyKeyService {
   core: Arc<Service>,
-  bound: Option<StageTx>,
+  bound: Option<Bound>,
+}
+
+/// The caller's transaction a service copy is bound to.
+#[derive(Clone)]
+enum Bound {
+  /// One of our stage handles (`withTransaction(tx)` inside a native stage).
+  Tx(StageTx),
+  /// A caller's executor: TypeORM `EntityManager`, node-postgres client…
+  Exec(JsExecutor),
+}
+
+fn target(bound: &Option<Bound>) -> Target<'_> {
+  match bound {
+    None => Target::Pool,
+    Some(Bound::Tx(tx)) => Target::Tx(tx),
+    Some(Bound::Exec(ex)) => Target::Exec(ex),
+  }
 }
 
 /// The transaction a `workStage` callback runs in. `query` has TypeORM's
@@ -379,6 +411,36 @@ unsafe fn read_stage_return(env: sys::napi_env, v: Raw) -> JsResult<StageResult>
   Ok(r)
 }
 
+/// A stage callback of a service bound to a caller's executor: called with no handle of ours.
+type BoundCallback =
+  ThreadsafeFunction<(), Either<Promise<StageReturn>, StageReturn>, (), Status, false>;
+
+/// Await what the callback returned (a promise or a plain value).
+async fn settle(
+  called: Result<Either<Promise<StageReturn>, StageReturn>>,
+) -> std::result::Result<StageResult, StageError<napi::Error>> {
+  let settled = match called {
+    Ok(Either::A(promise)) => promise.await,
+    Ok(Either::B(value)) => Ok(value),
+    Err(thrown) => Err(thrown),
+  };
+  match settled {
+    Ok(StageReturn(r)) => r.map_err(StageError::Core),
+    Err(thrown) => Err(StageError::Callback(thrown)),
+  }
+}
+
+fn stage_reply(
+  result: std::result::Result<IdempotencyKey, StageError<napi::Error>>,
+) -> Result<Reply<IdempotencyKey>> {
+  match result {
+    Ok(k) => Ok(Reply(Ok(k))),
+    Err(StageError::Core(err)) => Ok(Reply(Err(err))),
+    // The callback's own error value, passed back untouched.
+    Err(StageError::Callback(thrown)) => Err(thrown),
+  }
+}
+
 type StageCallback = ThreadsafeFunction<
   TransactionManager,
   Either<Promise<StageReturn>, StageReturn>,
@@ -452,10 +514,6 @@ impl IdempotencyKeyService {
     })
   }
 
-  fn target(&self) -> Option<StageTx> {
-    self.bound.clone()
-  }
-
   /// Create Medusa's `idempotency_key` table (same columns, constraint and index names) if it
   /// is missing. A no-op on a Medusa database and when run twice.
   #[napi(ts_return_type = "Promise<void>")]
@@ -491,9 +549,9 @@ impl IdempotencyKeyService {
       };
       Ok((key, fingerprint(e, method.raw(), params.raw(), path.raw())?))
     });
-    let (core, bound) = (self.core.clone(), self.target());
+    let (core, bound) = (self.core.clone(), self.bound.clone());
     spawn(env, async move {
-      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      let target = target(&bound);
       core.initialize_request(target, key.as_deref(), fp).await
     })
   }
@@ -535,9 +593,9 @@ impl IdempotencyKeyService {
       )?;
       Ok((opt("idempotency_key")?, fp, opt("recovery_point")?))
     });
-    let (core, bound) = (self.core.clone(), self.target());
+    let (core, bound) = (self.core.clone(), self.bound.clone());
     spawn(env, async move {
-      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      let target = target(&bound);
       core.create(target, key.as_deref(), fp, rp).await
     })
   }
@@ -594,9 +652,9 @@ impl IdempotencyKeyService {
         }
       }
     });
-    let (core, bound) = (self.core.clone(), self.target());
+    let (core, bound) = (self.core.clone(), self.bound.clone());
     spawn(env, async move {
-      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      let target = target(&bound);
       match by {
         By::Key(k) => core.retrieve(target, &k).await,
         By::Selector(f, shown) => core.retrieve_by(target, f, &shown).await,
@@ -616,9 +674,9 @@ impl IdempotencyKeyService {
     key: Unknown,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
     let key = args!(env, key_arg(env.raw(), key.raw()));
-    let (core, bound) = (self.core.clone(), self.target());
+    let (core, bound) = (self.core.clone(), self.bound.clone());
     spawn(env, async move {
-      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      let target = target(&bound);
       core.lock(target, &key).await
     })
   }
@@ -643,9 +701,9 @@ impl IdempotencyKeyService {
         KeyUpdate::from_fields(fields(e, update.raw(), "update")?)?,
       ))
     });
-    let (core, bound) = (self.core.clone(), self.target());
+    let (core, bound) = (self.core.clone(), self.bound.clone());
     spawn(env, async move {
-      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
+      let target = target(&bound);
       core.update(target, &key, u).await
     })
   }
@@ -657,7 +715,7 @@ impl IdempotencyKeyService {
   /// response_body }` to finish. If it throws, everything rolls back and the same error value is
   /// rethrown. Pass `{ recoveryPoint }` to refuse a stale stage (`IDEMPOTENCY_KEY_STALE`).
   #[napi(
-    ts_args_type = "idempotencyKey: string, callback: (tx: TransactionManager) => StageReturnValue | Promise<StageReturnValue>, options?: WorkStageOptions",
+    ts_args_type = "idempotencyKey: string, callback: (tx: TransactionManager | any) => StageReturnValue | Promise<StageReturnValue>, options?: WorkStageOptions",
     ts_return_type = "Promise<IdempotencyKey>"
   )]
   pub fn work_stage<'env>(
@@ -688,37 +746,38 @@ impl IdempotencyKeyService {
       };
       Ok((key, expected))
     });
+    let (core, bound) = (self.core.clone(), self.bound.clone());
+    if let Some(Bound::Exec(ex)) = bound {
+      // Bound to a caller's executor: index.js hands the callback that executor itself.
+      let tsfn: BoundCallback = unsafe { BoundCallback::from_napi_value(e, callback.raw())? };
+      return env.spawn_future(async move {
+        let result = core
+          .work_stage_bound(&ex, &key, expected.as_deref(), || async {
+            settle(tsfn.call_async_catch(()).await).await
+          })
+          .await;
+        stage_reply(result)
+      });
+    }
     let tsfn: StageCallback = unsafe { StageCallback::from_napi_value(e, callback.raw())? };
-    let (core, bound) = (self.core.clone(), self.target());
     env.spawn_future(async move {
-      let target = bound.as_ref().map(Target::Tx).unwrap_or(Target::Pool);
       let tsfn = &tsfn;
       let result = core
-        .work_stage(target, &key, expected.as_deref(), |tx| async move {
-          let settled = match tsfn.call_async_catch(TransactionManager { tx }).await {
-            Ok(Either::A(promise)) => promise.await,
-            Ok(Either::B(value)) => Ok(value),
-            Err(thrown) => Err(thrown),
-          };
-          match settled {
-            Ok(StageReturn(r)) => r.map_err(StageError::Core),
-            Err(thrown) => Err(StageError::Callback(thrown)),
-          }
+        .work_stage(target(&bound), &key, expected.as_deref(), |tx| async move {
+          settle(tsfn.call_async_catch(TransactionManager { tx }).await).await
         })
         .await;
-      match result {
-        Ok(k) => Ok(Reply(Ok(k))),
-        Err(StageError::Core(err)) => Ok(Reply(Err(err))),
-        // The callback's own error value, passed back untouched.
-        Err(StageError::Callback(thrown)) => Err(thrown),
-      }
+      stage_reply(result)
     })
   }
 
-  /// Return a copy of the service whose every statement runs in `manager`'s transaction (a
-  /// `TransactionManager` from a native stage). No argument returns the service itself.
+  /// Return a copy of the service whose every statement runs in `manager`'s transaction: a
+  /// `TransactionManager` from a native stage, or any executor with `query(sql, params)` — a
+  /// TypeORM `EntityManager` inside `manager.transaction(...)`, a node-postgres client inside
+  /// `BEGIN … COMMIT`. Stages of the copy lock the key's row there, hand the callback that same
+  /// executor, and commit or roll back with the caller. No argument returns the service itself.
   #[napi(
-    ts_args_type = "manager?: TransactionManager",
+    ts_args_type = "manager?: TransactionManager | QueryExecutor",
     ts_return_type = "IdempotencyKeyService"
   )]
   pub fn with_transaction(
@@ -742,9 +801,67 @@ impl IdempotencyKeyService {
     };
     let copy = IdempotencyKeyService {
       core: self.core.clone(),
-      bound: Some(tm.tx.clone()),
+      bound: Some(Bound::Tx(tm.tx.clone())),
     };
     Ok(RawValue(unsafe { ToNapiValue::to_napi_value(e, copy)? }))
+  }
+
+  /// Bound mode, used by `withTransaction(executor)` in index.js: a copy of the service whose
+  /// every statement goes through `query`, the executor's `query` wrapped so that it resolves
+  /// to `{ rows }` or `{ error: { code, message } }`.
+  #[napi(
+    ts_args_type = "query: (sql: string, params: unknown[]) => Promise<unknown>",
+    ts_return_type = "IdempotencyKeyService"
+  )]
+  pub fn bind_executor(&self, env: &Env, query: Unknown) -> Result<RawValue> {
+    let e = env.raw();
+    if unsafe { js::type_of(e, query.raw()) } != sys::ValueType::napi_function {
+      return Err(unsafe {
+        reject(
+          e,
+          &Error::InvalidArgument("query must be a function".into()),
+        )
+      });
+    }
+    let copy = IdempotencyKeyService {
+      core: self.core.clone(),
+      bound: Some(Bound::Exec(unsafe {
+        JsExecutor::from_function(e, query.raw())?
+      })),
+    };
+    Ok(RawValue(unsafe { ToNapiValue::to_napi_value(e, copy)? }))
+  }
+
+  /// A service with no pool of its own, for the Medusa container class: every call is bound
+  /// to a caller's executor with `bindExecutor`; `release` (a wrapped executor outside any
+  /// transaction, Medusa's `cradle.manager`) releases leases after failed stages.
+  #[napi(
+    ts_args_type = "release: (sql: string, params: unknown[]) => Promise<unknown>, options?: Omit<ConnectOptions, 'url' | 'maxConnections'>",
+    ts_return_type = "IdempotencyKeyService"
+  )]
+  pub fn detached(env: &Env, release: Unknown, options: Unknown) -> Result<RawValue> {
+    let e = env.raw();
+    let built = (|| -> JsResult<Options> {
+      unsafe {
+        if js::type_of(e, release.raw()) != sys::ValueType::napi_function {
+          return Err(Error::InvalidArgument("release must be a function".into()));
+        }
+        let mut o = if js::is_nullish(e, options.raw()) {
+          Options::new("")
+        } else {
+          connect_options_object(e, options.raw(), String::new())?
+        };
+        o.url = String::new();
+        Ok(o)
+      }
+    })();
+    let opts = built.map_err(|err| unsafe { reject(e, &err) })?;
+    let ex = unsafe { JsExecutor::from_function(e, release.raw())? };
+    let service = IdempotencyKeyService {
+      core: Arc::new(Service::detached(opts, Arc::new(ex))),
+      bound: None,
+    };
+    Ok(RawValue(unsafe { ToNapiValue::to_napi_value(e, service)? }))
   }
 
   /// Close the pool, waiting for connections in use to be returned.

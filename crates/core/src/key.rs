@@ -3,8 +3,6 @@
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 
 /// Column list in entity order; every statement that returns a key selects exactly this.
 pub(crate) const COLUMNS: &str = "id, idempotency_key, created_at, locked_at, request_method, \
@@ -28,25 +26,6 @@ pub struct IdempotencyKey {
 pub const FINISHED: &str = "finished";
 
 impl IdempotencyKey {
-  pub(crate) fn from_pg(row: &PgRow) -> Result<Self> {
-    Ok(IdempotencyKey {
-      id: row.try_get("id")?,
-      idempotency_key: row.try_get("idempotency_key")?,
-      created_at: row.try_get("created_at")?,
-      locked_at: row.try_get("locked_at")?,
-      request_method: row.try_get("request_method")?,
-      request_params: row
-        .try_get::<Option<sqlx::types::Json<Value>>, _>("request_params")?
-        .map(|j| j.0),
-      request_path: row.try_get("request_path")?,
-      response_code: row.try_get("response_code")?,
-      response_body: row
-        .try_get::<Option<sqlx::types::Json<Value>>, _>("response_body")?
-        .map(|j| j.0),
-      recovery_point: row.try_get("recovery_point")?,
-    })
-  }
-
   pub fn is_finished(&self) -> bool {
     self.recovery_point == FINISHED
   }
@@ -163,4 +142,13 @@ pub enum UpdateValue {
   Null,
   Date(DateTime<Utc>),
   Json(Value),
+}
+
+/// What `initializeRequest` found: the key claimed for this request, or a key it must judge.
+pub(crate) enum Claim {
+  Got(IdempotencyKey),
+  Existing {
+    key: IdempotencyKey,
+    same_request: bool,
+  },
 }

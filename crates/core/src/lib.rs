@@ -5,12 +5,14 @@
 pub mod error;
 pub mod key;
 mod lite;
+pub mod pgsql;
 pub mod service;
 pub mod stage;
 pub mod value;
 
 pub use error::{Error, Kind, Result};
 pub use key::{Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED};
+pub use pgsql::SharedExec;
 pub use service::{Isolation, Options, Service, StageError, StageResult, Target};
 pub use stage::StageTx;
 pub use value::{Cell, Param, QueryResult};

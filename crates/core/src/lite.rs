@@ -7,7 +7,7 @@
 //! columns as text.
 
 use crate::error::{Error, Result};
-use crate::key::{Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, COLUMNS};
+use crate::key::{Claim, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, COLUMNS};
 use crate::service::StageResult;
 use crate::value::{Cell, Param, QueryResult};
 use chrono::{DateTime, Utc};
@@ -73,15 +73,6 @@ pub(crate) fn key_from_row(row: &SqliteRow) -> Result<IdempotencyKey> {
 /// SQLite's date modifier for "lease_ms ago".
 fn ago(lease_ms: f64) -> String {
   format!("-{:.3} seconds", lease_ms / 1000.0)
-}
-
-/// Outcome of the insert-or-claim of `initializeRequest`.
-pub(crate) enum Claim {
-  Got(IdempotencyKey),
-  Existing {
-    key: IdempotencyKey,
-    same_request: bool,
-  },
 }
 
 pub(crate) async fn insert_or_claim(
@@ -170,24 +161,36 @@ pub(crate) async fn create(
 
 pub(crate) async fn select_by(
   c: &mut SqliteConnection,
-  binds: &[(&'static str, bool, UpdateValue)],
-  where_sql: &str,
+  selector: &[(&'static str, UpdateValue)],
 ) -> Result<Vec<IdempotencyKey>> {
-  let sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE TRUE{where_sql} LIMIT 2");
+  let mut sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE TRUE");
+  let mut n = 0;
+  for (col, value) in selector {
+    match value {
+      UpdateValue::Null => sql += &format!(" AND {col} IS NULL"),
+      // SQLite has no array parameters: IN over the elements of a bound JSON array.
+      UpdateValue::Json(Value::Array(_)) if !matches!(*col, "request_params" | "response_body") => {
+        n += 1;
+        sql += &format!(" AND {col} IN (SELECT value FROM json_each(?{n}))");
+      }
+      _ => {
+        n += 1;
+        sql += &format!(" AND {col} = ?{n}");
+      }
+    }
+  }
+  sql += " LIMIT 2";
   let mut q = sqlx::query(&sql);
-  for (col, _, v) in binds {
-    q = bind_column(q, col, v)?;
+  for (col, v) in selector {
+    if !matches!(v, UpdateValue::Null) {
+      q = bind_column(q, col, v)?;
+    }
   }
   q.fetch_all(&mut *c)
     .await?
     .iter()
     .map(key_from_row)
     .collect()
-}
-
-/// `col IN (…)` for a bound JSON array, as SQLite has no array parameters.
-pub(crate) fn in_list(n: usize) -> String {
-  format!("IN (SELECT value FROM json_each(?{n}))")
 }
 
 fn bind_column<'q>(q: LiteQuery<'q>, col: &str, v: &'q UpdateValue) -> Result<LiteQuery<'q>> {
@@ -219,16 +222,6 @@ pub(crate) async fn lock(
     .await?
     .map(|r| key_from_row(&r))
     .transpose()
-}
-
-pub(crate) async fn exists(c: &mut SqliteConnection, key: &str) -> Result<bool> {
-  Ok(
-    sqlx::query("SELECT 1 FROM idempotency_key WHERE idempotency_key = ?1")
-      .bind(key)
-      .fetch_optional(&mut *c)
-      .await?
-      .is_some(),
-  )
 }
 
 pub(crate) async fn update(

@@ -1,23 +1,26 @@
-//! Medusa's `IdempotencyKeyService` on PostgreSQL (and SQLite, see `lite`): every method as one or two statements
-//! whose concurrency lives in SQL (conditional `UPDATE … RETURNING`, `INSERT … ON CONFLICT`,
-//! `FOR UPDATE NOWAIT`), and `work_stage`, which runs a caller-supplied callback inside a
-//! transaction this module owns.
+//! Medusa's `IdempotencyKeyService`: the orchestration of every method over three kinds of
+//! connection — our PostgreSQL pool, our SQLite pool, or a caller's transaction (a stage
+//! handle of ours, or a JS executor such as TypeORM's `EntityManager`). The statements live
+//! in `pgsql` (PostgreSQL, both native and through a caller's executor) and `lite` (SQLite);
+//! this module decides which runs where, owns stage transactions, retries and leases.
 
 use crate::error::{Error, Result};
 use crate::key::{
-  validate_key, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, COLUMNS, FINISHED,
+  validate_key, Claim, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED,
 };
-use crate::lite::{self, Claim};
+use crate::lite;
+use crate::pgsql::{self, Exec, Shared, SharedExec};
 use crate::stage::{ConnRef, StageTx, TxConn};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
 use std::collections::HashSet;
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::Mutex as StdMutex;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 /// Transaction isolation of native stages.
@@ -105,11 +108,13 @@ impl<E> From<Error> for StageError<E> {
   }
 }
 
-/// Where a method runs: on the service's pool, or inside a stage transaction it is bound to.
+/// Where a method runs: on the service's own connections, inside one of our stage
+/// transactions, or through a caller's executor (bound mode).
 #[derive(Clone, Copy)]
 pub enum Target<'a> {
   Pool,
   Tx(&'a StageTx),
+  Exec(&'a dyn SharedExec),
 }
 
 pub struct Service {
@@ -126,6 +131,9 @@ enum Backend {
     /// Stages queue here for the single write lock instead of polling SQLite's busy handler.
     writer: tokio::sync::Mutex<()>,
   },
+  /// No pool of our own: everything runs through callers' executors; unbound statements (the
+  /// lease release after a failed stage) through this one, in autocommit.
+  Detached(Arc<dyn SharedExec>),
 }
 
 /// Removes a key from the working set when its SQLite stage ends, however it ends.
@@ -137,27 +145,35 @@ impl Drop for Working<'_> {
   }
 }
 
-const LOCK_SQL: &str =
-  "SELECT id, idempotency_key, created_at, locked_at, request_method, request_params, \
-  request_path, response_code, response_body, recovery_point FROM idempotency_key \
-  WHERE idempotency_key = $1 FOR UPDATE NOWAIT";
+/// One operation's connection, by dialect.
+enum Dialect<'c> {
+  Pg(&'c mut dyn Exec),
+  Lite(&'c mut sqlx::SqliteConnection),
+}
 
-/// Apply a stage result. `$2` NULL finishes the key: the lease is cleared, response columns
-/// are written only when flagged. Otherwise the lease is refreshed with the commit-time clock.
-const APPLY_SQL: &str = "UPDATE idempotency_key SET \
-  recovery_point = COALESCE($2, 'finished'), \
-  locked_at = CASE WHEN $2 IS NULL THEN NULL ELSE clock_timestamp() END, \
-  response_code = CASE WHEN $2 IS NULL AND $3 THEN $4 ELSE response_code END, \
-  response_body = CASE WHEN $2 IS NULL AND $5 THEN $6 ELSE response_body END \
-  WHERE id = $1 RETURNING id, idempotency_key, created_at, locked_at, request_method, \
-  request_params, request_path, response_code, response_body, recovery_point";
+/// A connection held for one operation.
+enum Held<'a> {
+  Pg(PoolConnection<sqlx::Postgres>),
+  Lite(PoolConnection<sqlx::Sqlite>),
+  Shared(Shared<'a>),
+  Tx(tokio::sync::MappedMutexGuard<'a, TxConn>),
+}
 
-const RELEASE_SQL: &str =
-  "UPDATE idempotency_key SET locked_at = NULL WHERE idempotency_key = $1 AND recovery_point <> 'finished'";
+impl Held<'_> {
+  fn dialect(&mut self) -> Dialect<'_> {
+    match self {
+      Held::Pg(c) => Dialect::Pg(&mut **c),
+      Held::Lite(c) => Dialect::Lite(c),
+      Held::Shared(s) => Dialect::Pg(s),
+      Held::Tx(t) => match t.conn() {
+        ConnRef::Pg(c) => Dialect::Pg(c),
+        ConnRef::Lite(c) => Dialect::Lite(c),
+      },
+    }
+  }
+}
 
-fn boxed<'c, T: 'c>(
-  f: impl Future<Output = Result<T>> + Send + 'c,
-) -> futures_util::future::BoxFuture<'c, Result<T>> {
+fn boxed<'c, T: 'c>(f: impl Future<Output = Result<T>> + Send + 'c) -> BoxFuture<'c, Result<T>> {
   f.boxed()
 }
 
@@ -213,18 +229,12 @@ impl Service {
     Ok(Service { backend, opts })
   }
 
-  /// "postgres" or "sqlite".
-  pub fn backend_name(&self) -> &'static str {
-    match self.backend {
-      Backend::Pg(_) => "postgres",
-      Backend::Lite { .. } => "sqlite",
-    }
-  }
-
-  fn lite_working(&self, key: &str) -> bool {
-    match &self.backend {
-      Backend::Lite { working, .. } => working.lock().unwrap().contains(key),
-      Backend::Pg(_) => false,
+  /// A service without a pool: every call must be bound to a caller's executor; `release`
+  /// runs the lease release after a failed stage (Medusa's container uses `cradle.manager`).
+  pub fn detached(opts: Options, release: Arc<dyn SharedExec>) -> Self {
+    Service {
+      backend: Backend::Detached(release),
+      opts,
     }
   }
 
@@ -232,56 +242,69 @@ impl Service {
     &self.opts
   }
 
+  /// "postgres" or "sqlite".
+  pub fn backend_name(&self) -> &'static str {
+    match self.backend {
+      Backend::Pg(_) | Backend::Detached(_) => "postgres",
+      Backend::Lite { .. } => "sqlite",
+    }
+  }
+
   pub async fn close(&self) {
     match &self.backend {
       Backend::Pg(p) => p.close().await,
       Backend::Lite { pool, .. } => pool.close().await,
+      Backend::Detached(_) => {}
     }
   }
 
-  /// Run `f` on a pooled connection or on the bound stage's connection.
-  async fn on<T: Send>(
-    &self,
-    target: Target<'_>,
-    f: impl for<'c> FnOnce(ConnRef<'c>) -> futures_util::future::BoxFuture<'c, Result<T>>,
-  ) -> Result<T> {
-    match (target, &self.backend) {
-      (Target::Tx(tx), _) => tx.with_conn(f).await,
-      (Target::Pool, Backend::Pg(pool)) => {
-        let mut conn = pool.acquire().await?;
-        f(ConnRef::Pg(&mut conn)).await
-      }
-      (Target::Pool, Backend::Lite { pool, .. }) => {
-        let mut conn = pool.acquire().await?;
-        f(ConnRef::Lite(&mut conn)).await
-      }
+  fn lite_working(&self, key: &str) -> bool {
+    match &self.backend {
+      Backend::Lite { working, .. } => working.lock().unwrap().contains(key),
+      _ => false,
     }
+  }
+
+  /// The connection `target` names, held for one operation.
+  async fn acquire<'a>(&'a self, target: Target<'a>) -> Result<Held<'a>> {
+    Ok(match (target, &self.backend) {
+      (Target::Exec(ex), _) => Held::Shared(Shared(ex)),
+      (Target::Tx(tx), _) => Held::Tx(tx.conn().await?),
+      (Target::Pool, Backend::Pg(pool)) => Held::Pg(pool.acquire().await?),
+      (Target::Pool, Backend::Lite { pool, .. }) => Held::Lite(pool.acquire().await?),
+      (Target::Pool, Backend::Detached(ex)) => Held::Shared(Shared(ex.as_ref())),
+    })
   }
 
   /// Create Medusa's table when missing; a no-op on a Medusa database and when run twice.
   pub async fn migrate(&self) -> Result<()> {
-    let pool = match &self.backend {
-      Backend::Pg(p) => p,
+    match &self.backend {
+      Backend::Pg(pool) => {
+        let mut tx = pool.begin().await?;
+        // Serialise concurrent migrations (two processes starting at once would otherwise
+        // race on CREATE TABLE IF NOT EXISTS and fail with 23505 on pg_type).
+        sqlx::query("SELECT pg_advisory_xact_lock(8245017791)")
+          .execute(&mut *tx)
+          .await?;
+        for (_, sql) in crate::MIGRATIONS_POSTGRES {
+          // Simple protocol: a migration file may hold several statements.
+          sqlx::Executor::execute(&mut *tx, *sql).await?;
+        }
+        tx.commit().await?;
+      }
       Backend::Lite { pool, .. } => {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         for (_, sql) in crate::MIGRATIONS_SQLITE {
           sqlx::Executor::execute(&mut *tx, *sql).await?;
         }
         tx.commit().await?;
-        return Ok(());
       }
-    };
-    let mut tx = pool.begin().await?;
-    // Serialise concurrent migrations (two processes starting at once would otherwise race
-    // on CREATE TABLE IF NOT EXISTS and fail with 23505 on pg_type).
-    sqlx::query("SELECT pg_advisory_xact_lock(8245017791)")
-      .execute(&mut *tx)
-      .await?;
-    for (_, sql) in crate::MIGRATIONS_POSTGRES {
-      // Simple protocol: a migration file may hold several statements.
-      sqlx::Executor::execute(&mut *tx, *sql).await?;
+      Backend::Detached(_) => {
+        return Err(Error::invalid(
+          "run migrate() on a connected service, or Medusa's migrations",
+        ))
+      }
     }
-    tx.commit().await?;
     Ok(())
   }
 
@@ -302,90 +325,30 @@ impl Service {
     };
     let lease_ms = self.opts.lock_timeout.as_millis() as f64;
     let id = crate::key::new_id();
-    let params = fp.params.clone().map(sqlx::types::Json);
+    // A key a stage of this process is working (SQLite) is leased whatever `locked_at` says.
     let may_claim = !self.lite_working(&key);
-    self
-      .on(target, move |c| {
-        boxed(async move {
-          let c = match c {
-            ConnRef::Pg(c) => c,
-            ConnRef::Lite(c) => {
-              return match lite::insert_or_claim(c, &id, &key, &fp, lease_ms, may_claim).await? {
-                Claim::Got(k) => Ok(k),
-                Claim::Existing { key: found, same_request } => classify(found, same_request, &key),
-              };
-            }
-          };
-          const INSERT: &str = concat!(
-            "INSERT INTO idempotency_key (id, idempotency_key, locked_at, request_method, request_params, request_path) ",
-            "VALUES ($1, $2, clock_timestamp(), $3, $4, $5) ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
-            "id, idempotency_key, created_at, locked_at, request_method, request_params, request_path, response_code, response_body, recovery_point"
-          );
-          let inserted = sqlx::query(INSERT)
-            .bind(&id)
-            .bind(&key)
-            .bind(&fp.method)
-            .bind(&params)
-            .bind(&fp.path)
-            .fetch_optional(&mut *c)
-            .await?;
-          if let Some(row) = inserted {
-            return IdempotencyKey::from_pg(&row);
-          }
-          // The key exists: a different request is refused first, a finished one replayed,
-          // then the lease is claimed if it is free. A claim blocked by a stage's row lock
-          // is a held lease.
-          const CLAIM: &str = concat!(
-            "WITH k AS (SELECT id FROM idempotency_key WHERE idempotency_key = $1 FOR UPDATE NOWAIT) ",
-            "UPDATE idempotency_key t SET locked_at = clock_timestamp() FROM k WHERE t.id = k.id ",
-            "AND t.recovery_point <> 'finished' ",
-            "AND (t.locked_at IS NULL OR t.locked_at <= clock_timestamp() - $2 * interval '1 millisecond') ",
-            "AND (t.request_method IS NULL OR t.request_method IS NOT DISTINCT FROM $3) ",
-            "AND (t.request_path IS NULL OR t.request_path IS NOT DISTINCT FROM $4) ",
-            "AND (t.request_params IS NULL OR t.request_params IS NOT DISTINCT FROM $5) ",
-            "RETURNING t.id, t.idempotency_key, t.created_at, t.locked_at, t.request_method, t.request_params, ",
-            "t.request_path, t.response_code, t.response_body, t.recovery_point"
-          );
-          let claimed = sqlx::query(CLAIM)
-            .bind(&key)
-            .bind(lease_ms)
-            .bind(&fp.method)
-            .bind(&fp.path)
-            .bind(&params)
-            .fetch_optional(&mut *c)
-            .await;
-          match claimed {
-            Ok(Some(row)) => return IdempotencyKey::from_pg(&row),
-            Ok(None) => {}
-            Err(e) => {
-              let e = Error::from(e);
-              if !matches!(e.sqlstate(), Some("55P03" | "40001" | "40P01")) {
-                return Err(e);
-              }
-            }
-          }
-          const CLASSIFY: &str = concat!(
-            "SELECT id, idempotency_key, created_at, locked_at, request_method, request_params, request_path, ",
-            "response_code, response_body, recovery_point, ",
-            "((request_method IS NULL OR request_method IS NOT DISTINCT FROM $2) ",
-            "AND (request_path IS NULL OR request_path IS NOT DISTINCT FROM $3) ",
-            "AND (request_params IS NULL OR request_params IS NOT DISTINCT FROM $4)) AS same_request ",
-            "FROM idempotency_key WHERE idempotency_key = $1"
-          );
-          let row = sqlx::query(CLASSIFY)
-            .bind(&key)
-            .bind(&fp.method)
-            .bind(&fp.path)
-            .bind(&params)
-            .fetch_optional(&mut *c)
-            .await?
-            // Deleted between our statements (a reap): the caller may simply retry.
-            .ok_or_else(|| Error::locked(&key))?;
-          let same: bool = row.try_get("same_request")?;
-          classify(IdempotencyKey::from_pg(&row)?, same, &key)
-        })
-      })
-      .await
+    let claim = {
+      let mut held = self.acquire(target).await?;
+      match held.dialect() {
+        Dialect::Pg(ex) => pgsql::initialize(ex, &id, &key, &fp, lease_ms).await,
+        Dialect::Lite(c) => lite::insert_or_claim(c, &id, &key, &fp, lease_ms, may_claim).await,
+      }
+    }?;
+    match claim {
+      Claim::Got(k) => Ok(k),
+      Claim::Existing {
+        key: found,
+        same_request,
+      } => {
+        if !same_request {
+          return Err(Error::Reused(key));
+        }
+        if found.is_finished() {
+          return Ok(found);
+        }
+        Err(Error::locked(&key))
+      }
+    }
   }
 
   /// Medusa's `create`: a new key, the client's value when given.
@@ -404,46 +367,28 @@ impl Service {
       None => uuid::Uuid::new_v4().to_string(),
     };
     let id = crate::key::new_id();
-    self
-      .on(target, move |c| {
-        boxed(async move {
-          let c = match c {
-            ConnRef::Pg(c) => c,
-            ConnRef::Lite(c) => return lite::create(c, &id, &key, &fp, recovery_point).await.map_err(|e| duplicate(e, &key)),
-          };
-          const SQL: &str = concat!(
-            "INSERT INTO idempotency_key (id, idempotency_key, request_method, request_params, request_path, recovery_point) ",
-            "VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'started')) RETURNING ",
-            "id, idempotency_key, created_at, locked_at, request_method, request_params, request_path, response_code, response_body, recovery_point"
-          );
-          let row = sqlx::query(SQL)
-            .bind(&id)
-            .bind(&key)
-            .bind(&fp.method)
-            .bind(fp.params.map(sqlx::types::Json))
-            .bind(&fp.path)
-            .bind(recovery_point)
-            .fetch_one(&mut *c)
-            .await
-            .map_err(|e| duplicate(Error::from(e), &key))?;
-          IdempotencyKey::from_pg(&row)
-        })
-      })
-      .await
+    {
+      let mut held = self.acquire(target).await?;
+      match held.dialect() {
+        Dialect::Pg(ex) => pgsql::create(ex, &id, &key, &fp, recovery_point).await,
+        Dialect::Lite(c) => lite::create(c, &id, &key, &fp, recovery_point).await,
+      }
+    }
+    .map_err(|e| match e {
+      Error::Database {
+        sqlstate: Some(s), ..
+      } if s == "23505" => Error::Database {
+        sqlstate: Some(s),
+        message: format!("Idempotency key {key} already exists"),
+      },
+      other => other,
+    })
   }
 
   /// Medusa's `retrieve` by key.
   pub async fn retrieve(&self, target: Target<'_>, key: &str) -> Result<IdempotencyKey> {
-    self
-      .retrieve_by(
-        target,
-        vec![(
-          "idempotency_key".into(),
-          UpdateValue::Json(Value::String(key.into())),
-        )],
-        key,
-      )
-      .await
+    let selector = vec![("idempotency_key".to_owned(), UpdateValue::Json(key.into()))];
+    self.retrieve_by(target, selector, key).await
   }
 
   /// Medusa's `retrieve` by selector: equality on named columns, `null` is IS NULL, an array
@@ -454,70 +399,24 @@ impl Service {
     selector: Vec<(String, UpdateValue)>,
     shown: &str,
   ) -> Result<IdempotencyKey> {
-    let mut sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE TRUE");
-    let mut lite_where = String::new();
-    let mut binds: Vec<(&'static str, UpdateValue)> = Vec::new();
+    let mut checked: Vec<(&'static str, UpdateValue)> = Vec::with_capacity(selector.len());
     for (name, value) in selector {
-      let (col, cast) = match name.as_str() {
-        "id" => ("id", ""),
-        "idempotency_key" => ("idempotency_key", ""),
-        "request_method" => ("request_method", ""),
-        "request_path" => ("request_path", ""),
-        "recovery_point" => ("recovery_point", ""),
-        "response_code" => ("response_code", ""),
-        "created_at" => ("created_at", ""),
-        "locked_at" => ("locked_at", ""),
-        "request_params" => ("request_params", "::jsonb"),
-        "response_body" => ("response_body", "::jsonb"),
-        _ => {
-          return Err(Error::invalid(format!(
-            "'{name}' is not a column of idempotency_key"
-          )))
-        }
-      };
-      match value {
-        UpdateValue::Null => {
-          sql += &format!(" AND {col} IS NULL");
-          lite_where += &format!(" AND {col} IS NULL");
-        }
-        UpdateValue::Json(Value::Array(items)) if cast.is_empty() => {
-          binds.push((col, UpdateValue::Json(Value::Array(items))));
-          sql += &format!(" AND {col} = ANY(${})", binds.len());
-          lite_where += &format!(" AND {col} {}", lite::in_list(binds.len()));
-        }
-        v => {
-          binds.push((col, v));
-          sql += &format!(" AND {col} = ${}{cast}", binds.len());
-          lite_where += &format!(" AND {col} = ?{}", binds.len());
-        }
-      }
+      let col = crate::key::COLUMNS
+        .split(", ")
+        .find(|c| *c == name)
+        .ok_or_else(|| Error::invalid(format!("'{name}' is not a column of idempotency_key")))?;
+      check_selector_value(col, &value)?;
+      checked.push((col, value));
     }
-    sql += " LIMIT 2";
-    let shown = shown.to_owned();
-    let mut rows = self
-      .on(target, move |c| {
-        boxed(async move {
-          let c = match c {
-            ConnRef::Pg(c) => c,
-            ConnRef::Lite(c) => {
-              let binds: Vec<_> = binds.into_iter().map(|(c, v)| (c, false, v)).collect();
-              return lite::select_by(c, &binds, &lite_where).await;
-            }
-          };
-          let mut q = sqlx::query(&sql);
-          for (col, v) in &binds {
-            q = bind_column(q, col, v)?;
-          }
-          q.fetch_all(&mut *c)
-            .await?
-            .iter()
-            .map(IdempotencyKey::from_pg)
-            .collect()
-        })
-      })
-      .await?;
+    let mut rows = {
+      let mut held = self.acquire(target).await?;
+      match held.dialect() {
+        Dialect::Pg(ex) => pgsql::select_by(ex, &checked).await,
+        Dialect::Lite(c) => lite::select_by(c, &checked).await,
+      }
+    }?;
     match rows.len() {
-      0 => Err(Error::not_found(&shown)),
+      0 => Err(Error::not_found(shown)),
       1 => Ok(rows.remove(0)),
       _ => Err(Error::Ambiguous(format!(
         "More than one idempotency key matches {shown}"
@@ -529,39 +428,24 @@ impl Service {
   /// exactly one wins, and the lock lapses after `lock_timeout`.
   pub async fn lock(&self, target: Target<'_>, key: &str) -> Result<IdempotencyKey> {
     let lease_ms = self.opts.lock_timeout.as_millis() as f64;
-    let key = key.to_owned();
-    self
-      .on(target, move |c| {
-        boxed(async move {
-          let c = match c {
-            ConnRef::Pg(c) => c,
-            ConnRef::Lite(c) => {
-              return match lite::lock(c, &key, lease_ms).await? {
-                Some(k) => Ok(k),
-                None if lite::exists(c, &key).await? => Err(Error::Locked("Key already locked".into())),
-                None => Err(Error::not_found(&key)),
-              };
-            }
-          };
-          const SQL: &str = concat!(
-            "UPDATE idempotency_key SET locked_at = clock_timestamp() WHERE idempotency_key = $1 ",
-            "AND (locked_at IS NULL OR locked_at <= clock_timestamp() - $2 * interval '1 millisecond') RETURNING ",
-            "id, idempotency_key, created_at, locked_at, request_method, request_params, request_path, response_code, response_body, recovery_point"
-          );
-          if let Some(row) = sqlx::query(SQL).bind(&key).bind(lease_ms).fetch_optional(&mut *c).await? {
-            return IdempotencyKey::from_pg(&row);
-          }
-          let exists = sqlx::query("SELECT 1 FROM idempotency_key WHERE idempotency_key = $1")
-            .bind(&key)
-            .fetch_optional(&mut *c)
-            .await?;
-          Err(match exists {
-            Some(_) => Error::Locked("Key already locked".into()),
-            None => Error::not_found(&key),
-          })
-        })
-      })
-      .await
+    {
+      let mut held = self.acquire(target).await?;
+      let (won, exists) = match held.dialect() {
+        Dialect::Pg(ex) => match pgsql::lock(ex, key, lease_ms).await? {
+          Some(k) => (Some(k), true),
+          None => (None, pgsql::select_key(ex, key).await?.is_some()),
+        },
+        Dialect::Lite(c) => match lite::lock(c, key, lease_ms).await? {
+          Some(k) => (Some(k), true),
+          None => (None, lite::select_key(c, key).await?.is_some()),
+        },
+      };
+      match (won, exists) {
+        (Some(k), _) => Ok(k),
+        (None, true) => Err(Error::Locked("Key already locked".into())),
+        (None, false) => Err(Error::not_found(key)),
+      }
+    }
   }
 
   /// Medusa's `update`: set the given columns. Setting `finished` clears the lease unless
@@ -575,108 +459,47 @@ impl Service {
     if u.recovery_point.as_deref() == Some(FINISHED) && u.locked_at.is_none() {
       u.locked_at = Some(None);
     }
-    let mut sets = Vec::new();
-    let mut n = 1;
-    let mut push = |col: &str, cast: &str, present: bool| {
-      if present {
-        n += 1;
-        sets.push(format!("{col} = ${n}{cast}"));
+    {
+      let mut held = self.acquire(target).await?;
+      match held.dialect() {
+        Dialect::Pg(ex) => pgsql::update(ex, key, u).await,
+        Dialect::Lite(c) => lite::update(c, key, u).await,
       }
-    };
-    push("locked_at", "", u.locked_at.is_some());
-    push("request_method", "", u.request_method.is_some());
-    push("request_params", "", u.request_params.is_some());
-    push("request_path", "", u.request_path.is_some());
-    push("response_code", "", u.response_code.is_some());
-    push("response_body", "", u.response_body.is_some());
-    push("recovery_point", "", u.recovery_point.is_some());
-    let sql = if sets.is_empty() {
-      format!("SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = $1")
-    } else {
-      format!(
-        "UPDATE idempotency_key SET {} WHERE idempotency_key = $1 RETURNING {COLUMNS}",
-        sets.join(", ")
-      )
-    };
-    let key = key.to_owned();
-    self
-      .on(target, move |c| {
-        boxed(async move {
-          let c = match c {
-            ConnRef::Pg(c) => c,
-            ConnRef::Lite(c) => {
-              return lite::update(c, &key, u)
-                .await?
-                .ok_or_else(|| Error::not_found(&key))
-            }
-          };
-          let mut q = sqlx::query(&sql).bind(&key);
-          if let Some(v) = u.locked_at {
-            q = q.bind(v);
-          }
-          if let Some(v) = u.request_method {
-            q = q.bind(v);
-          }
-          if let Some(v) = u.request_params {
-            q = q.bind(v.map(sqlx::types::Json));
-          }
-          if let Some(v) = u.request_path {
-            q = q.bind(v);
-          }
-          if let Some(v) = u.response_code {
-            q = q.bind(v);
-          }
-          if let Some(v) = u.response_body {
-            q = q.bind(v.map(sqlx::types::Json));
-          }
-          if let Some(v) = u.recovery_point {
-            q = q.bind(v);
-          }
-          match q.fetch_optional(&mut *c).await? {
-            Some(row) => IdempotencyKey::from_pg(&row),
-            None => Err(Error::not_found(&key)),
-          }
-        })
-      })
-      .await
+    }?
+    .ok_or_else(|| Error::not_found(key))
   }
 
-  /// Release the lease of a key whose stage failed after its callback ran. On the pool:
-  /// when bound, the caller's open transaction still holds the row lock, so this runs in the
-  /// background and must not be awaited by the stage.
-  fn release_in_background(&self, key: String) {
+  /// Release the lease of a key whose stage failed after its callback ran, on our own
+  /// connections (never the caller's transaction, which may still hold the row lock).
+  fn release_task(&self, key: String) -> BoxFuture<'static, ()> {
     match &self.backend {
       Backend::Pg(pool) => {
         let pool = pool.clone();
-        tokio::spawn(async move {
-          let _ = sqlx::query(RELEASE_SQL).bind(key).execute(&pool).await;
-        });
+        async move {
+          if let Ok(mut c) = pool.acquire().await {
+            let _ = pgsql::release(&mut *c, &key).await;
+          }
+        }
+        .boxed()
       }
       Backend::Lite { pool, .. } => {
         let pool = pool.clone();
-        tokio::spawn(async move {
+        async move {
           let _ = sqlx::query(lite::RELEASE_SQL)
             .bind(key)
             .execute(&pool)
             .await;
-        });
+        }
+        .boxed()
+      }
+      Backend::Detached(ex) => {
+        let ex = ex.clone();
+        async move {
+          let _ = pgsql::release(&mut Shared(ex.as_ref()), &key).await;
+        }
+        .boxed()
       }
     }
-  }
-
-  async fn release(&self, key: &str) {
-    let _ = match &self.backend {
-      Backend::Pg(pool) => sqlx::query(RELEASE_SQL)
-        .bind(key)
-        .execute(pool)
-        .await
-        .map(|_| ()),
-      Backend::Lite { pool, .. } => sqlx::query(lite::RELEASE_SQL)
-        .bind(key)
-        .execute(pool)
-        .await
-        .map(|_| ()),
-    };
   }
 
   /// Open a stage transaction with the key's row claimed for this stage. On SQLite the write
@@ -690,7 +513,8 @@ impl Service {
     match &self.backend {
       Backend::Pg(pool) => {
         let mut tx = pool.begin_with(self.opts.isolation.begin_sql()).await?;
-        match lock_row(&mut tx, key, expected).await {
+        let found = pgsql::lock_row(&mut *tx, key).await;
+        match found.and_then(|k| check_expected(k, key, expected)) {
           Ok(k) => Ok((TxConn::Pg(tx), k, None)),
           Err(e) => {
             let _ = tx.rollback().await;
@@ -712,12 +536,8 @@ impl Service {
           .map_err(|_| Error::Busy)?;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         drop(gate); // SQLite's own write lock now serialises writers.
-        let row = lite::select_key(&mut tx, key).await;
-        let checked = row.and_then(|r| {
-          let k = r.ok_or_else(|| Error::not_found(key))?;
-          check_expected(k, key, expected)
-        });
-        match checked {
+        let found = lite::select_key(&mut tx, key).await;
+        match found.and_then(|k| check_expected(k, key, expected)) {
           Ok(k) => Ok((TxConn::Lite(tx), k, Some(guard))),
           Err(e) => {
             let _ = tx.rollback().await;
@@ -725,11 +545,15 @@ impl Service {
           }
         }
       }
+      Backend::Detached(_) => Err(Error::invalid(
+        "this service has no connection of its own: call withTransaction(manager) first",
+      )),
     }
   }
 
-  /// Medusa's `workStage` (SPEC §4). `callback` is called once per attempt with a fresh
-  /// transaction handle; its error comes back untouched as `StageError::Callback`.
+  /// Medusa's `workStage` (SPEC §4) in native mode: our transaction, our isolation, our
+  /// retries. `callback` is called once per attempt with a fresh handle; its error comes
+  /// back untouched as `StageError::Callback`.
   pub async fn work_stage<E, F, Fut>(
     &self,
     target: Target<'_>,
@@ -741,8 +565,18 @@ impl Service {
     F: FnMut(StageTx) -> Fut,
     Fut: Future<Output = std::result::Result<StageResult, StageError<E>>>,
   {
-    if let Target::Tx(parent) = target {
-      return self.work_stage_bound(parent, key, expected, callback).await;
+    match target {
+      Target::Tx(parent) => {
+        return self
+          .work_stage_nested(parent, key, expected, callback)
+          .await
+      }
+      Target::Exec(_) => {
+        return Err(StageError::Core(Error::invalid(
+          "a stage bound to a caller's executor runs through work_stage_bound",
+        )))
+      }
+      Target::Pool => {}
     }
     let mut attempt = 0;
     loop {
@@ -776,12 +610,11 @@ impl Service {
               release.await;
             });
           }
-          drop(working);
           return Err(StageError::Core(e));
         }
         Err(e) => Err(e),
         Ok(_) if failure.is_some() => Err(StageError::Core(caught(failure.clone().unwrap()))),
-        Ok(r) => apply_any(tx.conn(), &locked.id, r)
+        Ok(r) => apply(tx.conn(), &locked.id, r)
           .await
           .map_err(StageError::Core),
       };
@@ -806,41 +639,19 @@ impl Service {
         backoff(attempt).await;
         continue;
       }
-      self.release(key).await;
+      self.release_task(key.to_owned()).await;
       return result;
     }
   }
 
-  /// A future releasing `key`'s lease on the pool, for use after the stage returned.
-  fn release_task(&self, key: String) -> futures_util::future::BoxFuture<'static, ()> {
-    match &self.backend {
-      Backend::Pg(pool) => {
-        let pool = pool.clone();
-        boxed_unit(async move {
-          let _ = sqlx::query(RELEASE_SQL).bind(key).execute(&pool).await;
-        })
-      }
-      Backend::Lite { pool, .. } => {
-        let pool = pool.clone();
-        boxed_unit(async move {
-          let _ = sqlx::query(lite::RELEASE_SQL)
-            .bind(key)
-            .execute(&pool)
-            .await;
-        })
-      }
-    }
-  }
-
   /// Call the callback and wait for the queries it started, within `stage_timeout`.
-  async fn run_callback<E, F, Fut>(
+  async fn run_callback<E, Fut>(
     &self,
     stx: &StageTx,
     key: &str,
-    callback: &mut F,
+    callback: impl FnOnce(StageTx) -> Fut,
   ) -> std::result::Result<StageResult, StageError<E>>
   where
-    F: FnMut(StageTx) -> Fut,
     Fut: Future<Output = std::result::Result<StageResult, StageError<E>>>,
   {
     let run = async {
@@ -851,96 +662,111 @@ impl Service {
         other => other,
       }
     };
+    self.within_stage_timeout(key, run).await
+  }
+
+  async fn within_stage_timeout<E>(
+    &self,
+    key: &str,
+    run: impl Future<Output = std::result::Result<StageResult, StageError<E>>>,
+  ) -> std::result::Result<StageResult, StageError<E>> {
     match self.opts.stage_timeout {
       None => run.await,
-      Some(limit) => match tokio::time::timeout(limit, run).await {
-        Ok(r) => r,
-        Err(_) => Err(StageError::Core(Error::StageTimeout {
+      Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+        Err(StageError::Core(Error::StageTimeout {
           key: key.to_owned(),
           ms: limit.as_millis() as u64,
-        })),
-      },
+        }))
+      }),
     }
   }
 
-  /// A stage inside a caller's stage transaction: a savepoint makes it atomic on its own;
-  /// isolation and retries belong to the caller.
-  async fn work_stage_bound<E, F, Fut>(
+  /// A stage inside one of our stage transactions (`withTransaction(tx)`): a savepoint makes
+  /// it atomic on its own; isolation and retries belong to the enclosing stage.
+  async fn work_stage_nested<E, F, Fut>(
     &self,
     parent: &StageTx,
     key: &str,
     expected: Option<&str>,
-    mut callback: F,
+    callback: F,
   ) -> std::result::Result<IdempotencyKey, StageError<E>>
   where
     F: FnMut(StageTx) -> Fut,
     Fut: Future<Output = std::result::Result<StageResult, StageError<E>>>,
   {
+    const SAVEPOINT: &str = "SAVEPOINT medusa_idempotency_stage";
+    const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT medusa_idempotency_stage";
+    const RELEASE: &str = "RELEASE SAVEPOINT medusa_idempotency_stage";
     let before = parent.failure();
-    let k = key.to_owned();
-    let exp = expected.map(str::to_owned);
-    parent
-      .with_conn(|c| boxed(savepoint(c, "SAVEPOINT medusa_idempotency_stage")))
-      .await?;
-    let locked = parent
-      .with_conn(move |c| {
-        boxed(async move {
-          match c {
-            ConnRef::Pg(c) => lock_row(c, &k, exp.as_deref()).await,
-            ConnRef::Lite(c) => {
-              let found = lite::select_key(c, &k)
-                .await?
-                .ok_or_else(|| Error::not_found(&k))?;
-              check_expected(found, &k, exp.as_deref())
-            }
-          }
-        })
-      })
-      .await;
+    parent.with_conn(|c| boxed(plain(c, SAVEPOINT))).await?;
+    let locked = {
+      let mut held = self.acquire(Target::Tx(parent)).await?;
+      match held.dialect() {
+        Dialect::Pg(ex) => pgsql::lock_row(ex, key).await,
+        Dialect::Lite(c) => lite::select_key(c, key).await,
+      }
+    }
+    .and_then(|k| check_expected(k, key, expected));
     let locked = match locked {
       Ok(k) => k,
       Err(e) => {
-        let _ = parent
-          .with_conn(|c| {
-            boxed(savepoint(
-              c,
-              "ROLLBACK TO SAVEPOINT medusa_idempotency_stage",
-            ))
-          })
-          .await;
+        let _ = parent.with_conn(|c| boxed(plain(c, ROLLBACK_TO))).await;
         return Err(StageError::Core(e));
       }
     };
-    let outcome = self.run_callback(parent, key, &mut callback).await;
+    let outcome = self.run_callback(parent, key, callback).await;
     let failed_inside = parent.failure().is_some() && before.is_none();
     let result = match outcome {
-      Ok(r) if !failed_inside => {
-        let id = locked.id.clone();
-        parent
-          .with_conn(move |mut c| {
-            boxed(async move {
-              let updated = apply_any(reborrow(&mut c), &id, r).await?;
-              savepoint(c, "RELEASE SAVEPOINT medusa_idempotency_stage").await?;
-              Ok(updated)
-            })
+      Ok(r) if !failed_inside => parent
+        .with_conn(|mut c| {
+          boxed(async move {
+            let updated = apply(reborrow(&mut c), &locked.id, r).await?;
+            plain(c, RELEASE).await?;
+            Ok(updated)
           })
-          .await
-          .map_err(StageError::Core)
-      }
+        })
+        .await
+        .map_err(StageError::Core),
       Ok(_) => Err(StageError::Core(caught(parent.failure().unwrap()))),
       Err(e) => Err(e),
     };
     if result.is_err() {
-      let _ = parent
-        .with_conn(|c| {
-          boxed(savepoint(
-            c,
-            "ROLLBACK TO SAVEPOINT medusa_idempotency_stage",
-          ))
-        })
-        .await;
+      let _ = parent.with_conn(|c| boxed(plain(c, ROLLBACK_TO))).await;
       parent.set_failure(before);
-      self.release_in_background(key.to_owned());
+      tokio::spawn(self.release_task(key.to_owned()));
+    }
+    result
+  }
+
+  /// A stage in a caller's transaction through its executor (TypeORM, node-postgres): the
+  /// row is locked with `FOR UPDATE NOWAIT` there, the callback works through that same
+  /// executor, and the caller's commit or rollback decides. A failed stage releases the lease
+  /// in the background through our own connections, without waiting on the caller.
+  pub async fn work_stage_bound<E, F, Fut>(
+    &self,
+    ex: &dyn SharedExec,
+    key: &str,
+    expected: Option<&str>,
+    callback: F,
+  ) -> std::result::Result<IdempotencyKey, StageError<E>>
+  where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = std::result::Result<StageResult, StageError<E>>>,
+  {
+    let mut conn = Shared(ex);
+    let locked = pgsql::lock_row(&mut conn, key)
+      .await
+      .and_then(|k| check_expected(k, key, expected))
+      .map_err(StageError::Core)?;
+    let outcome = self.within_stage_timeout(key, callback()).await;
+    let result = match outcome {
+      Ok(r) => pgsql::apply(&mut conn, &locked.id, r)
+        .await
+        .map_err(StageError::Core),
+      Err(e) => Err(e),
+    };
+    if result.is_err() {
+      tokio::spawn(self.release_task(key.to_owned()));
     }
     result
   }
@@ -953,7 +779,8 @@ fn reborrow<'a>(c: &'a mut ConnRef<'_>) -> ConnRef<'a> {
   }
 }
 
-async fn savepoint(c: ConnRef<'_>, sql: &'static str) -> Result<()> {
+/// A statement without parameters or rows (savepoints).
+async fn plain(c: ConnRef<'_>, sql: &'static str) -> Result<()> {
   match c {
     ConnRef::Pg(c) => sqlx::query(sql).execute(c).await.map(|_| ()),
     ConnRef::Lite(c) => sqlx::query(sql).execute(c).await.map(|_| ()),
@@ -961,47 +788,45 @@ async fn savepoint(c: ConnRef<'_>, sql: &'static str) -> Result<()> {
   .map_err(Error::from)
 }
 
-fn boxed_unit(
-  f: impl Future<Output = ()> + Send + 'static,
-) -> futures_util::future::BoxFuture<'static, ()> {
-  f.boxed()
-}
-
-async fn apply_any(c: ConnRef<'_>, id: &str, r: StageResult) -> Result<IdempotencyKey> {
+async fn apply(c: ConnRef<'_>, id: &str, r: StageResult) -> Result<IdempotencyKey> {
   match c {
-    ConnRef::Pg(c) => apply(c, id, r).await,
+    ConnRef::Pg(c) => pgsql::apply(c, id, r).await,
     ConnRef::Lite(c) => lite::apply(c, id, r).await,
   }
 }
 
-/// A found key: a different request is refused, a finished one replayed, else it is leased.
-fn classify(found: IdempotencyKey, same_request: bool, key: &str) -> Result<IdempotencyKey> {
-  if !same_request {
-    return Err(Error::Reused(key.to_owned()));
+/// A selector value must be of its column's type (or an array of them, meaning IN).
+fn check_selector_value(col: &str, value: &UpdateValue) -> Result<()> {
+  let cast = pgsql::column_cast(col).unwrap_or("varchar");
+  let scalar_ok = |v: &Value| match (cast, v) {
+    ("varchar", Value::String(_)) => true,
+    ("int4", Value::Number(n)) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
+    _ => false,
+  };
+  let ok = match (cast, value) {
+    (_, UpdateValue::Null)
+    | ("jsonb", UpdateValue::Json(_))
+    | ("timestamptz", UpdateValue::Date(_)) => true,
+    (_, UpdateValue::Json(Value::Array(items))) => items.iter().all(scalar_ok),
+    (_, UpdateValue::Json(v)) => scalar_ok(v),
+    _ => false,
+  };
+  if ok {
+    Ok(())
+  } else {
+    Err(Error::invalid(format!(
+      "selector value for '{col}' has the wrong type"
+    )))
   }
-  if found.is_finished() {
-    return Ok(found);
-  }
-  Err(Error::locked(key))
 }
 
-fn duplicate(e: Error, key: &str) -> Error {
-  match e {
-    Error::Database {
-      sqlstate: Some(s), ..
-    } if s == "23505" => Error::Database {
-      sqlstate: Some(s),
-      message: format!("Idempotency key {key} already exists"),
-    },
-    other => other,
-  }
-}
-
+/// A missing key is `not_found`; a key past the caller's recovery point is `Stale`.
 fn check_expected(
-  current: IdempotencyKey,
+  found: Option<IdempotencyKey>,
   key: &str,
   expected: Option<&str>,
 ) -> Result<IdempotencyKey> {
+  let current = found.ok_or_else(|| Error::not_found(key))?;
   if let Some(exp) = expected {
     if current.recovery_point != exp {
       return Err(Error::Stale {
@@ -1012,53 +837,6 @@ fn check_expected(
     }
   }
   Ok(current)
-}
-
-/// The stage's row, locked without waiting; refused when another stage holds it, missing, or
-/// already past the caller's recovery point.
-async fn lock_row(
-  c: &mut PgConnection,
-  key: &str,
-  expected: Option<&str>,
-) -> Result<IdempotencyKey> {
-  let row = match sqlx::query(LOCK_SQL)
-    .bind(key)
-    .fetch_optional(&mut *c)
-    .await
-  {
-    Ok(r) => r,
-    Err(e) => {
-      let e = Error::from(e);
-      return Err(if e.sqlstate() == Some("55P03") {
-        Error::locked(key)
-      } else {
-        e
-      });
-    }
-  };
-  let current = IdempotencyKey::from_pg(&row.ok_or_else(|| Error::not_found(key))?)?;
-  check_expected(current, key, expected)
-}
-
-async fn apply(c: &mut PgConnection, id: &str, r: StageResult) -> Result<IdempotencyKey> {
-  let (set_code, code) = match r.response_code {
-    Some(v) => (true, v),
-    None => (false, None),
-  };
-  let (set_body, body) = match r.response_body {
-    Some(v) => (true, v),
-    None => (false, None),
-  };
-  let row = sqlx::query(APPLY_SQL)
-    .bind(id)
-    .bind(r.recovery_point)
-    .bind(set_code)
-    .bind(code)
-    .bind(set_body)
-    .bind(body.map(sqlx::types::Json))
-    .fetch_one(&mut *c)
-    .await?;
-  IdempotencyKey::from_pg(&row)
 }
 
 /// A statement failed inside the stage and the callback caught it: the transaction is
@@ -1079,38 +857,4 @@ async fn backoff(attempt: u32) {
   let base = 5u64 * (1 << attempt.min(5));
   let jitter = rand::random::<u64>() % (base + 1);
   tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
-}
-
-fn bind_column<'q>(
-  q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-  col: &str,
-  v: &'q UpdateValue,
-) -> Result<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>> {
-  let bad = || Error::invalid(format!("selector value for '{col}' has the wrong type"));
-  Ok(match (col, v) {
-    ("request_params" | "response_body", UpdateValue::Json(j)) => q.bind(sqlx::types::Json(j)),
-    ("response_code", UpdateValue::Json(Value::Number(n))) => q.bind(
-      n.as_i64()
-        .and_then(|i| i32::try_from(i).ok())
-        .ok_or_else(bad)?,
-    ),
-    ("response_code", UpdateValue::Json(Value::Array(items))) => q.bind(
-      items
-        .iter()
-        .map(|i| i.as_i64().and_then(|i| i32::try_from(i).ok()))
-        .collect::<Option<Vec<i32>>>()
-        .ok_or_else(bad)?,
-    ),
-    ("created_at" | "locked_at", UpdateValue::Date(d)) => q.bind(*d),
-    ("created_at" | "locked_at", _) => return Err(bad()),
-    (_, UpdateValue::Json(Value::String(s))) => q.bind(s.as_str()),
-    (_, UpdateValue::Json(Value::Array(items))) => q.bind(
-      items
-        .iter()
-        .map(|i| i.as_str().map(str::to_owned))
-        .collect::<Option<Vec<String>>>()
-        .ok_or_else(bad)?,
-    ),
-    _ => return Err(bad()),
-  })
 }

@@ -146,6 +146,12 @@ impl StageTx {
     f(tx.conn()).await
   }
 
+  /// The transaction's connection, for a statement of the service itself.
+  pub(crate) async fn conn(&self) -> Result<tokio::sync::MappedMutexGuard<'_, TxConn>> {
+    let guard = self.inner.tx.lock().await;
+    tokio::sync::MutexGuard::try_map(guard, |o| o.as_mut()).map_err(|_| Error::TransactionClosed)
+  }
+
   /// Wait until no query the callback started is running; returns how many were running
   /// when called.
   pub(crate) async fn settle(&self) -> usize {

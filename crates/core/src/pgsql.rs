@@ -1,0 +1,432 @@
+//! Every operation's PostgreSQL statements, run through an [`Exec`]: a pooled connection of
+//! our own (native mode) or the caller's executor (bound mode: a TypeORM `EntityManager`, a
+//! node-postgres client). One copy of the SQL serves both, so it casts every parameter: a
+//! caller's executor sends untyped text and the server must not have to guess.
+
+use crate::error::{Error, Result};
+use crate::key::{Claim, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, COLUMNS};
+use crate::service::StageResult;
+use crate::stage::run_query;
+use crate::value::{Cell, Param, QueryResult};
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde_json::Value;
+use sqlx::postgres::PgConnection;
+
+/// Runs one statement with `$n` parameters and returns its rows.
+pub trait Exec: Send {
+  fn query<'a>(
+    &'a mut self,
+    sql: &'a str,
+    params: Vec<Param>,
+  ) -> BoxFuture<'a, Result<QueryResult>>;
+}
+
+impl Exec for PgConnection {
+  fn query<'a>(
+    &'a mut self,
+    sql: &'a str,
+    params: Vec<Param>,
+  ) -> BoxFuture<'a, Result<QueryResult>> {
+    async move { run_query(self, sql, &params).await }.boxed()
+  }
+}
+
+/// A caller's executor, shared: `query` may be called concurrently (the binding serialises
+/// nothing; the caller's executor does what it does).
+pub trait SharedExec: Send + Sync {
+  fn query(&self, sql: String, params: Vec<Param>) -> BoxFuture<'static, Result<QueryResult>>;
+}
+
+/// [`Exec`] over a shared executor.
+pub(crate) struct Shared<'a>(pub &'a dyn SharedExec);
+
+impl Exec for Shared<'_> {
+  fn query<'a>(
+    &'a mut self,
+    sql: &'a str,
+    params: Vec<Param>,
+  ) -> BoxFuture<'a, Result<QueryResult>> {
+    self.0.query(sql.to_owned(), params)
+  }
+}
+
+fn text(v: &Option<String>) -> Param {
+  v.as_ref().map_or(Param::Null, |s| Param::Text(s.clone()))
+}
+
+fn json(v: &Option<Value>) -> Param {
+  v.as_ref().map_or(Param::Null, |j| Param::Json(j.clone()))
+}
+
+fn date(d: &DateTime<Utc>) -> Param {
+  Param::Date(d.timestamp_millis() as f64)
+}
+
+/// Read row `i` as a key, whichever executor produced it (Dates or ISO strings, parsed JSON
+/// or JSON text, numbers or numeric strings).
+pub(crate) fn key_at(r: &QueryResult, i: usize) -> Result<IdempotencyKey> {
+  let row = &r.rows[i];
+  let get = |name: &str| -> Result<&Cell> {
+    r.columns
+      .iter()
+      .position(|c| c == name)
+      .and_then(|p| row.get(p))
+      .ok_or_else(|| bad_row(format!("column {name} is missing")))
+  };
+  let opt_text = |name: &str| -> Result<Option<String>> {
+    Ok(match get(name)? {
+      Cell::Null => None,
+      Cell::Text(s) => Some(s.clone()),
+      other => return Err(bad_row(format!("column {name} is not text: {other:?}"))),
+    })
+  };
+  let req_text = |name: &str| -> Result<String> {
+    opt_text(name)?.ok_or_else(|| bad_row(format!("column {name} is NULL")))
+  };
+  let opt_date = |name: &str| -> Result<Option<DateTime<Utc>>> {
+    Ok(match get(name)? {
+      Cell::Null => None,
+      Cell::Date(ms) => DateTime::from_timestamp_millis(*ms as i64),
+      Cell::Text(s) => Some(
+        DateTime::parse_from_rfc3339(s)
+          .map(|d| d.with_timezone(&Utc))
+          .map_err(|_| bad_row(format!("column {name} is not a timestamp")))?,
+      ),
+      other => {
+        return Err(bad_row(format!(
+          "column {name} is not a timestamp: {other:?}"
+        )))
+      }
+    })
+  };
+  let opt_json = |name: &str| -> Result<Option<Value>> {
+    Ok(match get(name)? {
+      Cell::Null => None,
+      Cell::Json(v) => Some(v.clone()),
+      // A string from an executor that does not parse jsonb.
+      Cell::Text(s) => Some(serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))),
+      Cell::Number(n) => serde_json::Number::from_f64(*n).map(Value::Number),
+      Cell::Bool(b) => Some(Value::Bool(*b)),
+      other => return Err(bad_row(format!("column {name} is not JSON: {other:?}"))),
+    })
+  };
+  Ok(IdempotencyKey {
+    id: req_text("id")?,
+    idempotency_key: req_text("idempotency_key")?,
+    created_at: opt_date("created_at")?.ok_or_else(|| bad_row("created_at is NULL".into()))?,
+    locked_at: opt_date("locked_at")?,
+    request_method: opt_text("request_method")?,
+    request_params: opt_json("request_params")?,
+    request_path: opt_text("request_path")?,
+    response_code: match get("response_code")? {
+      Cell::Null => None,
+      Cell::Number(n) => Some(*n as i32),
+      Cell::Text(s) => Some(s.parse().map_err(|_| bad_row("response_code".into()))?),
+      other => return Err(bad_row(format!("response_code is not a number: {other:?}"))),
+    },
+    response_body: opt_json("response_body")?,
+    recovery_point: req_text("recovery_point")?,
+  })
+}
+
+fn bad_row(message: String) -> Error {
+  Error::Database {
+    sqlstate: None,
+    message: format!("unexpected idempotency_key row: {message}"),
+  }
+}
+
+fn first(r: QueryResult) -> Result<Option<IdempotencyKey>> {
+  if r.rows.is_empty() {
+    Ok(None)
+  } else {
+    key_at(&r, 0).map(Some)
+  }
+}
+
+const FP: &str = "(request_method IS NULL OR request_method IS NOT DISTINCT FROM $3::varchar) \
+  AND (request_path IS NULL OR request_path IS NOT DISTINCT FROM $4::varchar) \
+  AND (request_params IS NULL OR request_params IS NOT DISTINCT FROM $5::jsonb)";
+
+/// `initializeRequest`: insert the key leased, or claim an existing one whose lease is free,
+/// or report what is there. A claim blocked by a stage's row lock (or a serialization
+/// failure) is a held lease.
+pub(crate) async fn initialize(
+  ex: &mut dyn Exec,
+  id: &str,
+  key: &str,
+  fp: &Fingerprint,
+  lease_ms: f64,
+) -> Result<Claim> {
+  let insert = format!(
+    "INSERT INTO idempotency_key (id, idempotency_key, locked_at, request_method, request_params, request_path) \
+     VALUES ($1::varchar, $2::varchar, clock_timestamp(), $3::varchar, $4::jsonb, $5::varchar) \
+     ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
+  );
+  let r = ex
+    .query(
+      &insert,
+      vec![
+        Param::Text(id.into()),
+        Param::Text(key.into()),
+        text(&fp.method),
+        json(&fp.params),
+        text(&fp.path),
+      ],
+    )
+    .await?;
+  if let Some(k) = first(r)? {
+    return Ok(Claim::Got(k));
+  }
+  let fp_params = || {
+    vec![
+      Param::Text(key.into()),
+      Param::Number(lease_ms),
+      text(&fp.method),
+      text(&fp.path),
+      json(&fp.params),
+    ]
+  };
+  let claim = format!(
+    "WITH k AS (SELECT id FROM idempotency_key WHERE idempotency_key = $1::varchar FOR UPDATE NOWAIT) \
+     UPDATE idempotency_key t SET locked_at = clock_timestamp() FROM k WHERE t.id = k.id \
+     AND t.recovery_point <> 'finished' \
+     AND (t.locked_at IS NULL OR t.locked_at <= clock_timestamp() - $2::float8 * interval '1 millisecond') \
+     AND {} RETURNING {}",
+    FP.replace("request_", "t.request_"),
+    COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+  );
+  match ex.query(&claim, fp_params()).await {
+    Ok(r) => {
+      if let Some(k) = first(r)? {
+        return Ok(Claim::Got(k));
+      }
+    }
+    Err(e) if matches!(e.sqlstate(), Some("55P03" | "40001" | "40P01")) => {}
+    Err(e) => return Err(e),
+  }
+  let classify = format!(
+    "SELECT {COLUMNS}, ({FP}) AS same_request FROM idempotency_key \
+     WHERE idempotency_key = $1::varchar AND $2::float8 IS NOT NULL"
+  );
+  let r = ex.query(&classify, fp_params()).await?;
+  if r.rows.is_empty() {
+    // Deleted between our statements (a reap): the caller may simply retry.
+    return Err(Error::locked(key));
+  }
+  let same = r
+    .columns
+    .iter()
+    .position(|c| c == "same_request")
+    .and_then(|p| r.rows[0].get(p))
+    .is_some_and(|c| {
+      matches!(c, Cell::Bool(true)) || matches!(c, Cell::Text(t) if t == "t" || t == "true")
+    });
+  Ok(Claim::Existing {
+    key: key_at(&r, 0)?,
+    same_request: same,
+  })
+}
+
+pub(crate) async fn create(
+  ex: &mut dyn Exec,
+  id: &str,
+  key: &str,
+  fp: &Fingerprint,
+  recovery_point: Option<String>,
+) -> Result<IdempotencyKey> {
+  let sql = format!(
+    "INSERT INTO idempotency_key (id, idempotency_key, request_method, request_params, request_path, recovery_point) \
+     VALUES ($1::varchar, $2::varchar, $3::varchar, $4::jsonb, $5::varchar, COALESCE($6::varchar, 'started')) \
+     RETURNING {COLUMNS}"
+  );
+  let r = ex
+    .query(
+      &sql,
+      vec![
+        Param::Text(id.into()),
+        Param::Text(key.into()),
+        text(&fp.method),
+        json(&fp.params),
+        text(&fp.path),
+        text(&recovery_point),
+      ],
+    )
+    .await?;
+  first(r)?.ok_or_else(|| bad_row("INSERT returned no row".into()))
+}
+
+/// The SQL type of each selectable column, for its parameter cast.
+pub(crate) fn column_cast(col: &str) -> Option<&'static str> {
+  Some(match col {
+    "id" | "idempotency_key" | "request_method" | "request_path" | "recovery_point" => "varchar",
+    "response_code" => "int4",
+    "created_at" | "locked_at" => "timestamptz",
+    "request_params" | "response_body" => "jsonb",
+    _ => return None,
+  })
+}
+
+pub(crate) async fn select_by(
+  ex: &mut dyn Exec,
+  selector: &[(&'static str, UpdateValue)],
+) -> Result<Vec<IdempotencyKey>> {
+  let mut sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE TRUE");
+  let mut params = Vec::new();
+  for (col, value) in selector {
+    let cast = column_cast(col).expect("columns are checked by the caller");
+    match value {
+      UpdateValue::Null => sql += &format!(" AND {col} IS NULL"),
+      UpdateValue::Json(Value::Array(items)) if cast != "jsonb" => {
+        params.push(Param::Array(items.iter().map(json_scalar).collect()));
+        sql += &format!(" AND {col} = ANY(${}::{cast}[])", params.len());
+      }
+      UpdateValue::Json(v) if cast == "jsonb" => {
+        params.push(Param::Json(v.clone()));
+        sql += &format!(" AND {col} = ${}::jsonb", params.len());
+      }
+      UpdateValue::Json(v) => {
+        params.push(json_scalar(v));
+        sql += &format!(" AND {col} = ${}::{cast}", params.len());
+      }
+      UpdateValue::Date(d) => {
+        params.push(date(d));
+        sql += &format!(" AND {col} = ${}::{cast}", params.len());
+      }
+    }
+  }
+  sql += " LIMIT 2";
+  let r = ex.query(&sql, params).await?;
+  (0..r.rows.len()).map(|i| key_at(&r, i)).collect()
+}
+
+fn json_scalar(v: &Value) -> Param {
+  match v {
+    Value::Null => Param::Null,
+    Value::Bool(b) => Param::Bool(*b),
+    Value::Number(n) => Param::Number(n.as_f64().unwrap_or(f64::NAN)),
+    Value::String(s) => Param::Text(s.clone()),
+    other => Param::Json(other.clone()),
+  }
+}
+
+pub(crate) async fn lock(
+  ex: &mut dyn Exec,
+  key: &str,
+  lease_ms: f64,
+) -> Result<Option<IdempotencyKey>> {
+  let sql = format!(
+    "UPDATE idempotency_key SET locked_at = clock_timestamp() WHERE idempotency_key = $1::varchar \
+     AND (locked_at IS NULL OR locked_at <= clock_timestamp() - $2::float8 * interval '1 millisecond') \
+     RETURNING {COLUMNS}"
+  );
+  first(
+    ex.query(&sql, vec![Param::Text(key.into()), Param::Number(lease_ms)])
+      .await?,
+  )
+}
+
+pub(crate) async fn select_key(ex: &mut dyn Exec, key: &str) -> Result<Option<IdempotencyKey>> {
+  let sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = $1::varchar");
+  first(ex.query(&sql, vec![Param::Text(key.into())]).await?)
+}
+
+pub(crate) async fn update(
+  ex: &mut dyn Exec,
+  key: &str,
+  u: KeyUpdate,
+) -> Result<Option<IdempotencyKey>> {
+  let mut sets = Vec::new();
+  let mut params = vec![Param::Text(key.into())];
+  let mut set = |col: &str, cast: &str, p: Param| {
+    params.push(p);
+    sets.push(format!("{col} = ${}::{cast}", params.len()));
+  };
+  if let Some(v) = &u.locked_at {
+    set(
+      "locked_at",
+      "timestamptz",
+      v.as_ref().map_or(Param::Null, date),
+    );
+  }
+  if let Some(v) = &u.request_method {
+    set("request_method", "varchar", text(v));
+  }
+  if let Some(v) = &u.request_params {
+    set("request_params", "jsonb", json(v));
+  }
+  if let Some(v) = &u.request_path {
+    set("request_path", "varchar", text(v));
+  }
+  if let Some(v) = &u.response_code {
+    set(
+      "response_code",
+      "int4",
+      v.map_or(Param::Null, |n| Param::Number(n as f64)),
+    );
+  }
+  if let Some(v) = &u.response_body {
+    set("response_body", "jsonb", json(v));
+  }
+  if let Some(v) = &u.recovery_point {
+    set("recovery_point", "varchar", Param::Text(v.clone()));
+  }
+  let sql = if sets.is_empty() {
+    format!("SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = $1::varchar")
+  } else {
+    format!(
+      "UPDATE idempotency_key SET {} WHERE idempotency_key = $1::varchar RETURNING {COLUMNS}",
+      sets.join(", ")
+    )
+  };
+  first(ex.query(&sql, params).await?)
+}
+
+/// The stage's row, locked without waiting: a row another stage holds is `Locked`.
+pub(crate) async fn lock_row(ex: &mut dyn Exec, key: &str) -> Result<Option<IdempotencyKey>> {
+  let sql = format!(
+    "SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = $1::varchar FOR UPDATE NOWAIT"
+  );
+  match ex.query(&sql, vec![Param::Text(key.into())]).await {
+    Ok(r) => first(r),
+    Err(e) if e.sqlstate() == Some("55P03") => Err(Error::locked(key)),
+    Err(e) => Err(e),
+  }
+}
+
+/// Apply a stage result. A NULL recovery point finishes the key: the lease is cleared and the
+/// response columns are written only when flagged. Otherwise the lease is refreshed with the
+/// commit-time clock, so a competing claim that waited on the row lock sees it fresh.
+pub(crate) async fn apply(ex: &mut dyn Exec, id: &str, r: StageResult) -> Result<IdempotencyKey> {
+  let sql = format!(
+    "UPDATE idempotency_key SET \
+     recovery_point = COALESCE($2::varchar, 'finished'), \
+     locked_at = CASE WHEN $2::varchar IS NULL THEN NULL ELSE clock_timestamp() END, \
+     response_code = CASE WHEN $2::varchar IS NULL AND $3::boolean THEN $4::int4 ELSE response_code END, \
+     response_body = CASE WHEN $2::varchar IS NULL AND $5::boolean THEN $6::jsonb ELSE response_body END \
+     WHERE id = $1::varchar RETURNING {COLUMNS}"
+  );
+  let (set_code, code) = r.response_code.map_or((false, None), |v| (true, v));
+  let (set_body, body) = r.response_body.map_or((false, None), |v| (true, v));
+  let params = vec![
+    Param::Text(id.into()),
+    text(&r.recovery_point),
+    Param::Bool(set_code),
+    code.map_or(Param::Null, |n| Param::Number(n as f64)),
+    Param::Bool(set_body),
+    json(&body),
+  ];
+  first(ex.query(&sql, params).await?)?
+    .ok_or_else(|| bad_row("stage UPDATE returned no row".into()))
+}
+
+pub(crate) const RELEASE_SQL: &str = "UPDATE idempotency_key SET locked_at = NULL \
+  WHERE idempotency_key = $1::varchar AND recovery_point <> 'finished'";
+
+pub(crate) async fn release(ex: &mut dyn Exec, key: &str) -> Result<()> {
+  ex.query(RELEASE_SQL, vec![Param::Text(key.into())])
+    .await
+    .map(|_| ())
+}
