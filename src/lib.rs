@@ -823,6 +823,11 @@ impl IdempotencyKeyService {
         )
       });
     }
+    if self.core.backend_name() == "sqlite" {
+      // A caller's executor speaks PostgreSQL; on SQLite bind to a native stage handle instead.
+      let why = "withTransaction(executor) needs a PostgreSQL service; on SQLite pass a TransactionManager";
+      return Err(unsafe { reject(e, &Error::InvalidArgument(why.into())) });
+    }
     let copy = IdempotencyKeyService {
       core: self.core.clone(),
       bound: Some(Bound::Exec(unsafe {
