@@ -598,3 +598,34 @@ test('9. Medusa difference: 16 concurrent calls with one unknown client key crea
     [key],
   )
 })
+
+test('10. a key another service instance of this process is working is refused at once, before the callback', async () => {
+  // Two connect()s to one database (on SQLite: one file) must see each other's stages.
+  const other = await fx.connect({ busyTimeoutMs: 3000 })
+  const key = uniqueKey('two-services')
+  await fx.service.create({ idempotency_key: key })
+  let release
+  const holding = new Promise((r) => (release = r))
+  let entered
+  const inside = new Promise((r) => (entered = r))
+  const first = fx.service.workStage(key, async () => {
+    entered()
+    await holding
+    return { recovery_point: 'held' }
+  })
+  await inside
+  let ran = false
+  const started = Date.now()
+  const err = await rejects(
+    other.workStage(key, async () => {
+      ran = true
+      return { recovery_point: 'second' }
+    }),
+  )
+  const waited = Date.now() - started
+  release()
+  assert.equal((await first).recovery_point, 'held')
+  assertErr(err, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assert.equal(ran, false, 'the second callback never ran')
+  assert.ok(waited < 1000, `refused at once, not after a busy timeout (${waited} ms)`)
+})

@@ -15,8 +15,43 @@ use futures_util::TryStreamExt;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
 use sqlx::{Column, Executor, Row, Sqlite, TypeInfo, ValueRef};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 
 pub(crate) type LiteTx = sqlx::Transaction<'static, Sqlite>;
+
+/// What every service of this process shares about one SQLite database file, so two
+/// `connect()`s to the same file see each other's stages.
+pub(crate) struct FileState {
+  /// Keys whose stage is running: SQLite's stand-in for a held row lock.
+  pub(crate) working: StdMutex<HashSet<String>>,
+  /// Stages queue here for the single write lock instead of polling SQLite's busy handler.
+  pub(crate) writer: tokio::sync::Mutex<()>,
+}
+
+impl FileState {
+  /// The state of `path` (a fresh one for an in-memory database, which nobody else sees).
+  pub(crate) fn for_path(path: Option<PathBuf>) -> Arc<Self> {
+    let fresh = || {
+      Arc::new(FileState {
+        working: StdMutex::new(HashSet::new()),
+        writer: tokio::sync::Mutex::new(()),
+      })
+    };
+    let Some(path) = path else { return fresh() };
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    static FILES: OnceLock<StdMutex<HashMap<PathBuf, Weak<FileState>>>> = OnceLock::new();
+    let mut files = FILES.get_or_init(Default::default).lock().unwrap();
+    files.retain(|_, state| state.strong_count() > 0);
+    if let Some(state) = files.get(&path).and_then(Weak::upgrade) {
+      return state;
+    }
+    let state = fresh();
+    files.insert(path, Arc::downgrade(&state));
+    state
+  }
+}
 type LiteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// The current time as stored: `2024-01-02T03:04:05.678Z`.

@@ -17,10 +17,9 @@ use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use std::collections::HashSet;
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Transaction isolation of native stages.
@@ -126,10 +125,7 @@ enum Backend {
   Pg(PgPool),
   Lite {
     pool: SqlitePool,
-    /// Keys whose stage is running in this process: SQLite's stand-in for a held row lock.
-    working: StdMutex<HashSet<String>>,
-    /// Stages queue here for the single write lock instead of polling SQLite's busy handler.
-    writer: tokio::sync::Mutex<()>,
+    file: Arc<lite::FileState>,
   },
   /// No pool of our own: everything runs through callers' executors; unbound statements (the
   /// lease release after a failed stage) through this one, in autocommit.
@@ -137,11 +133,11 @@ enum Backend {
 }
 
 /// Removes a key from the working set when its SQLite stage ends, however it ends.
-struct Working<'a>(&'a StdMutex<HashSet<String>>, String);
+struct Working(Arc<lite::FileState>, String);
 
-impl Drop for Working<'_> {
+impl Drop for Working {
   fn drop(&mut self) {
-    self.0.lock().unwrap().remove(&self.1);
+    self.0.working.lock().unwrap().remove(&self.1);
   }
 }
 
@@ -208,6 +204,7 @@ impl Service {
       } else {
         connect.journal_mode(SqliteJournalMode::Wal)
       };
+      let path = (!memory).then(|| connect.get_filename().to_path_buf());
       // Every connection to `sqlite::memory:` is a separate database: one connection only.
       let size = if memory { 1 } else { opts.max_connections };
       let pool = SqlitePoolOptions::new()
@@ -218,8 +215,7 @@ impl Service {
         .await?;
       Backend::Lite {
         pool,
-        working: StdMutex::new(HashSet::new()),
-        writer: tokio::sync::Mutex::new(()),
+        file: lite::FileState::for_path(path),
       }
     } else {
       return Err(Error::invalid(
@@ -260,7 +256,7 @@ impl Service {
 
   fn lite_working(&self, key: &str) -> bool {
     match &self.backend {
-      Backend::Lite { working, .. } => working.lock().unwrap().contains(key),
+      Backend::Lite { file, .. } => file.working.lock().unwrap().contains(key),
       _ => false,
     }
   }
@@ -505,11 +501,11 @@ impl Service {
   /// Open a stage transaction with the key's row claimed for this stage. On SQLite the write
   /// lock is taken up front and a key another stage of this process is working is refused
   /// at once, like `FOR UPDATE NOWAIT` on PostgreSQL.
-  async fn begin_stage<'s>(
-    &'s self,
+  async fn begin_stage(
+    &self,
     key: &str,
     expected: Option<&str>,
-  ) -> Result<(TxConn, IdempotencyKey, Option<Working<'s>>)> {
+  ) -> Result<(TxConn, IdempotencyKey, Option<Working>)> {
     match &self.backend {
       Backend::Pg(pool) => {
         let mut tx = pool.begin_with(self.opts.isolation.begin_sql()).await?;
@@ -522,16 +518,12 @@ impl Service {
           }
         }
       }
-      Backend::Lite {
-        pool,
-        working,
-        writer,
-      } => {
-        if !working.lock().unwrap().insert(key.to_owned()) {
+      Backend::Lite { pool, file } => {
+        if !file.working.lock().unwrap().insert(key.to_owned()) {
           return Err(Error::locked(key));
         }
-        let guard = Working(working, key.to_owned());
-        let gate = tokio::time::timeout(self.opts.busy_timeout, writer.lock())
+        let guard = Working(file.clone(), key.to_owned());
+        let gate = tokio::time::timeout(self.opts.busy_timeout, file.writer.lock())
           .await
           .map_err(|_| Error::Busy)?;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
