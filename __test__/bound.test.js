@@ -608,6 +608,37 @@ function definePostgresTests() {
     assert.equal(await sideCount(key, 'shape'), 1)
   }
 
+  test('7. 16 concurrent bound initializeRequest (node-postgres, each in BEGIN…COMMIT) on one new key: one winner, 15 IDEMPOTENCY_KEY_LOCKED', async () => {
+    // A claim that fails on the row lock must not abort the caller's transaction (found by the
+    // parity suite: losers got 25P02 from the follow-up statement).
+    const key = uniqueKey('bound-init')
+    const big = new Pool({ connectionString: url, max: N })
+    try {
+      const outcomes = await Promise.all(
+        Array.from({ length: N }, async () => {
+          const c = await big.connect()
+          try {
+            await c.query('BEGIN')
+            const r = await service.withTransaction(c).initializeRequest(key, METHOD, PARAMS, PATH)
+            await c.query('COMMIT')
+            return { ok: r }
+          } catch (e) {
+            await c.query('ROLLBACK')
+            return { err: e }
+          } finally {
+            c.release()
+          }
+        }),
+      )
+      assert.equal(outcomes.filter((o) => o.ok).length, 1)
+      for (const o of outcomes.filter((x) => x.err)) assertErr(o.err, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+      const { rows } = await verify.query('SELECT count(*)::int AS n FROM idempotency_key WHERE idempotency_key = $1', [key])
+      assert.equal(rows[0].n, 1)
+    } finally {
+      await big.end()
+    }
+  })
+
   test('6. executor returning node-postgres { rows } (fake wrapper over a pg client in BEGIN…COMMIT)', async () => {
     const c = await pool.connect()
     try {

@@ -631,23 +631,22 @@ impl IdempotencyKeyService {
               "the selector names no column".into(),
             ));
           }
-          let shown = serde_json::Value::Object(
-            f.iter()
-              .map(|(k, v)| {
-                (
-                  k.clone(),
-                  match v {
-                    idempotency_core::UpdateValue::Json(j) => j.clone(),
-                    idempotency_core::UpdateValue::Null => serde_json::Value::Null,
-                    idempotency_core::UpdateValue::Date(d) => {
-                      serde_json::Value::String(d.to_rfc3339())
-                    }
-                  },
-                )
-              })
-              .collect(),
-          )
-          .to_string();
+          // Medusa's wording, with the selector as JSON.stringify prints it (key order kept).
+          let entries: Vec<String> = f
+            .iter()
+            .map(|(k, v)| {
+              let value = match v {
+                idempotency_core::UpdateValue::Json(j) => j.to_string(),
+                idempotency_core::UpdateValue::Null => "null".to_owned(),
+                idempotency_core::UpdateValue::Date(d) => format!(
+                  "\"{}\"",
+                  d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ),
+              };
+              format!("{}:{value}", serde_json::Value::String(k.clone()))
+            })
+            .collect();
+          let shown = format!("with constraints {{{}}}", entries.join(","));
           Ok(By::Selector(f, shown))
         }
       }
@@ -825,7 +824,8 @@ impl IdempotencyKeyService {
     }
     if self.core.backend_name() == "sqlite" {
       // A caller's executor speaks PostgreSQL; on SQLite bind to a native stage handle instead.
-      let why = "withTransaction(executor) needs a PostgreSQL service; on SQLite pass a TransactionManager";
+      let why =
+        "withTransaction(executor) needs a PostgreSQL service; on SQLite pass a TransactionManager";
       return Err(unsafe { reject(e, &Error::InvalidArgument(why.into())) });
     }
     let copy = IdempotencyKeyService {

@@ -152,13 +152,15 @@ const FP: &str = "(request_method IS NULL OR request_method IS NOT DISTINCT FROM
 
 /// `initializeRequest`: insert the key leased, or claim an existing one whose lease is free,
 /// or report what is there. A claim blocked by a stage's row lock (or a serialization
-/// failure) is a held lease.
+/// failure) is a held lease. Inside a caller's transaction (`in_tx`) the claim runs under a
+/// savepoint, since its failure would otherwise abort the caller's transaction.
 pub(crate) async fn initialize(
   ex: &mut dyn Exec,
   id: &str,
   key: &str,
   fp: &Fingerprint,
   lease_ms: f64,
+  in_tx: bool,
 ) -> Result<Claim> {
   let insert = format!(
     "INSERT INTO idempotency_key (id, idempotency_key, locked_at, request_method, request_params, request_path) \
@@ -198,7 +200,20 @@ pub(crate) async fn initialize(
     FP.replace("request_", "t.request_"),
     COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
   );
-  match ex.query(&claim, fp_params()).await {
+  if in_tx {
+    ex.query("SAVEPOINT medusa_idempotency_claim", vec![])
+      .await?;
+  }
+  let claimed = ex.query(&claim, fp_params()).await;
+  if in_tx {
+    let end = if claimed.is_ok() {
+      "RELEASE SAVEPOINT medusa_idempotency_claim"
+    } else {
+      "ROLLBACK TO SAVEPOINT medusa_idempotency_claim"
+    };
+    ex.query(end, vec![]).await?;
+  }
+  match claimed {
     Ok(r) => {
       if let Some(k) = first(r)? {
         return Ok(Claim::Got(k));

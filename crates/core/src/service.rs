@@ -323,10 +323,11 @@ impl Service {
     let id = crate::key::new_id();
     // A key a stage of this process is working (SQLite) is leased whatever `locked_at` says.
     let may_claim = !self.lite_working(&key);
+    let in_tx = matches!(target, Target::Tx(_) | Target::Exec(_));
     let claim = {
       let mut held = self.acquire(target).await?;
       match held.dialect() {
-        Dialect::Pg(ex) => pgsql::initialize(ex, &id, &key, &fp, lease_ms).await,
+        Dialect::Pg(ex) => pgsql::initialize(ex, &id, &key, &fp, lease_ms, in_tx).await,
         Dialect::Lite(c) => lite::insert_or_claim(c, &id, &key, &fp, lease_ms, may_claim).await,
       }
     }?;
