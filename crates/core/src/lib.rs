@@ -5,6 +5,7 @@
 pub mod error;
 pub mod key;
 mod lite;
+mod pgpool;
 pub mod pgsql;
 pub mod service;
 pub mod stage;

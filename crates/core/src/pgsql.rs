@@ -33,6 +33,27 @@ impl Exec for PgConnection {
   }
 }
 
+/// A pooled connection: while a statement runs the lease is busy, so a dropped future or a
+/// broken connection closes it instead of returning it to the pool.
+impl Exec for crate::pgpool::Lease {
+  fn query<'a>(
+    &'a mut self,
+    sql: &'a str,
+    params: Vec<Param>,
+  ) -> BoxFuture<'a, Result<QueryResult>> {
+    async move {
+      self.busy();
+      let r = run_query(self.raw(), sql, &params).await;
+      match &r {
+        Ok(_) => self.done(),
+        Err(e) => self.settle_after(e),
+      }
+      r
+    }
+    .boxed()
+  }
+}
+
 /// A caller's executor, shared: `query` may be called concurrently (the binding serialises
 /// nothing; the caller's executor does what it does).
 pub trait SharedExec: Send + Sync {
@@ -89,8 +110,10 @@ pub(crate) fn key_at(r: &QueryResult, i: usize) -> Result<IdempotencyKey> {
     Ok(match get(name)? {
       Cell::Null => None,
       Cell::Date(ms) => DateTime::from_timestamp_millis(*ms as i64),
+      // ISO 8601 from an executor, or PostgreSQL's text output (simple protocol).
       Cell::Text(s) => Some(
         DateTime::parse_from_rfc3339(s)
+          .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z"))
           .map(|d| d.with_timezone(&Utc))
           .map_err(|_| bad_row(format!("column {name} is not a timestamp")))?,
       ),
@@ -138,7 +161,7 @@ fn bad_row(message: String) -> Error {
   }
 }
 
-fn first(r: QueryResult) -> Result<Option<IdempotencyKey>> {
+pub(crate) fn first(r: QueryResult) -> Result<Option<IdempotencyKey>> {
   if r.rows.is_empty() {
     Ok(None)
   } else {

@@ -9,13 +9,14 @@ use crate::key::{
   validate_key, Claim, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED,
 };
 use crate::lite;
+use crate::pgpool::PgPool;
 use crate::pgsql::{self, Exec, Shared, SharedExec};
 use crate::stage::{ConnRef, StageTx, TxConn};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::Value;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::future::Future;
 use std::str::FromStr;
@@ -149,7 +150,7 @@ enum Dialect<'c> {
 
 /// A connection held for one operation.
 enum Held<'a> {
-  Pg(PoolConnection<sqlx::Postgres>),
+  Pg(crate::pgpool::Lease),
   Lite(PoolConnection<sqlx::Sqlite>),
   Shared(Shared<'a>),
   Tx(tokio::sync::MappedMutexGuard<'a, TxConn>),
@@ -158,7 +159,7 @@ enum Held<'a> {
 impl Held<'_> {
   fn dialect(&mut self) -> Dialect<'_> {
     match self {
-      Held::Pg(c) => Dialect::Pg(&mut **c),
+      Held::Pg(lease) => Dialect::Pg(lease),
       Held::Lite(c) => Dialect::Lite(c),
       Held::Shared(s) => Dialect::Pg(s),
       Held::Tx(t) => match t.conn() {
@@ -182,15 +183,10 @@ impl Service {
     let url = opts.url.as_str();
     let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
       let connect = PgConnectOptions::from_str(url)
-        .map_err(|_| Error::invalid("invalid PostgreSQL connection URL"))?;
-      let pool = PgPoolOptions::new()
-        .max_connections(opts.max_connections)
-        .acquire_timeout(opts.acquire_timeout)
-        // The ping on every acquire costs a round trip per operation; a broken connection
-        // surfaces as a typed error on first use instead and is then dropped by the pool.
-        .test_before_acquire(false)
-        .connect_with(connect)
-        .await?;
+        .map_err(|_| Error::invalid("invalid PostgreSQL connection URL"))?
+        // The stage path writes string literals into simple-protocol statements.
+        .options([("standard_conforming_strings", "on")]);
+      let pool = PgPool::connect(connect, opts.max_connections, opts.acquire_timeout).await?;
       Backend::Pg(pool)
     } else if url.starts_with("sqlite:") {
       let memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -266,7 +262,11 @@ impl Service {
     Ok(match (target, &self.backend) {
       (Target::Exec(ex), _) => Held::Shared(Shared(ex)),
       (Target::Tx(tx), _) => Held::Tx(tx.conn().await?),
-      (Target::Pool, Backend::Pg(pool)) => Held::Pg(pool.acquire().await?),
+      (Target::Pool, Backend::Pg(pool)) => {
+        let mut lease = pool.acquire().await?;
+        lease.done();
+        Held::Pg(lease)
+      }
       (Target::Pool, Backend::Lite { pool, .. }) => Held::Lite(pool.acquire().await?),
       (Target::Pool, Backend::Detached(ex)) => Held::Shared(Shared(ex.as_ref())),
     })
@@ -276,17 +276,23 @@ impl Service {
   pub async fn migrate(&self) -> Result<()> {
     match &self.backend {
       Backend::Pg(pool) => {
-        let mut tx = pool.begin().await?;
+        let mut lease = pool.acquire().await?;
         // Serialise concurrent migrations (two processes starting at once would otherwise
         // race on CREATE TABLE IF NOT EXISTS and fail with 23505 on pg_type).
-        sqlx::query("SELECT pg_advisory_xact_lock(8245017791)")
-          .execute(&mut *tx)
-          .await?;
+        let mut script = String::from("BEGIN; SELECT pg_advisory_xact_lock(8245017791);\n");
         for (_, sql) in crate::MIGRATIONS_POSTGRES {
-          // Simple protocol: a migration file may hold several statements.
-          sqlx::Executor::execute(&mut *tx, *sql).await?;
+          script += sql;
+          script += "\n";
         }
-        tx.commit().await?;
+        // Simple protocol: a migration file may hold several statements.
+        let ran = sqlx::Executor::execute(lease.raw(), script.as_str()).await;
+        match ran {
+          Ok(_) => lease.commit().await?,
+          Err(e) => {
+            lease.rollback().await;
+            return Err(e.into());
+          }
+        }
       }
       Backend::Lite { pool, .. } => {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -473,8 +479,8 @@ impl Service {
       Backend::Pg(pool) => {
         let pool = pool.clone();
         async move {
-          if let Ok(mut c) = pool.acquire().await {
-            let _ = pgsql::release(&mut *c, &key).await;
+          if let Ok(mut lease) = pool.acquire().await {
+            let _ = pgsql::release(&mut lease, &key).await;
           }
         }
         .boxed()
@@ -509,12 +515,20 @@ impl Service {
   ) -> Result<(TxConn, IdempotencyKey, Option<Working>)> {
     match &self.backend {
       Backend::Pg(pool) => {
-        let mut tx = pool.begin_with(self.opts.isolation.begin_sql()).await?;
-        let found = pgsql::lock_row(&mut *tx, key).await;
+        let mut lease = pool.acquire().await?;
+        let found = match lease
+          .begin_and_lock(self.opts.isolation.begin_sql(), key)
+          .await
+        {
+          Ok(rows) => pgsql::first(rows),
+          Err(e) if e.sqlstate() == Some("55P03") => Err(Error::locked(key)),
+          Err(e) => Err(e),
+        };
         match found.and_then(|k| check_expected(k, key, expected)) {
-          Ok(k) => Ok((TxConn::Pg(tx), k, None)),
+          Ok(k) => Ok((TxConn::Pg(lease), k, None)),
           Err(e) => {
-            let _ = tx.rollback().await;
+            // begin_and_lock rolled back on its own failures; a stale key is still open.
+            lease.rollback().await;
             Err(e)
           }
         }
@@ -586,7 +600,7 @@ impl Service {
       let outcome = self.run_callback(&stx, key, &mut callback).await;
       let failure = stx.failure();
       let in_flight = stx.in_flight();
-      let Some(mut tx) = stx.take().await else {
+      let Some(tx) = stx.take().await else {
         return Err(StageError::Core(Error::TransactionClosed));
       };
       let result = match outcome {
@@ -605,21 +619,19 @@ impl Service {
           }
           return Err(StageError::Core(e));
         }
-        Err(e) => Err(e),
-        Ok(_) if failure.is_some() => Err(StageError::Core(caught(failure.clone().unwrap()))),
-        Ok(r) => apply(tx.conn(), &locked.id, r)
-          .await
-          .map_err(StageError::Core),
-      };
-      let result = match result {
-        Ok(updated) => match tx.commit().await {
-          Ok(()) => return Ok(updated),
-          Err(e) => Err(StageError::Core(e)),
-        },
         Err(e) => {
           tx.rollback().await;
           Err(e)
         }
+        Ok(_) if failure.is_some() => {
+          tx.rollback().await;
+          Err(StageError::Core(caught(failure.clone().unwrap())))
+        }
+        // Rolls back by itself when the write or the commit fails.
+        Ok(r) => match tx.apply_and_commit(&locked.id, r).await {
+          Ok(updated) => return Ok(updated),
+          Err(e) => Err(StageError::Core(e)),
+        },
       };
       drop(working);
       let retryable = match (&result, &failure) {

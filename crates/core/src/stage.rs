@@ -5,7 +5,10 @@
 //! handle refuses every further query.
 
 use crate::error::{Error, Result};
+use crate::key::IdempotencyKey;
 use crate::lite::LiteTx;
+use crate::pgpool::{Lease, Literal};
+use crate::service::StageResult;
 use crate::value::{bind, decode, Param, QueryResult};
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnection;
@@ -15,11 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::{Mutex, Notify};
 
-pub(crate) type PgTx = sqlx::Transaction<'static, Postgres>;
-
-/// A stage transaction on either backend.
+/// A stage transaction on either backend: on PostgreSQL a connection of our pool with the
+/// transaction open on it, on SQLite an sqlx transaction.
 pub(crate) enum TxConn {
-  Pg(PgTx),
+  Pg(Lease),
   Lite(LiteTx),
 }
 
@@ -32,24 +34,50 @@ pub(crate) enum ConnRef<'c> {
 impl TxConn {
   pub(crate) fn conn(&mut self) -> ConnRef<'_> {
     match self {
-      TxConn::Pg(t) => ConnRef::Pg(t),
+      TxConn::Pg(l) => ConnRef::Pg(l.raw()),
       TxConn::Lite(t) => ConnRef::Lite(t),
     }
   }
 
-  pub(crate) async fn commit(self) -> Result<()> {
+  /// Write the stage's result and commit, in one round trip on PostgreSQL. Rolls back on
+  /// failure.
+  pub(crate) async fn apply_and_commit(self, id: &str, r: StageResult) -> Result<IdempotencyKey> {
     match self {
-      TxConn::Pg(t) => t.commit().await?,
-      TxConn::Lite(t) => t.commit().await?,
+      TxConn::Pg(mut lease) => {
+        let (set_code, code) = r.response_code.map_or((false, None), |v| (true, v));
+        let (set_body, body) = r.response_body.map_or((false, None), |v| (true, v));
+        let rows = lease
+          .apply_and_commit(&[
+            Literal::Text(Some(id)),
+            Literal::Text(r.recovery_point.as_deref()),
+            Literal::Bool(set_code),
+            Literal::Int(code),
+            Literal::Bool(set_body),
+            Literal::Json(body.as_ref()),
+          ])
+          .await?;
+        crate::pgsql::first(rows)?.ok_or_else(|| Error::not_found(id))
+      }
+      TxConn::Lite(mut tx) => match crate::lite::apply(&mut tx, id, r).await {
+        Ok(k) => {
+          tx.commit().await?;
+          Ok(k)
+        }
+        Err(e) => {
+          let _ = tx.rollback().await;
+          Err(e)
+        }
+      },
     }
-    Ok(())
   }
 
   pub(crate) async fn rollback(self) {
-    let _ = match self {
-      TxConn::Pg(t) => t.rollback().await,
-      TxConn::Lite(t) => t.rollback().await,
-    };
+    match self {
+      TxConn::Pg(mut lease) => lease.rollback().await,
+      TxConn::Lite(t) => {
+        let _ = t.rollback().await;
+      }
+    }
   }
 }
 
@@ -118,7 +146,7 @@ impl StageTx {
     }
     let run = async {
       match tx {
-        TxConn::Pg(t) => run_query(t, sql, params).await,
+        TxConn::Pg(l) => run_query(l.raw(), sql, params).await,
         TxConn::Lite(t) => crate::lite::run_query(t, sql, params).await,
       }
     };
