@@ -80,6 +80,19 @@ export declare class IdempotencyKeyService {
    * transaction, Medusa's `cradle.manager`) releases leases after failed stages.
    */
   static detached(release: (sql: string, params: unknown[]) => Promise<unknown>, options?: Omit<ConnectOptions, 'url' | 'maxConnections'>): IdempotencyKeyService
+  /**
+   * Delete keys past their retention, in batches (each a short statement, so the table is
+   * never locked for long), never a key a stage is working on or whose request lease is
+   * fresh. Resolves to how many were removed. Defaults: `olderThanMs` 24 h (Stripe's
+   * retention), `batchSize` 1000.
+   */
+  reap(options?: { olderThanMs?: number, batchSize?: number }): Promise<number>
+  /**
+   * Unfinished keys with no progress (no stage commit, else no creation) for `idleMs`
+   * (default 60000), least recent first, at most `limit` (default 100): requests a client
+   * abandoned half-way, for the application to drive forward.
+   */
+  listAbandoned(options?: { idleMs?: number, limit?: number }): Promise<IdempotencyKey[]>
   /** Close the pool, waiting for connections in use to be returned. */
   close(): Promise<void>
 }

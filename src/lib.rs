@@ -39,6 +39,23 @@ impl IntoJs for IdempotencyKey {
   }
 }
 
+impl IntoJs for u64 {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
+    ToNapiValue::to_napi_value(env, self as f64)
+  }
+}
+
+impl IntoJs for Vec<IdempotencyKey> {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
+    let mut arr = std::ptr::null_mut();
+    sys::napi_create_array_with_length(env, self.len(), &mut arr);
+    for (i, k) in self.iter().enumerate() {
+      sys::napi_set_element(env, arr, i as u32, js::key_to_js(env, k)?);
+    }
+    Ok(arr)
+  }
+}
+
 impl IntoJs for QueryResult {
   unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
     js::rows_to_js(env, &self)
@@ -194,6 +211,9 @@ unsafe fn connect_options_object(env: sys::napi_env, arg: Raw, url: String) -> J
   }
   Ok(o)
 }
+
+/// How long `reap()` keeps keys by default: 24 h, as Stripe does.
+const DEFAULT_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The embedded default when neither a URL nor `DATABASE_URL` is given.
 const EMBEDDED_URL: &str = "sqlite://./idempotency.db";
@@ -867,6 +887,75 @@ impl IdempotencyKeyService {
       bound: None,
     };
     Ok(RawValue(unsafe { ToNapiValue::to_napi_value(e, service)? }))
+  }
+
+  /// Delete keys past their retention, in batches (each a short statement, so the table is
+  /// never locked for long), never a key a stage is working on or whose request lease is
+  /// fresh. Resolves to how many were removed. Defaults: `olderThanMs` 24 h (Stripe's
+  /// retention), `batchSize` 1000.
+  #[napi(
+    ts_args_type = "options?: { olderThanMs?: number, batchSize?: number }",
+    ts_return_type = "Promise<number>"
+  )]
+  pub fn reap<'env>(
+    &self,
+    env: &'env Env,
+    options: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<u64>>> {
+    let e = env.raw();
+    let (older, batch) = args!(env, {
+      let o = options.raw();
+      if js::is_nullish(e, o) {
+        Ok((None, None))
+      } else if js::type_of(e, o) != sys::ValueType::napi_object {
+        Err(Error::InvalidArgument(
+          "reap() takes an options object".into(),
+        ))
+      } else {
+        Ok((opt_u32(e, o, "olderThanMs")?, opt_u32(e, o, "batchSize")?))
+      }
+    });
+    let older = Duration::from_millis(older.map_or(DEFAULT_RETENTION_MS, u64::from));
+    let (core, bound) = (self.core.clone(), self.bound.clone());
+    spawn(env, async move {
+      core
+        .reap(target(&bound), older, batch.unwrap_or(1000))
+        .await
+    })
+  }
+
+  /// Unfinished keys with no progress (no stage commit, else no creation) for `idleMs`
+  /// (default 60000), least recent first, at most `limit` (default 100): requests a client
+  /// abandoned half-way, for the application to drive forward.
+  #[napi(
+    ts_args_type = "options?: { idleMs?: number, limit?: number }",
+    ts_return_type = "Promise<IdempotencyKey[]>"
+  )]
+  pub fn list_abandoned<'env>(
+    &self,
+    env: &'env Env,
+    options: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<Vec<IdempotencyKey>>>> {
+    let e = env.raw();
+    let (idle, limit) = args!(env, {
+      let o = options.raw();
+      if js::is_nullish(e, o) {
+        Ok((None, None))
+      } else if js::type_of(e, o) != sys::ValueType::napi_object {
+        Err(Error::InvalidArgument(
+          "listAbandoned() takes an options object".into(),
+        ))
+      } else {
+        Ok((opt_u32(e, o, "idleMs")?, opt_u32(e, o, "limit")?))
+      }
+    });
+    let idle = Duration::from_millis(idle.map_or(60_000, u64::from));
+    let (core, bound) = (self.core.clone(), self.bound.clone());
+    spawn(env, async move {
+      core
+        .list_abandoned(target(&bound), idle, limit.unwrap_or(100))
+        .await
+    })
   }
 
   /// Close the pool, waiting for connections in use to be returned.

@@ -19,13 +19,25 @@ pub use stage::StageTx;
 pub use value::{Cell, Param, QueryResult};
 
 /// PostgreSQL migrations, in order: (file name, SQL). Each is safe to run again.
-pub const MIGRATIONS_POSTGRES: &[(&str, &str)] = &[(
-  "20240101000000_idempotency_key.sql",
-  include_str!("../../../migrations/postgres/20240101000000_idempotency_key.sql"),
-)];
+pub const MIGRATIONS_POSTGRES: &[(&str, &str)] = &[
+  (
+    "20240101000000_idempotency_key.sql",
+    include_str!("../../../migrations/postgres/20240101000000_idempotency_key.sql"),
+  ),
+  (
+    "20241101000000_expiry_indexes.sql",
+    include_str!("../../../migrations/postgres/20241101000000_expiry_indexes.sql"),
+  ),
+];
 
 /// SQLite migrations, in order: (file name, SQL). Each is safe to run again.
-pub const MIGRATIONS_SQLITE: &[(&str, &str)] = &[(
-  "20240101000000_idempotency_key.sql",
-  include_str!("../../../migrations/sqlite/20240101000000_idempotency_key.sql"),
-)];
+pub const MIGRATIONS_SQLITE: &[(&str, &str)] = &[
+  (
+    "20240101000000_idempotency_key.sql",
+    include_str!("../../../migrations/sqlite/20240101000000_idempotency_key.sql"),
+  ),
+  (
+    "20241101000000_expiry_indexes.sql",
+    include_str!("../../../migrations/sqlite/20241101000000_expiry_indexes.sql"),
+  ),
+];

@@ -354,6 +354,49 @@ pub(crate) async fn apply(
   key_from_row(&row)
 }
 
+/// See `pgsql::reap_batch`; keys a stage of this process is working (`working`) are skipped.
+pub(crate) async fn reap_batch(
+  c: &mut SqliteConnection,
+  older_than_ms: f64,
+  batch: i32,
+  lease_ms: f64,
+  working: &[String],
+) -> Result<u64> {
+  let r = sqlx::query(
+    "DELETE FROM idempotency_key WHERE id IN (SELECT id FROM idempotency_key \
+     WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+     AND (locked_at IS NULL OR locked_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3)) \
+     AND idempotency_key NOT IN (SELECT value FROM json_each(?4)) \
+     ORDER BY created_at LIMIT ?2)",
+  )
+  .bind(ago(older_than_ms))
+  .bind(batch)
+  .bind(ago(lease_ms))
+  .bind(serde_json::to_string(working).unwrap_or_else(|_| "[]".into()))
+  .execute(&mut *c)
+  .await?;
+  Ok(r.rows_affected())
+}
+
+/// See `pgsql::abandoned`.
+pub(crate) async fn abandoned(
+  c: &mut SqliteConnection,
+  idle_ms: f64,
+  limit: i32,
+) -> Result<Vec<IdempotencyKey>> {
+  let sql = format!(
+    "SELECT {COLUMNS} FROM idempotency_key WHERE recovery_point <> 'finished' \
+     AND COALESCE(locked_at, created_at) < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+     ORDER BY COALESCE(locked_at, created_at) LIMIT ?2"
+  );
+  let rows = sqlx::query(&sql)
+    .bind(ago(idle_ms))
+    .bind(limit)
+    .fetch_all(&mut *c)
+    .await?;
+  rows.iter().map(key_from_row).collect()
+}
+
 pub(crate) const RELEASE_SQL: &str =
   "UPDATE idempotency_key SET locked_at = NULL WHERE idempotency_key = ?1 AND recovery_point <> 'finished'";
 

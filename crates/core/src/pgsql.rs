@@ -468,3 +468,50 @@ pub(crate) async fn release(ex: &mut dyn Exec, key: &str) -> Result<()> {
     .await
     .map(|_| ())
 }
+
+/// Delete up to `batch` keys created before `older_than_ms` ago, oldest first, skipping rows
+/// a stage holds (`SKIP LOCKED`) and keys whose request lease is fresh. Returns how many.
+pub(crate) async fn reap_batch(
+  ex: &mut dyn Exec,
+  older_than_ms: f64,
+  batch: i32,
+  lease_ms: f64,
+) -> Result<u64> {
+  const SQL: &str = "WITH doomed AS (SELECT id FROM idempotency_key \
+    WHERE created_at < clock_timestamp() - $1::float8 * interval '1 millisecond' \
+    AND (locked_at IS NULL OR locked_at <= clock_timestamp() - $3::float8 * interval '1 millisecond') \
+    ORDER BY created_at LIMIT $2::int4 FOR UPDATE SKIP LOCKED) \
+    DELETE FROM idempotency_key k USING doomed WHERE k.id = doomed.id RETURNING k.id";
+  let r = ex
+    .query(
+      SQL,
+      vec![
+        Param::Number(older_than_ms),
+        Param::Number(batch as f64),
+        Param::Number(lease_ms),
+      ],
+    )
+    .await?;
+  Ok(r.rows.len() as u64)
+}
+
+/// Unfinished keys whose last progress (a stage commit refreshes `locked_at`; else creation)
+/// is older than `idle_ms`, least recent first.
+pub(crate) async fn abandoned(
+  ex: &mut dyn Exec,
+  idle_ms: f64,
+  limit: i32,
+) -> Result<Vec<IdempotencyKey>> {
+  let sql = format!(
+    "SELECT {COLUMNS} FROM idempotency_key WHERE recovery_point <> 'finished' \
+     AND COALESCE(locked_at, created_at) < clock_timestamp() - $1::float8 * interval '1 millisecond' \
+     ORDER BY COALESCE(locked_at, created_at) LIMIT $2::int4"
+  );
+  let r = ex
+    .query(
+      &sql,
+      vec![Param::Number(idle_ms), Param::Number(limit as f64)],
+    )
+    .await?;
+  (0..r.rows.len()).map(|i| key_at(&r, i)).collect()
+}

@@ -472,6 +472,53 @@ impl Service {
     .ok_or_else(|| Error::not_found(key))
   }
 
+  /// Delete keys created more than `older_than` ago, in batches of `batch` (each its own short
+  /// statement), never a key a stage is working on or whose request lease is fresh. Returns
+  /// how many were removed.
+  pub async fn reap(&self, target: Target<'_>, older_than: Duration, batch: u32) -> Result<u64> {
+    if batch == 0 {
+      return Err(Error::invalid("batchSize must be at least 1"));
+    }
+    let older_ms = older_than.as_millis() as f64;
+    let lease_ms = self.opts.lock_timeout.as_millis() as f64;
+    let batch = i32::try_from(batch).unwrap_or(i32::MAX);
+    let mut total = 0;
+    loop {
+      let working: Vec<String> = match &self.backend {
+        Backend::Lite { file, .. } => file.working.lock().unwrap().iter().cloned().collect(),
+        _ => Vec::new(),
+      };
+      let removed = {
+        let mut held = self.acquire(target).await?;
+        match held.dialect() {
+          Dialect::Pg(ex) => pgsql::reap_batch(ex, older_ms, batch, lease_ms).await?,
+          Dialect::Lite(c) => lite::reap_batch(c, older_ms, batch, lease_ms, &working).await?,
+        }
+      };
+      total += removed;
+      if removed < batch as u64 {
+        return Ok(total);
+      }
+    }
+  }
+
+  /// Unfinished keys with no progress for `idle`, least recent first, so an application can
+  /// drive them forward (rocket-rides' completer).
+  pub async fn list_abandoned(
+    &self,
+    target: Target<'_>,
+    idle: Duration,
+    limit: u32,
+  ) -> Result<Vec<IdempotencyKey>> {
+    let idle_ms = idle.as_millis() as f64;
+    let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+    let mut held = self.acquire(target).await?;
+    match held.dialect() {
+      Dialect::Pg(ex) => pgsql::abandoned(ex, idle_ms, limit).await,
+      Dialect::Lite(c) => lite::abandoned(c, idle_ms, limit).await,
+    }
+  }
+
   /// Release the lease of a key whose stage failed after its callback ran, on our own
   /// connections (never the caller's transaction, which may still hold the row lock).
   fn release_task(&self, key: String) -> BoxFuture<'static, ()> {
