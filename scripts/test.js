@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: lint, Rust tests of the core against fresh PostgreSQL databases, the addon
-// build, the JS contract suite on SQLite and on PostgreSQL, and the demo. Stops at the first
-// failing step.
+// build, the JS contract suite on SQLite and on PostgreSQL, the short stress run
+// (stress/run.js --short) and the demo. Stops at the first failing step.
 const { execSync } = require('node:child_process')
 const { Client } = require('pg')
 
@@ -39,6 +39,9 @@ async function withDbPrefix(fn) {
   for (const backend of ['sqlite', 'postgres']) {
     run('node --test --test-concurrency=1 __test__/', { IDEM_BACKEND: backend, RUST_BACKTRACE: '0' })
   }
+  // The stress scenarios with small counts (no PostgreSQL stop/start); `npm run stress` is the
+  // full run.
+  run('node stress/run.js --short')
   // The README's demo, on a throwaway embedded database, so it cannot rot.
   const demoDb = require('node:path').join(require('node:os').tmpdir(), `idem_demo_${process.pid}.db`)
   run('node examples/checkout.js', { DATABASE_URL: `sqlite://${demoDb}` })

@@ -440,7 +440,12 @@ async fn settle(
   called: Result<Either<Promise<StageReturn>, StageReturn>>,
 ) -> std::result::Result<StageResult, StageError<napi::Error>> {
   let settled = match called {
-    Ok(Either::A(promise)) => promise.await,
+    Ok(Either::A(promise)) => match promise.await {
+      // napi's own error when the JS promise was garbage-collected without settling (its
+      // then-handlers went with it): it can never settle, so wait for the stage timeout.
+      Err(e) if e.reason == "oneshot canceled" => std::future::pending().await,
+      other => other,
+    },
     Ok(Either::B(value)) => Ok(value),
     Err(thrown) => Err(thrown),
   };

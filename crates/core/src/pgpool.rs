@@ -39,6 +39,10 @@ pub(crate) struct PgPool(Arc<Inner>);
 pub(crate) struct Lease {
   conn: Option<Conn>,
   clean: bool,
+  /// The connection sat idle in the pool and has not run anything in this lease yet: if the
+  /// server dropped it meanwhile (a restart, `pg_terminate_backend`), nothing sent on it ran,
+  /// so it is safe to replace it and send again.
+  reused: bool,
   pool: Arc<Inner>,
   _permit: OwnedSemaphorePermit,
 }
@@ -77,6 +81,7 @@ impl PgPool {
     .map_err(|_| Error::PoolTimeout)?
     .map_err(|_| Error::Closed)?;
     let idle = self.0.idle.lock().unwrap().pop();
+    let reused = idle.is_some();
     let conn = match idle {
       Some(c) => c,
       None => Conn {
@@ -87,6 +92,7 @@ impl PgPool {
     Ok(Lease {
       conn: Some(conn),
       clean: false,
+      reused,
       pool: self.0.clone(),
       _permit: permit,
     })
@@ -121,7 +127,8 @@ impl Lease {
     self.clean = false;
   }
 
-  /// Whether a failed operation left the connection usable (a database error) or not.
+  /// Whether a failed operation left the connection usable (an ordinary database error) or
+  /// not (the connection or the server session is gone).
   pub(crate) fn settle_after(&mut self, e: &Error) {
     self.clean = matches!(
       e,
@@ -129,7 +136,26 @@ impl Lease {
         sqlstate: Some(_),
         ..
       }
-    );
+    ) && !is_fatal(e);
+  }
+
+  /// The first statement on a connection that waited in the pool failed because the
+  /// connection was already dead: replace it, once, and say whether to send again.
+  pub(crate) async fn replace_if_dead(&mut self, e: &Error) -> Result<bool> {
+    if !(std::mem::take(&mut self.reused) && is_fatal(e)) {
+      return Ok(false);
+    }
+    let raw = PgConnection::connect_with(&self.pool.options).await?;
+    self.conn = Some(Conn {
+      raw,
+      prepared: false,
+    });
+    Ok(true)
+  }
+
+  /// A statement ran on this lease's connection.
+  pub(crate) fn used(&mut self) {
+    self.reused = false;
   }
 
   /// PREPARE the stage statements on this connection once.
@@ -162,15 +188,26 @@ impl Lease {
     key: &str,
   ) -> Result<crate::value::QueryResult> {
     self.busy();
-    self.prepare().await?;
     let sql = format!("{begin}; EXECUTE medusa_ikey_lock({})", literal(key)?);
-    match simple(self.raw(), &sql).await {
+    let mut ran = self.prepare_and_run(&sql).await;
+    if let Err(e) = &ran {
+      if self.replace_if_dead(e).await? {
+        ran = self.prepare_and_run(&sql).await;
+      }
+    }
+    self.used();
+    match ran {
       Ok(r) => Ok(r),
       Err(e) => {
         self.rollback().await;
         Err(e)
       }
     }
+  }
+
+  async fn prepare_and_run(&mut self, sql: &str) -> Result<crate::value::QueryResult> {
+    self.prepare().await?;
+    simple(self.raw(), sql).await
   }
 
   /// `EXECUTE medusa_ikey_apply(…); COMMIT` in one round trip. On failure the transaction is
@@ -277,4 +314,17 @@ async fn simple(conn: &mut PgConnection, sql: &str) -> Result<crate::value::Quer
     }
   }
   Ok(out)
+}
+
+/// The connection (class 08), or the server session (57P01 admin shutdown, 57P02 crash
+/// shutdown, 57P03 cannot connect now), is gone; or the protocol broke.
+fn is_fatal(e: &Error) -> bool {
+  match e {
+    Error::Connection(_) => true,
+    Error::Database { sqlstate: None, .. } => true,
+    Error::Database {
+      sqlstate: Some(s), ..
+    } => s.starts_with("08") || matches!(s.as_str(), "57P01" | "57P02" | "57P03"),
+    _ => false,
+  }
 }

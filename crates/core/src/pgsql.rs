@@ -43,7 +43,13 @@ impl Exec for crate::pgpool::Lease {
   ) -> BoxFuture<'a, Result<QueryResult>> {
     async move {
       self.busy();
-      let r = run_query(self.raw(), sql, &params).await;
+      let mut r = run_query(self.raw(), sql, &params).await;
+      if let Err(e) = &r {
+        if self.replace_if_dead(e).await? {
+          r = run_query(self.raw(), sql, &params).await;
+        }
+      }
+      self.used();
       match &r {
         Ok(_) => self.done(),
         Err(e) => self.settle_after(e),
