@@ -22,8 +22,21 @@ function normalizeRows(result) {
 }
 
 function describeFailure(e) {
-  const code = typeof e?.code === 'string' ? e.code : typeof e?.driverError?.code === 'string' ? e.driverError.code : undefined
-  return { code, message: String(e?.message ?? e) }
+  try {
+    const code = typeof e?.code === 'string' ? e.code : typeof e?.driverError?.code === 'string' ? e.driverError.code : undefined
+    return { code, message: String(e?.message ?? e) }
+  } catch {
+    return { code: undefined, message: 'the executor failed with a value that cannot be read' }
+  }
+}
+
+/** Never throws: an unreadable result (a revoked proxy, throwing getters) is a failure. */
+function settleRows(result) {
+  try {
+    return { rows: normalizeRows(result) }
+  } catch (e) {
+    return { error: describeFailure(e) }
+  }
 }
 
 /** The executor's `query`, resolving to `{ rows }` or `{ error }` and never rejecting. */
@@ -35,15 +48,23 @@ function wrapExecutor(executor) {
     } catch (e) {
       return Promise.resolve({ error: describeFailure(e) })
     }
-    return Promise.resolve(pending).then(
-      (result) => ({ rows: normalizeRows(result) }),
-      (e) => ({ error: describeFailure(e) }),
-    )
+    return Promise.resolve(pending).then(settleRows, (e) => ({ error: describeFailure(e) }))
   }
 }
 
+function invalid(message) {
+  return Object.assign(new Error(message), { type: 'invalid_data', code: 'INVALID_ARGUMENT', date: new Date() })
+}
+
 function isExecutor(manager) {
-  return manager != null && !(manager instanceof TransactionManager) && typeof manager.query === 'function'
+  if (manager == null || (typeof manager !== 'object' && typeof manager !== 'function')) return false
+  if (manager instanceof TransactionManager) return false
+  try {
+    return typeof manager.query === 'function'
+  } catch {
+    // A throwing getter or a revoked proxy: not something we can run SQL through.
+    throw invalid('withTransaction() takes a TransactionManager or an object with query(sql, params)')
+  }
 }
 
 const nativeWithTransaction = IdempotencyKeyService.prototype.withTransaction
@@ -56,12 +77,12 @@ IdempotencyKeyService.prototype.withTransaction = function withTransaction(manag
 
 const nativeWorkStage = IdempotencyKeyService.prototype.workStage
 IdempotencyKeyService.prototype.workStage = function workStage(key, callback, options) {
+  if (typeof callback !== 'function') return nativeWorkStage.call(this, key, callback, options)
   const executor = this[EXECUTOR]
-  if (executor !== undefined && typeof callback === 'function') {
-    // Bound mode: the callback works through the caller's executor, like Medusa's.
-    return nativeWorkStage.call(this, key, () => callback(executor), options)
-  }
-  return nativeWorkStage.call(this, key, callback, options)
+  // An async wrapper awaits whatever the callback returns, thenables included, as `await`
+  // would; bound mode hands the callback the caller's executor, like Medusa's.
+  const run = executor !== undefined ? async () => callback(executor) : async (tx) => callback(tx)
+  return nativeWorkStage.call(this, key, run, options)
 }
 
 module.exports = { ...native, wrapExecutor }

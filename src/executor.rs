@@ -86,17 +86,23 @@ unsafe fn read_reply(env: sys::napi_env, v: Raw) -> std::result::Result<QueryRes
     });
   }
   let rows = js::get_property(env, v, "rows", "rows")?;
-  let rows =
-    Vec::<Unknown>::from_napi_value(env, rows).map_err(|_| executor_error("no rows array"))?;
+  let rows = js::array_items(env, rows, "rows").map_err(|_| executor_error("no rows array"))?;
   let mut out = QueryResult::default();
-  for (i, row) in rows.iter().enumerate() {
-    let fields = js::own_keys(env, row.raw(), "row")?;
+  let mut position = std::collections::HashMap::new();
+  for (i, row) in rows.into_iter().enumerate() {
+    let fields = js::own_keys(env, row, "row")?;
     if i == 0 {
       out.columns = fields.iter().map(|(k, _)| k.clone()).collect();
+      position = out
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(p, c)| (c.clone(), p))
+        .collect();
     }
     let mut cells = vec![Cell::Null; out.columns.len()];
     for (k, val) in fields {
-      if let Some(pos) = out.columns.iter().position(|c| *c == k) {
+      if let Some(&pos) = position.get(&k) {
         cells[pos] = js::to_cell(env, val)?;
       }
     }

@@ -142,9 +142,22 @@ pub(crate) unsafe fn own_keys(env: Env_, obj: Raw, what: &str) -> JsResult<Vec<(
   Ok(out)
 }
 
-unsafe fn array_items(env: Env_, arr: Raw, what: &str) -> JsResult<Vec<Raw>> {
+/// Longest array we convert: a sparse `new Array(2 ** 32 - 1)` must be refused, not walked.
+const MAX_ARRAY: u32 = 1 << 20;
+
+/// The elements of a JS array (`invalid_data` for a non-array, an over-long array, or an
+/// element getter that throws).
+pub(crate) unsafe fn array_items(env: Env_, arr: Raw, what: &str) -> JsResult<Vec<Raw>> {
+  if !is(env, arr, sys::napi_is_array) {
+    return Err(invalid(format!("{what} must be an array")));
+  }
   let mut len = 0u32;
   ok(env, sys::napi_get_array_length(env, arr, &mut len), what)?;
+  if len > MAX_ARRAY {
+    return Err(invalid(format!(
+      "{what} has more than {MAX_ARRAY} elements"
+    )));
+  }
   let mut out = Vec::with_capacity(len as usize);
   for i in 0..len {
     let mut v = ptr::null_mut();

@@ -348,11 +348,9 @@ impl TransactionManager {
       let params: Vec<Param> = if js::is_nullish(e, p) {
         Vec::new()
       } else {
-        let arr = Vec::<Unknown>::from_napi_value(e, p)
-          .map_err(|_| Error::InvalidArgument("params must be an array".into()))?;
-        arr
-          .iter()
-          .map(|v| js::to_param(e, v.raw(), 0))
+        js::array_items(e, p, "params")?
+          .into_iter()
+          .map(|v| js::to_param(e, v, 0))
           .collect::<JsResult<_>>()?
       };
       Ok((sql, params))
@@ -878,6 +876,8 @@ impl IdempotencyKeyService {
         }
         let mut o = if js::is_nullish(e, options.raw()) {
           Options::new("")
+        } else if js::type_of(e, options.raw()) != sys::ValueType::napi_object {
+          return Err(Error::InvalidArgument("options must be an object".into()));
         } else {
           connect_options_object(e, options.raw(), String::new())?
         };

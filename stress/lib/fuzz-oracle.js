@@ -35,7 +35,7 @@ function isError(e) {
 /** Why `e` is not a typed error of the contract, or null. */
 function untyped(e) {
   if (!isError(e)) return `rejected with a non-Error: ${describe(e)}`
-  const what = `${e.constructor && e.constructor.name}(type=${describe(e.type)}, code=${describe(e.code)}): ${describe(e.message, 300)}`
+  const what = `${e.constructor && e.constructor.name}(type=${describe(e.type)}, code=${describe(e.code)}): ${msgOf(e)}`
   if (typeof e.type !== 'string' || typeof e.code !== 'string') return `untyped error ${what}`
   if (!TYPES.has(e.type)) return `unknown error type ${what}`
   if (e.code === 'INTERNAL_ERROR') return `INTERNAL_ERROR (a Rust panic caught at the boundary) ${what}`
@@ -44,8 +44,16 @@ function untyped(e) {
   return null
 }
 
+function msgOf(e) {
+  try {
+    return JSON.stringify(String(e.message).slice(0, 300))
+  } catch {
+    return '<message unreadable>'
+  }
+}
+
 function showErr(e) {
-  if (isError(e)) return `${e.constructor && e.constructor.name}(type=${describe(e.type)}, code=${describe(e.code)}): ${describe(e.message, 200)}`
+  if (isError(e)) return `${e.constructor && e.constructor.name}(type=${describe(e.type)}, code=${describe(e.code)}): ${msgOf(e)}`
   return `non-Error ${describe(e)}`
 }
 
@@ -111,11 +119,11 @@ function isValidDate(d) {
 }
 
 /** The ten fields of Medusa's entity, with their types (SPEC §2). */
-function checkKey(k, what = 'result') {
+function checkKey(k, what = 'result', { looseId = false } = {}) {
   if (k === null || typeof k !== 'object' || Array.isArray(k)) fail(`${what} is not a key object: ${describe(k)}`)
   const keys = Object.keys(k).sort()
   if (keys.join() !== KEY_FIELDS.join()) fail(`${what} has fields [${keys.join(', ')}], expected the ten of Medusa's entity`)
-  if (typeof k.id !== 'string' || !KEY_ID.test(k.id)) fail(`${what}.id ${describe(k.id)} is not ikey_ + ULID`)
+  if (typeof k.id !== 'string' || (!looseId && !KEY_ID.test(k.id))) fail(`${what}.id ${describe(k.id)} is not ikey_ + ULID`)
   if (typeof k.idempotency_key !== 'string') fail(`${what}.idempotency_key is ${describe(k.idempotency_key)}`)
   if (!isValidDate(k.created_at)) fail(`${what}.created_at is ${describe(k.created_at)}`)
   if (k.locked_at !== null && !isValidDate(k.locked_at)) fail(`${what}.locked_at is ${describe(k.locked_at)}`)

@@ -52,6 +52,10 @@ const PROBES = {
     backends: ['sqlite'],
     run: (s) => s.workStage('probe-key', async () => ({ response_body: huge() })),
   },
+  'tx.query("SELECT 1 AS a\\u0000b") (a NUL byte in the SQL)': {
+    backends: ['sqlite', 'postgres'],
+    run: (s) => s.workStage('probe-key', async (tx) => ({ recovery_point: String(await tx.query('SELECT 1 AS a\u0000b')) })),
+  },
   'withTransaction(executor) whose rows have 100k columns': {
     backends: ['sqlite', 'postgres'],
     run: (s, url, S) => {

@@ -34,7 +34,7 @@ function describe(v, max = 160) {
     else if (typeof v === 'symbol') s = v.toString()
     else if (typeof v === 'function') s = `<function ${v.name || 'anonymous'}>`
     else if (v instanceof V) s = v.d
-    else s = util.inspect(v, { depth: 3, breakLength: Infinity, maxArrayLength: 8, maxStringLength: 40, customInspect: false, showProxy: true, getters: false })
+    else s = util.inspect(v, { depth: 3, breakLength: Infinity, maxArrayLength: 8, maxStringLength: 40, customInspect: false, showProxy: true, getters: false, compact: true })
   } catch (e) {
     s = `<undescribable ${typeof v}>`
   }

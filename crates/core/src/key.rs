@@ -84,7 +84,13 @@ impl KeyUpdate {
                 .with_timezone(&Utc),
             ),
             _ => return Err(bad()),
-          })
+          });
+          // Both backends store and read back years 1–9999 in ISO form.
+          if let Some(Some(d)) = u.locked_at {
+            if !(1..=9999).contains(&chrono::Datelike::year(&d)) {
+              return Err(Error::invalid("locked_at must be between years 1 and 9999"));
+            }
+          }
         }
         "request_method" | "request_path" => {
           let v = match value {

@@ -57,7 +57,7 @@ impl PgPool {
     let first = PgConnection::connect_with(&options).await?;
     let pool = PgPool(Arc::new(Inner {
       options,
-      idle: Mutex::new(Vec::with_capacity(size as usize)),
+      idle: Mutex::new(Vec::new()),
       permits: Arc::new(Semaphore::new(size as usize)),
       acquire_timeout,
       closed: AtomicBool::new(false),

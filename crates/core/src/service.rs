@@ -95,6 +95,22 @@ pub struct StageResult {
   pub response_body: Option<Option<Value>>,
 }
 
+impl StageResult {
+  /// As Medusa applies it: with a recovery point the response fields are ignored (and never
+  /// sent to the database).
+  fn normalized(self) -> Self {
+    if self.recovery_point.is_some() {
+      StageResult {
+        recovery_point: self.recovery_point,
+        response_code: None,
+        response_body: None,
+      }
+    } else {
+      self
+    }
+  }
+}
+
 /// Why a stage failed: the callback's own error (passed back untouched) or ours.
 #[derive(Debug)]
 pub enum StageError<E> {
@@ -116,6 +132,9 @@ pub enum Target<'a> {
   Tx(&'a StageTx),
   Exec(&'a dyn SharedExec),
 }
+
+/// PostgreSQL's own default `max_connections` is 100; a pool far beyond that is a mistake.
+const MAX_CONNECTIONS: u32 = 1000;
 
 pub struct Service {
   backend: Backend,
@@ -179,6 +198,11 @@ impl Service {
   pub async fn connect(opts: Options) -> Result<Self> {
     if opts.max_connections == 0 {
       return Err(Error::invalid("maxConnections must be at least 1"));
+    }
+    if opts.max_connections > MAX_CONNECTIONS {
+      return Err(Error::invalid(format!(
+        "maxConnections must be at most {MAX_CONNECTIONS}"
+      )));
     }
     let url = opts.url.as_str();
     let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -722,7 +746,7 @@ impl Service {
     key: &str,
     run: impl Future<Output = std::result::Result<StageResult, StageError<E>>>,
   ) -> std::result::Result<StageResult, StageError<E>> {
-    match self.opts.stage_timeout {
+    let outcome = match self.opts.stage_timeout {
       None => run.await,
       Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
         Err(StageError::Core(Error::StageTimeout {
@@ -730,7 +754,8 @@ impl Service {
           ms: limit.as_millis() as u64,
         }))
       }),
-    }
+    };
+    outcome.map(StageResult::normalized)
   }
 
   /// A stage inside one of our stage transactions (`withTransaction(tx)`): a savepoint makes

@@ -133,6 +133,7 @@ impl StageTx {
 
   /// Run one statement with node-postgres-style parameters inside the stage transaction.
   pub async fn query(&self, _pending: Pending, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    check_statement(sql)?;
     let mut guard = self.inner.tx.lock().await;
     if self.inner.closed.load(Ordering::SeqCst) {
       return Err(Error::TransactionClosed);
@@ -216,6 +217,49 @@ impl StageTx {
   pub(crate) async fn take(&self) -> Option<TxConn> {
     self.close();
     self.inner.tx.lock().await.take()
+  }
+}
+
+/// Statements a stage callback may not run: a NUL byte (SQLite would spin on it), and
+/// transaction control, which would commit or discard the stage's work behind its back
+/// (`ROLLBACK TO SAVEPOINT` is allowed).
+fn check_statement(sql: &str) -> Result<()> {
+  if sql.contains('\0') {
+    return Err(Error::invalid("SQL cannot contain NUL characters"));
+  }
+  let words: Vec<String> = strip_leading_comments(sql)
+    .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+    .filter(|w| !w.is_empty())
+    .take(2)
+    .map(|w| w.to_ascii_uppercase())
+    .collect();
+  let first = words.first().map(String::as_str).unwrap_or("");
+  let second = words.get(1).map(String::as_str).unwrap_or("");
+  let control = match first {
+    "BEGIN" | "COMMIT" | "END" | "ABORT" => true,
+    "START" => second == "TRANSACTION",
+    "ROLLBACK" => second != "TO",
+    "PREPARE" => second == "TRANSACTION",
+    _ => false,
+  };
+  if control {
+    return Err(Error::invalid(
+      "transaction control is not allowed inside a stage: the stage commits or rolls back itself",
+    ));
+  }
+  Ok(())
+}
+
+fn strip_leading_comments(mut sql: &str) -> &str {
+  loop {
+    sql = sql.trim_start();
+    if let Some(rest) = sql.strip_prefix("--") {
+      sql = rest.split_once('\n').map_or("", |(_, r)| r);
+    } else if let Some(rest) = sql.strip_prefix("/*") {
+      sql = rest.split_once("*/").map_or("", |(_, r)| r);
+    } else {
+      return sql;
+    }
   }
 }
 
