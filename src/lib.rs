@@ -24,6 +24,19 @@ use std::time::Duration;
 
 type Raw = sys::napi_value;
 
+/// Panics inside our async work are caught and become typed `INTERNAL_ERROR` rejections; keep
+/// the default hook from also printing them to the host server's stderr. Panics elsewhere (the
+/// JS thread, other addons' threads) still reach the previous hook.
+#[napi_derive::module_init]
+fn quiet_caught_panics() {
+  let previous = std::panic::take_hook();
+  std::panic::set_hook(Box::new(move |info| {
+    if std::thread::current().name() != Some("tokio-rt-worker") {
+      previous(info);
+    }
+  }));
+}
+
 /// A value on its way to JS: the result, or a core error that becomes a typed JS `Error`.
 pub struct Reply<T>(JsResult<T>);
 

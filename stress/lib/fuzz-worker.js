@@ -81,7 +81,13 @@ function txQuery(tx, sql, params) {
  * stuck with it, so this child reports a hang and exits, and the parent starts a clean one.
  */
 function checkStageTimeout(o, what, called) {
-  if (o.k === 'rej' && o.e && typeof o.e === 'object' && o.e.code === 'STAGE_TIMEOUT') {
+  let code
+  try {
+    code = o.k === 'rej' && o.e && typeof o.e === 'object' ? o.e.code : undefined
+  } catch {
+    code = undefined // a revoked proxy or a throwing getter thrown by the callback itself
+  }
+  if (code === 'STAGE_TIMEOUT') {
     const open = [...pendingSql].filter((e) => !e.settled || e.closed)
     const stuck = open.map((e) => describe(e.sql))
     const nul = open.some((e) => typeof e.sql === 'string' && e.sql.includes('\u0000'))

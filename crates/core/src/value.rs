@@ -619,7 +619,11 @@ fn decode_oid(b: &[u8], t: u32) -> Result<Cell> {
         i64::MAX => Cell::Number(f64::INFINITY),
         i64::MIN => Cell::Number(f64::NEG_INFINITY),
         // JS Dates hold milliseconds; round down like node-postgres (also before 1970).
-        m => Cell::Date((m + PG_EPOCH_MICROS).div_euclid(1000) as f64),
+        // Beyond i64 after the epoch shift (year 294276): no JS Date holds it anyway.
+        m => match m.checked_add(PG_EPOCH_MICROS) {
+          Some(unix) => Cell::Date(unix.div_euclid(1000) as f64),
+          None => Cell::Number(f64::INFINITY),
+        },
       }
     }
     oid::DATE => {
