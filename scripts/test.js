@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: lint, Rust tests of the core against fresh PostgreSQL databases, the addon
 // build, the JS contract suite on SQLite and on PostgreSQL, the short stress run
-// (stress/run.js --short) and the demo. Stops at the first failing step.
+// (stress/run.js --short), the bench smoke run and the demo. Stops at the first failing step.
 const { execSync } = require('node:child_process')
 const { Client } = require('pg')
 
@@ -42,6 +42,9 @@ async function withDbPrefix(fn) {
   // The stress scenarios with small counts (no PostgreSQL stop/start); `npm run stress` is the
   // full run.
   run('node stress/run.js --short')
+  // One small iteration of every benchmark scenario (installs bench/'s own dependencies,
+  // Medusa included, the first time), so the bench cannot rot.
+  run('npm run bench:smoke')
   // The README's demo, on a throwaway embedded database, so it cannot rot.
   const demoDb = require('node:path').join(require('node:os').tmpdir(), `idem_demo_${process.pid}.db`)
   run('node examples/checkout.js', { DATABASE_URL: `sqlite://${demoDb}` })
