@@ -228,6 +228,10 @@ unsafe fn to_json_at(env: Env_, v: Raw, what: &str, depth: usize) -> JsResult<Op
           }
           _ => Value::Null,
         }
+      } else if let Some(bytes) = buffer_bytes(env, v) {
+        // As JSON.stringify prints a Buffer, read in one copy rather than element by element.
+        let data = bytes.into_iter().map(Value::from).collect();
+        serde_json::json!({ "type": "Buffer", "data": Value::Array(data) })
       } else if is(env, v, sys::napi_is_array) {
         let mut items = Vec::new();
         for item in array_items(env, v, what)? {
