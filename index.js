@@ -58,9 +58,8 @@ function invalid(message) {
 
 function isExecutor(manager) {
   if (manager == null || (typeof manager !== 'object' && typeof manager !== 'function')) return false
-  if (manager instanceof TransactionManager) return false
   try {
-    return typeof manager.query === 'function'
+    return !(manager instanceof TransactionManager) && typeof manager.query === 'function'
   } catch {
     // A throwing getter or a revoked proxy: not something we can run SQL through.
     throw invalid('withTransaction() takes a TransactionManager or an object with query(sql, params)')
