@@ -712,6 +712,54 @@ describe('workStage()', () => {
     assert.deepEqual((await row(key)).response_body, { kept: true })
   })
 
+  test('transaction control through tx.query is refused (invalid_data) and the stage commits nothing; ROLLBACK TO SAVEPOINT is allowed', async () => {
+    const key = uniq('ws-txctl')
+    await service.create({ idempotency_key: key })
+    for (const sql of ['COMMIT', 'ROLLBACK', '  -- note\n  begin', 'END', 'START TRANSACTION', '/* x */ abort']) {
+      // Not caught: the stage rejects with the refusal and commits nothing.
+      const err = await rejects(
+        service.workStage(key, async (tx) => {
+          await tx.query('INSERT INTO side (tag, v) VALUES ($1, $2)', [key, sql])
+          await tx.query(sql)
+          return { recovery_point: 'should_not_commit' }
+        }),
+      )
+      assertErr(err, 'invalid_data', 'INVALID_ARGUMENT')
+    }
+    assert.deepEqual(await sideRows(key), [])
+    assert.equal((await row(key)).recovery_point, 'started')
+    // Caught: the refused statement never reached the database, so the stage's write and its
+    // recovery point still commit together, once (a COMMIT sent through would have split them).
+    const caught = await service.workStage(key, async (tx) => {
+      await tx.query('INSERT INTO side (tag, v) VALUES ($1, $2)', [key, 'before'])
+      assertErr(await rejects(tx.query('COMMIT')), 'invalid_data', 'INVALID_ARGUMENT')
+      return { recovery_point: 'after_refusal' }
+    })
+    assert.equal(caught.recovery_point, 'after_refusal')
+    assert.deepEqual(await sideRows(key), ['before'])
+    await db.exec(`DELETE FROM side WHERE tag = '${key}'`)
+    const k = await service.workStage(key, async (tx) => {
+      await tx.query('SAVEPOINT sp')
+      await tx.query('INSERT INTO side (tag, v) VALUES ($1, $2)', [key, 'undone'])
+      await tx.query('ROLLBACK TO SAVEPOINT sp')
+      await tx.query('INSERT INTO side (tag, v) VALUES ($1, $2)', [key, 'kept'])
+      return { recovery_point: 'savepoint_ok' }
+    })
+    assert.equal(k.recovery_point, 'savepoint_ok')
+    assert.deepEqual(await sideRows(key), ['kept'])
+  })
+
+  test('a thenable returned by a plain callback is awaited like a promise (resolve and reject)', async () => {
+    const key = uniq('ws-thenable')
+    await service.create({ idempotency_key: key })
+    const k = await service.workStage(key, () => ({ then: (resolve) => resolve({ recovery_point: 'via_thenable' }) }))
+    assert.equal(k.recovery_point, 'via_thenable')
+    const boom = new Error('thenable rejected')
+    const err = await rejects(service.workStage(key, () => ({ then: (_, reject) => reject(boom) })))
+    assert.equal(err, boom)
+    assert.equal((await row(key)).recovery_point, 'via_thenable')
+  })
+
   test('a truthy recovery_point changes only recovery_point', async () => {
     const key = uniq('ws-rp')
     await service.create({ idempotency_key: key })
