@@ -749,6 +749,31 @@ describe('workStage()', () => {
     assert.deepEqual(await sideRows(key), ['kept'])
   })
 
+  test('a PRAGMA that sets a value is refused (invalid_data), so it cannot outlive the stage on a pooled connection; inspecting pragmas run (SQLite)', async () => {
+    const key = uniq('ws-pragma')
+    await service.create({ idempotency_key: key })
+    for (const sql of ['PRAGMA query_only = 1', 'pragma QUERY_ONLY(1)', '/* c */ PRAGMA main.foreign_keys=OFF', 'PRAGMA "query_only" = true']) {
+      const err = await rejects(service.workStage(key, async (tx) => {
+        await tx.query(sql)
+        return { recovery_point: 'never' }
+      }))
+      assertErr(err, 'invalid_data', 'INVALID_ARGUMENT')
+    }
+    // Had `query_only` reached the connection, every later write on it would fail (SQLITE_8).
+    const k = await service.workStage(key, async (tx) => {
+      if (!isPostgres) {
+        const info = await tx.query('PRAGMA table_info(side)')
+        assert.ok(info.some((c) => c.name === 'tag'))
+        assert.equal((await tx.query('PRAGMA query_only')).length, 1)
+      }
+      await tx.query('INSERT INTO side (tag, v) VALUES ($1, $2)', [key, 'written'])
+      return { recovery_point: 'pragma_ok' }
+    })
+    assert.equal(k.recovery_point, 'pragma_ok')
+    assert.deepEqual(await sideRows(key), ['written'])
+    assert.equal((await service.create({})).recovery_point, 'started')
+  })
+
   test('a thenable returned by a plain callback is awaited like a promise (resolve and reject)', async () => {
     const key = uniq('ws-thenable')
     await service.create({ idempotency_key: key })

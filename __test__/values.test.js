@@ -775,3 +775,26 @@ describe('parameters', () => {
     assert.equal((await service.retrieve(KEY)).recovery_point, 'values')
   })
 })
+
+describe('JSON columns', () => {
+  test('Dates inside request_params are stored as JSON.stringify prints them, over the whole Date range', async () => {
+    const dates = [
+      new Date(0),
+      new Date('1969-12-31T23:59:59.999Z'),
+      new Date('0000-01-01T00:00:00Z'),
+      new Date('-000001-12-31T23:59:59.999Z'),
+      new Date('9999-12-31T23:59:59.999Z'),
+      new Date('+010000-01-01T00:00:00Z'),
+      new Date('+200000-02-29T12:00:00Z'), // a leap day beyond chrono's range
+      new Date(8.64e15), // the largest Date: +275760-09-13
+      new Date(-8.64e15), // the smallest: -271821-04-20
+      new Date(NaN), // invalid: JSON null
+    ]
+    const params = { dates, nested: { at: new Date(-8.64e15 + 1) } }
+    const key = await service.create({ request_params: params })
+    const expected = JSON.parse(JSON.stringify(params))
+    assert.equal(expected.dates[8], '-271821-04-20T00:00:00.000Z')
+    assert.deepStrictEqual(key.request_params, expected)
+    assert.deepStrictEqual((await service.retrieve(key.idempotency_key)).request_params, expected)
+  })
+})
