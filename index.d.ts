@@ -69,6 +69,16 @@ export declare class IdempotencyKeyService {
    */
   withTransaction(manager?: TransactionManager | QueryExecutor): IdempotencyKeyService
   /**
+   * A copy of the service that sees only `tenant`'s keys (a customer, an API client): the
+   * same client key from two tenants names two keys, and no method of the copy reads, locks,
+   * lists or reaps another tenant's. Keys are stored as `<tenant>/<key>` in Medusa's table;
+   * the copy shares the pool and any transaction binding. Tenant ids are 1–128 printable
+   * ASCII characters without `/`.
+   */
+  forTenant(tenant: string): IdempotencyKeyService
+  /** The tenant this copy is scoped to (`forTenant`), or null. */
+  get tenant(): string | null
+  /**
    * Bound mode, used by `withTransaction(executor)` in index.js: a copy of the service whose
    * every statement goes through `query`, the executor's `query` wrapped so that it resolves
    * to `{ rows }` or `{ error: { code, message } }`.

@@ -3,6 +3,8 @@
 // JS — bound mode over a caller's executor (TypeORM EntityManager, node-postgres client, any
 // `query(sql, params) => Promise`). Its result shapes are normalised here, in one place, and
 // its failures are turned into values, so the Rust core never sees a rejected promise from it.
+const dc = require('node:diagnostics_channel')
+const { performance } = require('node:perf_hooks')
 const native = require('./native.js')
 
 const { IdempotencyKeyService, TransactionManager } = native
@@ -74,14 +76,124 @@ IdempotencyKeyService.prototype.withTransaction = function withTransaction(manag
   return bound
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tracing: events on Node's diagnostics_channel. Nothing is built or published unless the
+// channel has a subscriber when the call starts.
+
+const channels = {
+  stageStart: dc.channel('medusa-idempotency:stage:start'),
+  stageEnd: dc.channel('medusa-idempotency:stage:end'),
+  stageError: dc.channel('medusa-idempotency:stage:error'),
+  retry: dc.channel('medusa-idempotency:retry'),
+  conflict: dc.channel('medusa-idempotency:conflict'),
+  replay: dc.channel('medusa-idempotency:replay'),
+  reap: dc.channel('medusa-idempotency:reap'),
+}
+const stageChannels = [channels.stageStart, channels.stageEnd, channels.stageError, channels.retry, channels.conflict]
+
+/** Conflicts a caller may retry or answer with 409/422: LOCKED, STALE, REUSED, DATABASE_BUSY. */
+const CONFLICTS = new Set(['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE', 'IDEMPOTENCY_KEY_REUSED', 'DATABASE_BUSY'])
+
+function tenantOf(service) {
+  try {
+    return service.tenant ?? null
+  } catch {
+    return null
+  }
+}
+
+function publishConflict(method, key, service, e) {
+  if (channels.conflict.hasSubscribers && e && CONFLICTS.has(e.code)) {
+    channels.conflict.publish({ method, key, tenant: tenantOf(service), code: e.code, type: e.type, message: e.message })
+  }
+}
+
+/** Wrap a method so that a conflict it rejects with is published. */
+function observeConflicts(name) {
+  const original = IdempotencyKeyService.prototype[name]
+  IdempotencyKeyService.prototype[name] = function observed(key, ...rest) {
+    const pending = original.call(this, key, ...rest)
+    if (!channels.conflict.hasSubscribers) return pending
+    return pending.catch((e) => {
+      publishConflict(name, key, this, e)
+      throw e
+    })
+  }
+}
+observeConflicts('lock')
+
+const nativeInitializeRequest = IdempotencyKeyService.prototype.initializeRequest
+IdempotencyKeyService.prototype.initializeRequest = function initializeRequest(headerKey, ...rest) {
+  const pending = nativeInitializeRequest.call(this, headerKey, ...rest)
+  if (!channels.replay.hasSubscribers && !channels.conflict.hasSubscribers) return pending
+  return pending.then(
+    (key) => {
+      if (key.recovery_point === 'finished' && channels.replay.hasSubscribers) {
+        channels.replay.publish({ key: key.idempotency_key, tenant: tenantOf(this), responseCode: key.response_code })
+      }
+      return key
+    },
+    (e) => {
+      publishConflict('initializeRequest', headerKey, this, e)
+      throw e
+    },
+  )
+}
+
+const nativeReap = IdempotencyKeyService.prototype.reap
+IdempotencyKeyService.prototype.reap = function reap(options) {
+  const pending = nativeReap.call(this, options)
+  if (!channels.reap.hasSubscribers) return pending
+  const started = performance.now()
+  return pending.then((removed) => {
+    channels.reap.publish({ removed, durationMs: performance.now() - started, tenant: tenantOf(this) })
+    return removed
+  })
+}
+
+function expectedPoint(options) {
+  try {
+    return typeof options?.recoveryPoint === 'string' ? options.recoveryPoint : undefined
+  } catch {
+    return undefined
+  }
+}
+
 const nativeWorkStage = IdempotencyKeyService.prototype.workStage
 IdempotencyKeyService.prototype.workStage = function workStage(key, callback, options) {
   if (typeof callback !== 'function') return nativeWorkStage.call(this, key, callback, options)
   const executor = this[EXECUTOR]
   // An async wrapper awaits whatever the callback returns, thenables included, as `await`
   // would; bound mode hands the callback the caller's executor, like Medusa's.
-  const run = executor !== undefined ? async () => callback(executor) : async (tx) => callback(tx)
-  return nativeWorkStage.call(this, key, run, options)
+  if (!stageChannels.some((c) => c.hasSubscribers)) {
+    const run = executor !== undefined ? async () => callback(executor) : async (tx) => callback(tx)
+    return nativeWorkStage.call(this, key, run, options)
+  }
+  const event = { key, tenant: tenantOf(this), recoveryPoint: expectedPoint(options) }
+  const started = performance.now()
+  let attempts = 0
+  const run = async (tx) => {
+    // A native stage calls back once per attempt: a second call is a retry after 40001/40P01.
+    if (++attempts > 1 && channels.retry.hasSubscribers) channels.retry.publish({ ...event, attempt: attempts })
+    return callback(executor !== undefined ? executor : tx)
+  }
+  if (channels.stageStart.hasSubscribers) channels.stageStart.publish(event)
+  return nativeWorkStage.call(this, key, run, options).then(
+    (updated) => {
+      if (channels.stageEnd.hasSubscribers) {
+        const durationMs = performance.now() - started
+        channels.stageEnd.publish({ ...event, durationMs, attempts, recoveryPoint: updated.recovery_point, from: event.recoveryPoint, finished: updated.recovery_point === 'finished' })
+      }
+      return updated
+    },
+    (e) => {
+      if (channels.stageError.hasSubscribers) {
+        channels.stageError.publish({ ...event, durationMs: performance.now() - started, attempts, error: e, code: e?.code })
+      }
+      publishConflict('workStage', key, this, e)
+      throw e
+    },
+  )
 }
 
-module.exports = { ...native, wrapExecutor }
+module.exports = { ...native, wrapExecutor, channels }

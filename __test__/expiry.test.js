@@ -3,7 +3,7 @@
 // the backend IDEM_BACKEND selects; rows are aged and counted through the verification client.
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { freshDb, rejects, pick } = require('./helpers')
+const { ageKey, freshDb, rejects, pick } = require('./helpers')
 
 let fx
 let db
@@ -18,17 +18,6 @@ after(async () => {
 let seq = 0
 const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
-/** Move a key's created_at (and locked_at, if set) `hours` into the past. */
-async function age(key, hours) {
-  await db.exec(
-    pick({
-      postgres: `UPDATE idempotency_key SET created_at = created_at - interval '${hours} hours',
-                 locked_at = locked_at - interval '${hours} hours' WHERE idempotency_key = '${key}'`,
-      sqlite: `UPDATE idempotency_key SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', created_at, '-${hours} hours'),
-               locked_at = strftime('%Y-%m-%dT%H:%M:%fZ', locked_at, '-${hours} hours') WHERE idempotency_key = '${key}'`,
-    }),
-  )
-}
 
 async function exists(key) {
   const rows = await db.query('SELECT 1 AS one FROM idempotency_key WHERE idempotency_key = $1', [key])
@@ -46,7 +35,7 @@ test('reap() removes keys past retention in batches and keeps fresh ones', async
   for (let i = 0; i < 7; i++) {
     const k = uniq('old')
     await fx.service.create({ idempotency_key: k })
-    await age(k, 30)
+    await ageKey(db, k, 30)
     old.push(k)
   }
   const fresh = uniq('fresh')
@@ -61,10 +50,10 @@ test('reap() removes keys past retention in batches and keeps fresh ones', async
 test('reap() never deletes a key a stage is working on, nor one whose request lease is fresh', async () => {
   const working = uniq('working')
   await fx.service.create({ idempotency_key: working })
-  await age(working, 48)
+  await ageKey(db, working, 48)
   const leased = uniq('leased')
   await fx.service.initializeRequest(leased, 'POST', { a: 1 }, '/p')
-  await age(leased, 48)
+  await ageKey(db, leased, 48)
   await db.exec(pick({
     postgres: `UPDATE idempotency_key SET locked_at = now() WHERE idempotency_key = '${leased}'`,
     sqlite: `UPDATE idempotency_key SET locked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE idempotency_key = '${leased}'`,
@@ -98,7 +87,7 @@ test('reap() under concurrent stages removes nothing in flight', async () => {
   for (let i = 0; i < 12; i++) {
     const k = uniq('busy')
     await fx.service.create({ idempotency_key: k })
-    await age(k, 48)
+    await ageKey(db, k, 48)
     keys.push(k)
   }
   const stages = keys.map((k) =>
@@ -120,15 +109,15 @@ test('listAbandoned() lists unfinished keys without progress, least recent first
   for (const [k, hours] of [[stuckOld, 5], [stuckNew, 2]]) {
     await fx.service.initializeRequest(k, 'POST', { cart: k }, '/carts/complete')
     await fx.service.workStage(k, async () => ({ recovery_point: 'tax_lines_created' }))
-    await age(k, hours) // a crashed request: its last stage commit was hours ago
+    await ageKey(db, k, hours) // a crashed request: its last stage commit was hours ago
   }
   const done = uniq('done')
   await fx.service.initializeRequest(done, 'POST', null, '/carts/complete')
   await fx.service.workStage(done, async () => ({ response_code: 200, response_body: {} }))
-  await age(done, 5)
+  await ageKey(db, done, 5)
   const busy = uniq('busy')
   await fx.service.initializeRequest(busy, 'POST', null, '/carts/complete')
-  await age(busy, 5)
+  await ageKey(db, busy, 5)
   await fx.service.workStage(busy, async () => ({ recovery_point: 'payment_authorized' })) // progress just now
 
   const listed = await fx.service.listAbandoned({ idleMs: 60 * 60 * 1000, limit: 50 })

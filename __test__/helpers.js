@@ -246,9 +246,22 @@ async function rejects(promise) {
   throw new Error('expected a rejection, got a result')
 }
 
+/** Move a key's created_at (and locked_at, if set) `hours` into the past, through `db`. */
+async function ageKey(db, key, hours) {
+  await db.exec(
+    pick({
+      postgres: `UPDATE idempotency_key SET created_at = created_at - interval '${hours} hours',
+                 locked_at = locked_at - interval '${hours} hours' WHERE idempotency_key = '${key}'`,
+      sqlite: `UPDATE idempotency_key SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', created_at, '-${hours} hours'),
+               locked_at = strftime('%Y-%m-%dT%H:%M:%fZ', locked_at, '-${hours} hours') WHERE idempotency_key = '${key}'`,
+    }),
+  )
+}
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 module.exports = {
+  ageKey,
   backend,
   isPostgres,
   isSqlite,

@@ -841,6 +841,39 @@ impl IdempotencyKeyService {
     Ok(RawValue(unsafe { ToNapiValue::to_napi_value(e, copy)? }))
   }
 
+  /// A copy of the service that sees only `tenant`'s keys (a customer, an API client): the
+  /// same client key from two tenants names two keys, and no method of the copy reads, locks,
+  /// lists or reaps another tenant's. Keys are stored as `<tenant>/<key>` in Medusa's table;
+  /// the copy shares the pool and any transaction binding. Tenant ids are 1–128 printable
+  /// ASCII characters without `/`.
+  #[napi(
+    ts_args_type = "tenant: string",
+    ts_return_type = "IdempotencyKeyService"
+  )]
+  pub fn for_tenant(&self, env: &Env, tenant: Unknown) -> Result<RawValue> {
+    let e = env.raw();
+    let scoped = unsafe {
+      let t = if js::type_of(e, tenant.raw()) == sys::ValueType::napi_string {
+        js::get_string(e, tenant.raw(), "tenant")
+      } else {
+        Err(Error::InvalidArgument("tenant must be a string".into()))
+      };
+      t.and_then(|t| self.core.for_tenant(&t))
+        .map_err(|err| reject(e, &err))?
+    };
+    let copy = IdempotencyKeyService {
+      core: Arc::new(scoped),
+      bound: self.bound.clone(),
+    };
+    Ok(RawValue(unsafe { ToNapiValue::to_napi_value(e, copy)? }))
+  }
+
+  /// The tenant this copy is scoped to (`forTenant`), or null.
+  #[napi(getter, ts_return_type = "string | null")]
+  pub fn tenant(&self) -> Option<String> {
+    self.core.tenant().map(str::to_owned)
+  }
+
   /// Bound mode, used by `withTransaction(executor)` in index.js: a copy of the service whose
   /// every statement goes through `query`, the executor's `query` wrapped so that it resolves
   /// to `{ rows }` or `{ error: { code, message } }`.

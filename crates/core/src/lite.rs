@@ -197,9 +197,14 @@ pub(crate) async fn create(
 pub(crate) async fn select_by(
   c: &mut SqliteConnection,
   selector: &[(&'static str, UpdateValue)],
+  prefix: Option<&str>,
 ) -> Result<Vec<IdempotencyKey>> {
   let mut sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE TRUE");
   let mut n = 0;
+  if prefix.is_some() {
+    n += 1;
+    sql += " AND substr(idempotency_key, 1, length(?1)) = ?1";
+  }
   for (col, value) in selector {
     match value {
       UpdateValue::Null => sql += &format!(" AND {col} IS NULL"),
@@ -216,6 +221,9 @@ pub(crate) async fn select_by(
   }
   sql += " LIMIT 2";
   let mut q = sqlx::query(&sql);
+  if let Some(p) = prefix {
+    q = q.bind(p);
+  }
   for (col, v) in selector {
     if !matches!(v, UpdateValue::Null) {
       q = bind_column(q, col, v)?;
@@ -361,18 +369,21 @@ pub(crate) async fn reap_batch(
   batch: i32,
   lease_ms: f64,
   working: &[String],
+  prefix: Option<&str>,
 ) -> Result<u64> {
   let r = sqlx::query(
     "DELETE FROM idempotency_key WHERE id IN (SELECT id FROM idempotency_key \
      WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
      AND (locked_at IS NULL OR locked_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3)) \
      AND idempotency_key NOT IN (SELECT value FROM json_each(?4)) \
+     AND (?5 IS NULL OR substr(idempotency_key, 1, length(?5)) = ?5) \
      ORDER BY created_at LIMIT ?2)",
   )
   .bind(ago(older_than_ms))
   .bind(batch)
   .bind(ago(lease_ms))
   .bind(serde_json::to_string(working).unwrap_or_else(|_| "[]".into()))
+  .bind(prefix)
   .execute(&mut *c)
   .await?;
   Ok(r.rows_affected())
@@ -383,15 +394,18 @@ pub(crate) async fn abandoned(
   c: &mut SqliteConnection,
   idle_ms: f64,
   limit: i32,
+  prefix: Option<&str>,
 ) -> Result<Vec<IdempotencyKey>> {
   let sql = format!(
     "SELECT {COLUMNS} FROM idempotency_key WHERE recovery_point <> 'finished' \
      AND COALESCE(locked_at, created_at) < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+     AND (?3 IS NULL OR substr(idempotency_key, 1, length(?3)) = ?3) \
      ORDER BY COALESCE(locked_at, created_at) LIMIT ?2"
   );
   let rows = sqlx::query(&sql)
     .bind(ago(idle_ms))
     .bind(limit)
+    .bind(prefix)
     .fetch_all(&mut *c)
     .await?;
   rows.iter().map(key_from_row).collect()

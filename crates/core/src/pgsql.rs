@@ -316,9 +316,14 @@ pub(crate) fn column_cast(col: &str) -> Option<&'static str> {
 pub(crate) async fn select_by(
   ex: &mut dyn Exec,
   selector: &[(&'static str, UpdateValue)],
+  prefix: Option<&str>,
 ) -> Result<Vec<IdempotencyKey>> {
   let mut sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE TRUE");
   let mut params = Vec::new();
+  if let Some(p) = prefix {
+    params.push(Param::Text(p.to_owned()));
+    sql += " AND starts_with(idempotency_key, $1::text)";
+  }
   for (col, value) in selector {
     let cast = column_cast(col).expect("columns are checked by the caller");
     match value {
@@ -482,9 +487,11 @@ pub(crate) async fn reap_batch(
   older_than_ms: f64,
   batch: i32,
   lease_ms: f64,
+  prefix: Option<&str>,
 ) -> Result<u64> {
   const SQL: &str = "WITH doomed AS (SELECT id FROM idempotency_key \
     WHERE created_at < clock_timestamp() - $1::float8 * interval '1 millisecond' \
+    AND ($4::text IS NULL OR starts_with(idempotency_key, $4::text)) \
     AND (locked_at IS NULL OR locked_at <= clock_timestamp() - $3::float8 * interval '1 millisecond') \
     ORDER BY created_at LIMIT $2::int4 FOR UPDATE SKIP LOCKED) \
     DELETE FROM idempotency_key k USING doomed WHERE k.id = doomed.id RETURNING k.id";
@@ -495,6 +502,7 @@ pub(crate) async fn reap_batch(
         Param::Number(older_than_ms),
         Param::Number(batch as f64),
         Param::Number(lease_ms),
+        prefix.map_or(Param::Null, |p| Param::Text(p.to_owned())),
       ],
     )
     .await?;
@@ -507,16 +515,22 @@ pub(crate) async fn abandoned(
   ex: &mut dyn Exec,
   idle_ms: f64,
   limit: i32,
+  prefix: Option<&str>,
 ) -> Result<Vec<IdempotencyKey>> {
   let sql = format!(
     "SELECT {COLUMNS} FROM idempotency_key WHERE recovery_point <> 'finished' \
      AND COALESCE(locked_at, created_at) < clock_timestamp() - $1::float8 * interval '1 millisecond' \
+     AND ($3::text IS NULL OR starts_with(idempotency_key, $3::text)) \
      ORDER BY COALESCE(locked_at, created_at) LIMIT $2::int4"
   );
   let r = ex
     .query(
       &sql,
-      vec![Param::Number(idle_ms), Param::Number(limit as f64)],
+      vec![
+        Param::Number(idle_ms),
+        Param::Number(limit as f64),
+        prefix.map_or(Param::Null, |p| Param::Text(p.to_owned())),
+      ],
     )
     .await?;
   (0..r.rows.len()).map(|i| key_at(&r, i)).collect()

@@ -139,8 +139,11 @@ const MAX_CONNECTIONS: u32 = 1000;
 pub struct Service {
   backend: Backend,
   opts: Options,
+  /// Set by `for_tenant`: this copy sees only the tenant's keys, stored as `<tenant>/<key>`.
+  tenant: Option<Arc<str>>,
 }
 
+#[derive(Clone)]
 enum Backend {
   Pg(PgPool),
   Lite {
@@ -242,16 +245,74 @@ impl Service {
         "unsupported database URL: use postgres://… or sqlite://…",
       ));
     };
-    Ok(Service { backend, opts })
+    Ok(Service {
+      backend,
+      opts,
+      tenant: None,
+    })
   }
 
   /// A service without a pool: every call must be bound to a caller's executor; `release`
   /// runs the lease release after a failed stage (Medusa's container uses `cradle.manager`).
   pub fn detached(opts: Options, release: Arc<dyn SharedExec>) -> Self {
     Service {
+      tenant: None,
       backend: Backend::Detached(release),
       opts,
     }
+  }
+
+  /// A copy of this service that sees only `tenant`'s keys: the same client key sent by two
+  /// tenants names two rows. Keys are stored as `<tenant>/<key>`, so Medusa's table and its
+  /// unique index hold them unchanged; the copy shares the pool. Tenant ids are 1–128
+  /// printable ASCII characters without `/`.
+  pub fn for_tenant(&self, tenant: &str) -> Result<Service> {
+    if tenant.is_empty()
+      || tenant.len() > 128
+      || !tenant
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'/')
+    {
+      return Err(Error::invalid(
+        "tenant must be 1-128 printable ASCII characters without '/'",
+      ));
+    }
+    Ok(Service {
+      backend: self.backend.clone(),
+      opts: self.opts.clone(),
+      tenant: Some(format!("{tenant}/").into()),
+    })
+  }
+
+  /// The tenant this copy is scoped to, if any.
+  pub fn tenant(&self) -> Option<&str> {
+    self.tenant.as_deref().map(|t| &t[..t.len() - 1])
+  }
+
+  /// The stored form of a client key.
+  fn db_key(&self, key: &str) -> String {
+    match &self.tenant {
+      Some(prefix) => format!("{prefix}{key}"),
+      None => key.to_owned(),
+    }
+  }
+
+  /// The client's form of a stored key, for messages.
+  fn client_key<'k>(&self, key: &'k str) -> &'k str {
+    match &self.tenant {
+      Some(prefix) => key.strip_prefix(&**prefix).unwrap_or(key),
+      None => key,
+    }
+  }
+
+  /// A row as the caller sees it: a scoped copy strips its tenant from the key.
+  fn shown(&self, mut k: IdempotencyKey) -> IdempotencyKey {
+    if let Some(prefix) = &self.tenant {
+      if let Some(client) = k.idempotency_key.strip_prefix(&**prefix) {
+        k.idempotency_key = client.to_owned();
+      }
+    }
+    k
   }
 
   pub fn options(&self) -> &Options {
@@ -349,6 +410,8 @@ impl Service {
       }
       _ => uuid::Uuid::new_v4().to_string(),
     };
+    let shown = key;
+    let key = self.db_key(&shown);
     let lease_ms = self.opts.lock_timeout.as_millis() as f64;
     let id = crate::key::new_id();
     // A key a stage of this process is working (SQLite) is leased whatever `locked_at` says.
@@ -362,18 +425,18 @@ impl Service {
       }
     }?;
     match claim {
-      Claim::Got(k) => Ok(k),
+      Claim::Got(k) => Ok(self.shown(k)),
       Claim::Existing {
         key: found,
         same_request,
       } => {
         if !same_request {
-          return Err(Error::Reused(key));
+          return Err(Error::Reused(shown));
         }
         if found.is_finished() {
-          return Ok(found);
+          return Ok(self.shown(found));
         }
-        Err(Error::locked(&key))
+        Err(Error::locked(&shown))
       }
     }
   }
@@ -394,13 +457,15 @@ impl Service {
       None => uuid::Uuid::new_v4().to_string(),
     };
     let id = crate::key::new_id();
+    let stored = self.db_key(&key);
     {
       let mut held = self.acquire(target).await?;
       match held.dialect() {
-        Dialect::Pg(ex) => pgsql::create(ex, &id, &key, &fp, recovery_point).await,
-        Dialect::Lite(c) => lite::create(c, &id, &key, &fp, recovery_point).await,
+        Dialect::Pg(ex) => pgsql::create(ex, &id, &stored, &fp, recovery_point).await,
+        Dialect::Lite(c) => lite::create(c, &id, &stored, &fp, recovery_point).await,
       }
     }
+    .map(|k| self.shown(k))
     .map_err(|e| match e {
       Error::Database {
         sqlstate: Some(s), ..
@@ -433,21 +498,35 @@ impl Service {
         .find(|c| *c == name)
         .ok_or_else(|| Error::invalid(format!("'{name}' is not a column of idempotency_key")))?;
       check_selector_value(col, &value)?;
+      let value = match (col, value) {
+        ("idempotency_key", UpdateValue::Json(v)) => UpdateValue::Json(self.db_keys(v)),
+        (_, v) => v,
+      };
       checked.push((col, value));
     }
+    let prefix = self.tenant.as_deref();
     let mut rows = {
       let mut held = self.acquire(target).await?;
       match held.dialect() {
-        Dialect::Pg(ex) => pgsql::select_by(ex, &checked).await,
-        Dialect::Lite(c) => lite::select_by(c, &checked).await,
+        Dialect::Pg(ex) => pgsql::select_by(ex, &checked, prefix).await,
+        Dialect::Lite(c) => lite::select_by(c, &checked, prefix).await,
       }
     }?;
     match rows.len() {
       0 => Err(Error::not_found(shown)),
-      1 => Ok(rows.remove(0)),
+      1 => Ok(self.shown(rows.remove(0))),
       _ => Err(Error::Ambiguous(format!(
         "More than one idempotency key matches {shown}"
       ))),
+    }
+  }
+
+  /// The selector value of `idempotency_key` (a key or an array of keys) in stored form.
+  fn db_keys(&self, v: Value) -> Value {
+    match v {
+      Value::String(k) => Value::String(self.db_key(&k)),
+      Value::Array(items) => Value::Array(items.into_iter().map(|i| self.db_keys(i)).collect()),
+      other => other,
     }
   }
 
@@ -455,20 +534,21 @@ impl Service {
   /// exactly one wins, and the lock lapses after `lock_timeout`.
   pub async fn lock(&self, target: Target<'_>, key: &str) -> Result<IdempotencyKey> {
     let lease_ms = self.opts.lock_timeout.as_millis() as f64;
+    let stored = self.db_key(key);
     {
       let mut held = self.acquire(target).await?;
       let (won, exists) = match held.dialect() {
-        Dialect::Pg(ex) => match pgsql::lock(ex, key, lease_ms).await? {
+        Dialect::Pg(ex) => match pgsql::lock(ex, &stored, lease_ms).await? {
           Some(k) => (Some(k), true),
-          None => (None, pgsql::select_key(ex, key).await?.is_some()),
+          None => (None, pgsql::select_key(ex, &stored).await?.is_some()),
         },
-        Dialect::Lite(c) => match lite::lock(c, key, lease_ms).await? {
+        Dialect::Lite(c) => match lite::lock(c, &stored, lease_ms).await? {
           Some(k) => (Some(k), true),
-          None => (None, lite::select_key(c, key).await?.is_some()),
+          None => (None, lite::select_key(c, &stored).await?.is_some()),
         },
       };
       match (won, exists) {
-        (Some(k), _) => Ok(k),
+        (Some(k), _) => Ok(self.shown(k)),
         (None, true) => Err(Error::Locked("Key already locked".into())),
         (None, false) => Err(Error::not_found(key)),
       }
@@ -486,13 +566,15 @@ impl Service {
     if u.recovery_point.as_deref() == Some(FINISHED) && u.locked_at.is_none() {
       u.locked_at = Some(None);
     }
+    let stored = self.db_key(key);
     {
       let mut held = self.acquire(target).await?;
       match held.dialect() {
-        Dialect::Pg(ex) => pgsql::update(ex, key, u).await,
-        Dialect::Lite(c) => lite::update(c, key, u).await,
+        Dialect::Pg(ex) => pgsql::update(ex, &stored, u).await,
+        Dialect::Lite(c) => lite::update(c, &stored, u).await,
       }
     }?
+    .map(|k| self.shown(k))
     .ok_or_else(|| Error::not_found(key))
   }
 
@@ -506,6 +588,7 @@ impl Service {
     let older_ms = older_than.as_millis() as f64;
     let lease_ms = self.opts.lock_timeout.as_millis() as f64;
     let batch = i32::try_from(batch).unwrap_or(i32::MAX);
+    let prefix = self.tenant.as_deref();
     let mut total = 0;
     loop {
       let working: Vec<String> = match &self.backend {
@@ -515,8 +598,10 @@ impl Service {
       let removed = {
         let mut held = self.acquire(target).await?;
         match held.dialect() {
-          Dialect::Pg(ex) => pgsql::reap_batch(ex, older_ms, batch, lease_ms).await?,
-          Dialect::Lite(c) => lite::reap_batch(c, older_ms, batch, lease_ms, &working).await?,
+          Dialect::Pg(ex) => pgsql::reap_batch(ex, older_ms, batch, lease_ms, prefix).await?,
+          Dialect::Lite(c) => {
+            lite::reap_batch(c, older_ms, batch, lease_ms, &working, prefix).await?
+          }
         }
       };
       total += removed;
@@ -536,11 +621,13 @@ impl Service {
   ) -> Result<Vec<IdempotencyKey>> {
     let idle_ms = idle.as_millis() as f64;
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+    let prefix = self.tenant.as_deref();
     let mut held = self.acquire(target).await?;
-    match held.dialect() {
-      Dialect::Pg(ex) => pgsql::abandoned(ex, idle_ms, limit).await,
-      Dialect::Lite(c) => lite::abandoned(c, idle_ms, limit).await,
-    }
+    let keys = match held.dialect() {
+      Dialect::Pg(ex) => pgsql::abandoned(ex, idle_ms, limit, prefix).await,
+      Dialect::Lite(c) => lite::abandoned(c, idle_ms, limit, prefix).await,
+    }?;
+    Ok(keys.into_iter().map(|k| self.shown(k)).collect())
   }
 
   /// Release the lease of a key whose stage failed after its callback ran, on our own
@@ -592,10 +679,10 @@ impl Service {
           .await
         {
           Ok(rows) => pgsql::first(rows),
-          Err(e) if e.sqlstate() == Some("55P03") => Err(Error::locked(key)),
+          Err(e) if e.sqlstate() == Some("55P03") => Err(Error::locked(self.client_key(key))),
           Err(e) => Err(e),
         };
-        match found.and_then(|k| check_expected(k, key, expected)) {
+        match found.and_then(|k| check_expected(k, self.client_key(key), expected)) {
           Ok(k) => Ok((TxConn::Pg(lease), k, None)),
           Err(e) => {
             // begin_and_lock rolled back on its own failures; a stale key is still open.
@@ -606,7 +693,7 @@ impl Service {
       }
       Backend::Lite { pool, file } => {
         if !file.working.lock().unwrap().insert(key.to_owned()) {
-          return Err(Error::locked(key));
+          return Err(Error::locked(self.client_key(key)));
         }
         let guard = Working(file.clone(), key.to_owned());
         let gate = tokio::time::timeout(self.opts.busy_timeout, file.writer.lock())
@@ -615,7 +702,7 @@ impl Service {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         drop(gate); // SQLite's own write lock now serialises writers.
         let found = lite::select_key(&mut tx, key).await;
-        match found.and_then(|k| check_expected(k, key, expected)) {
+        match found.and_then(|k| check_expected(k, self.client_key(key), expected)) {
           Ok(k) => Ok((TxConn::Lite(tx), k, Some(guard))),
           Err(e) => {
             let _ = tx.rollback().await;
@@ -643,11 +730,14 @@ impl Service {
     F: FnMut(StageTx) -> Fut,
     Fut: Future<Output = std::result::Result<StageResult, StageError<E>>>,
   {
+    let stored = self.db_key(key);
+    let key = stored.as_str();
     match target {
       Target::Tx(parent) => {
         return self
           .work_stage_nested(parent, key, expected, callback)
           .await
+          .map(|k| self.shown(k))
       }
       Target::Exec(_) => {
         return Err(StageError::Core(Error::invalid(
@@ -700,7 +790,7 @@ impl Service {
         }
         // Rolls back by itself when the write or the commit fails.
         Ok(r) => match tx.apply_and_commit(&locked.id, r).await {
-          Ok(updated) => return Ok(updated),
+          Ok(updated) => return Ok(self.shown(updated)),
           Err(e) => Err(StageError::Core(e)),
         },
       };
@@ -750,7 +840,7 @@ impl Service {
       None => run.await,
       Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
         Err(StageError::Core(Error::StageTimeout {
-          key: key.to_owned(),
+          key: self.client_key(key).to_owned(),
           ms: limit.as_millis() as u64,
         }))
       }),
@@ -783,7 +873,7 @@ impl Service {
         Dialect::Lite(c) => lite::select_key(c, key).await,
       }
     }
-    .and_then(|k| check_expected(k, key, expected));
+    .and_then(|k| check_expected(k, self.client_key(key), expected));
     let locked = match locked {
       Ok(k) => k,
       Err(e) => {
@@ -830,10 +920,12 @@ impl Service {
     F: FnOnce() -> Fut,
     Fut: Future<Output = std::result::Result<StageResult, StageError<E>>>,
   {
+    let stored = self.db_key(key);
+    let key = stored.as_str();
     let mut conn = Shared(ex);
     let locked = pgsql::lock_row(&mut conn, key)
       .await
-      .and_then(|k| check_expected(k, key, expected))
+      .and_then(|k| check_expected(k, self.client_key(key), expected))
       .map_err(StageError::Core)?;
     let outcome = self.within_stage_timeout(key, callback()).await;
     let result = match outcome {
@@ -845,7 +937,7 @@ impl Service {
     if result.is_err() {
       tokio::spawn(self.release_task(key.to_owned()));
     }
-    result
+    result.map(|k| self.shown(k))
   }
 }
 

@@ -1,0 +1,100 @@
+// The package's types: the generated binding types (index.d.ts, written by `napi build`) plus
+// what index.js adds in JavaScript — the tracing channels and the executor wrapper.
+import type { Channel } from 'node:diagnostics_channel'
+import type { IdempotencyKey } from './index'
+
+export * from './index'
+
+/** Published on `medusa-idempotency:stage:start` when a `workStage` call begins. */
+export interface StageStartEvent {
+  /** The key as the caller passed it (without the tenant). */
+  key: string
+  /** The service's tenant (`forTenant`), or null. */
+  tenant: string | null
+  /** The recovery point the caller expects (`{ recoveryPoint }`), if given. */
+  recoveryPoint?: string
+}
+
+/** Published on `medusa-idempotency:stage:end` when a stage committed. */
+export interface StageEndEvent {
+  key: string
+  tenant: string | null
+  /** The recovery point the stage moved the key to (`"finished"` when it stored a response). */
+  recoveryPoint: string
+  /** The recovery point the caller expected, if given. */
+  from?: string
+  finished: boolean
+  /** Wall time of the whole call, retries included, in ms. */
+  durationMs: number
+  /** How many times the callback ran (more than 1 after serialization failures). */
+  attempts: number
+}
+
+/** Published on `medusa-idempotency:stage:error` when a stage rolled back. */
+export interface StageErrorEvent {
+  key: string
+  tenant: string | null
+  recoveryPoint?: string
+  durationMs: number
+  attempts: number
+  /** What the `workStage` promise rejects with: the callback's own error, or a typed one. */
+  error: unknown
+  code?: string
+}
+
+/** Published on `medusa-idempotency:retry` before a native stage's callback runs again. */
+export interface RetryEvent {
+  key: string
+  tenant: string | null
+  recoveryPoint?: string
+  /** 2 for the first retry. */
+  attempt: number
+}
+
+/** Published on `medusa-idempotency:conflict` when a call fails with LOCKED, STALE, REUSED or DATABASE_BUSY. */
+export interface ConflictEvent {
+  method: 'initializeRequest' | 'lock' | 'workStage'
+  key: unknown
+  tenant: string | null
+  code: 'IDEMPOTENCY_KEY_LOCKED' | 'IDEMPOTENCY_KEY_STALE' | 'IDEMPOTENCY_KEY_REUSED' | 'DATABASE_BUSY'
+  type: string
+  message: string
+}
+
+/** Published on `medusa-idempotency:replay` when `initializeRequest` returns a finished key. */
+export interface ReplayEvent {
+  key: string
+  tenant: string | null
+  responseCode: number | null
+}
+
+/** Published on `medusa-idempotency:reap` when `reap()` resolves. */
+export interface ReapEvent {
+  removed: number
+  durationMs: number
+  tenant: string | null
+}
+
+/**
+ * The `diagnostics_channel` channels the service publishes on (also reachable by name,
+ * `dc.subscribe('medusa-idempotency:stage:end', fn)`). Nothing is published, and no event
+ * object is built, while a channel has no subscriber.
+ */
+export declare const channels: {
+  stageStart: Channel<StageStartEvent>
+  stageEnd: Channel<StageEndEvent>
+  stageError: Channel<StageErrorEvent>
+  retry: Channel<RetryEvent>
+  conflict: Channel<ConflictEvent>
+  replay: Channel<ReplayEvent>
+  reap: Channel<ReapEvent>
+}
+
+/**
+ * An executor's `query` (TypeORM `EntityManager`, node-postgres client) wrapped to resolve to
+ * `{ rows }` or `{ error: { code, message } }`, never rejecting; what `withTransaction(executor)`
+ * binds with.
+ */
+export declare function wrapExecutor(executor: { query: (sql: string, params?: unknown[]) => unknown }): (sql: string, params: unknown[]) => Promise<{ rows: unknown[] } | { error: { code?: string, message: string } }>
+
+export type { IdempotencyKey }
