@@ -147,7 +147,7 @@ function watchChild(script, config, { timeoutMs, stallMs = STALL_MS, rssCapMb = 
 // ---------------------------------------------------------------------------------------------
 // One backend: workers until the budget is spent, restarting after a crash or hang
 
-const PROPS = ['connect', 'migrate', 'initializeRequest', 'create', 'retrieve', 'lock', 'update', 'workStage', 'txQuery', 'txAfterStage', 'withTransaction', 'bindExecutor', 'detached', 'reapAndList', 'wrapExecutor']
+const PROPS = ['connect', 'migrate', 'initializeRequest', 'create', 'retrieve', 'lock', 'update', 'workStage', 'txQuery', 'txAfterStage', 'withTransaction', 'bindExecutor', 'detached', 'reapAndList', 'forTenant', 'wrapExecutor']
 
 function describeCase(c) {
   return c ? `${c.p} case #${c.i}: ${c.d}` : '(before the first case)'

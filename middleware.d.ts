@@ -1,0 +1,106 @@
+/* HTTP middleware for IdempotencyKeyService (middleware.js): Express 4, Express 5, node:http. */
+import type { IncomingMessage, ServerResponse } from 'http'
+import type { IdempotencyKey, IdempotencyKeyService, StageReturnValue, TransactionManager } from './index'
+
+/** Options of {@link idempotency}. */
+export interface IdempotencyOptions {
+  /** The service keys are claimed, staged and reaped through. */
+  service: IdempotencyKeyService
+  /**
+   * Whether a matching request must carry `Idempotency-Key` (default `true`: 400 without one).
+   * `false`: a request without the header gets a fresh UUID key (Medusa's behaviour), returned
+   * in the response's `Idempotency-Key` header so the client can retry with it.
+   */
+  required?: boolean
+  /** Methods the middleware handles (default `['POST', 'PATCH']`); others pass straight through. */
+  methods?: string[]
+  /**
+   * How long a key is kept, in ms (default 24 h). Requests trigger `service.reap({ olderThanMs:
+   * ttl })` in the background at most once per `min(ttl, 60 s)`, one at a time, never awaited by
+   * a request; no timer is left running.
+   */
+  ttl?: number
+  /** `false` disables the background reap (when a cron or another process reaps). Default `true`. */
+  reap?: boolean
+  /**
+   * The request's tenant: a string scopes the request to `service.forTenant(id)` (the same client
+   * key from two tenants names two keys); `undefined`/`null` leaves it unscoped. When this option
+   * is set, an unscoped request's key may not contain `/` (400), so it cannot name a tenant's
+   * stored key (`<tenant>/<key>`). A tenant id the service refuses is a 400.
+   */
+  tenant?: (req: IncomingMessage) => string | undefined | null
+  /** Largest request body the middleware reads itself (no body parser ran), in bytes; default 1 MiB, 413 beyond. */
+  limit?: number
+  /**
+   * Failures nobody is waiting for: a background reap that rejected, a node:http handler that
+   * threw something untyped (it is answered with a 500). Default: `process.emitWarning`.
+   */
+  onError?: (err: unknown) => void
+}
+
+/** A work stage: what `workStage` runs for one recovery point. */
+export type IdempotencyStage = (tx: TransactionManager | any) => StageReturnValue | Promise<StageReturnValue>
+
+/** What the handler finds on `req.idempotency` (only for a matching method whose key is not finished). */
+export interface IdempotencyContext {
+  /**
+   * The key as `initializeRequest` returned it (leased to this request): `recovery_point` says
+   * where to resume. `run` keeps it current.
+   */
+  key: IdempotencyKey
+  /** The service for this request: `forTenant(tenant)` when the `tenant` option named one. */
+  readonly service: IdempotencyKeyService
+  /** The tenant the request is scoped to, if any. */
+  readonly tenant: string | undefined
+  /**
+   * Walk the stages from `key.recovery_point` until the key is finished, each through
+   * `service.workStage(key, stage, { recoveryPoint })`, and resolve to the finished key. A
+   * recovery point without a stage rejects; a stage's error rejects with that error (its writes
+   * rolled back, the lease released, so the client's retry resumes there).
+   */
+  run(stages: Record<string, IdempotencyStage>): Promise<IdempotencyKey>
+  /**
+   * Send a finished key's stored response (default: the key `run` finished): status
+   * `response_code`, body `JSON.stringify(response_body)`, `application/json; charset=utf-8`.
+   * Replays are written the same way, so the first response and every replay are the same bytes.
+   * Throws a TypeError for a key that is not finished.
+   */
+  respond(key?: IdempotencyKey): void
+}
+
+/**
+ * `(req, res, next)`, usable as Express 4/5 middleware and from `node:http`
+ * (`(req, res) => mw(req, res, () => handler(req, res))`).
+ *
+ * For a matching method it reads `Idempotency-Key` (a bare token, or the IETF draft's
+ * sf-string `"…"`), the body (`req.body` from a body parser, else the stream: JSON parsed, other
+ * types as text, none as `null`) and the path (`req.originalUrl ?? req.url` without the query
+ * string), claims the key, and then:
+ * - missing (when required) or malformed key: 400 `IDEMPOTENCY_KEY_MISSING` / `_MALFORMED`;
+ *   a key the service refuses: 400 with its code; invalid JSON body: 400 `INVALID_JSON`;
+ * - key in flight: 409 `IDEMPOTENCY_KEY_LOCKED`; key used for another request: 422 `IDEMPOTENCY_KEY_REUSED`;
+ * - finished key: its stored response, with `Idempotent-Replayed: true`; the handler does not run;
+ * - anything else: under Express `next(err)`; on node:http a JSON 500 (Medusa's status for the
+ *   error's `type`), also for a handler that throws or rejects.
+ * Error bodies are `{ type, code, message }`. Every answer to a matching method carries
+ * `Idempotency-Key` (once known) and lists `Idempotency-Key, Idempotent-Replayed` in
+ * `Access-Control-Expose-Headers` (appended to a value set before the middleware).
+ * Otherwise it sets `req.idempotency` and calls `next()`; the handler runs the stages and sends
+ * the response. The returned promise never rejects.
+ */
+export type IdempotencyMiddleware = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => unknown) => Promise<void>
+
+export declare function idempotency(options: IdempotencyOptions): IdempotencyMiddleware
+
+/** The key an `Idempotency-Key` header value carries (bare token or sf-string), or `null` if it is malformed. */
+export declare function parseIdempotencyKey(value: string): string | null
+
+/** Write a finished key's stored response on `res` (what `respond` and replays use). */
+export declare function sendStoredResponse(res: ServerResponse, key: IdempotencyKey, replayed?: boolean): void
+
+declare module 'http' {
+  interface IncomingMessage {
+    /** Set by the idempotency middleware for a matching request that the handler must run. */
+    idempotency?: IdempotencyContext
+  }
+}

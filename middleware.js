@@ -1,0 +1,388 @@
+'use strict'
+// HTTP middleware speaking the IETF `Idempotency-Key` header over IdempotencyKeyService, for
+// Express 4, Express 5 and plain `node:http`. It only uses node's own request/response API
+// (headers, statusCode, setHeader, end), so the same function runs under all three.
+//
+// Per matching request (POST and PATCH by default) it parses the header, claims the key with
+// `initializeRequest` (method, path and body are the fingerprint), answers the protocol's
+// refusals itself (400 missing/malformed, 409 in flight, 422 reused), replays a finished key's
+// stored response, and otherwise hands the handler `req.idempotency`: the key, the (possibly
+// tenant-scoped) service, `run(stages)` to walk the work stages and `respond()` to send the
+// stored response, so the first answer and every replay are the same bytes.
+
+const MINUTE = 60_000
+const DAY = 24 * 60 * MINUTE
+const EXPOSED = ['Idempotency-Key', 'Idempotent-Replayed']
+// Medusa's error handler statuses by `MedusaError.Types` (node:http mode only; under Express
+// anything but the protocol's own answers goes to the application's error handler).
+const STATUS_BY_TYPE = { invalid_data: 400, not_allowed: 400, not_found: 404, conflict: 409, duplicate_error: 422 }
+
+function httpError(status, code, message) {
+  return Object.assign(new Error(message), { type: 'invalid_data', code, status, date: new Date() })
+}
+
+// RFC 8941 sf-string: DQUOTE *( %x20-21 / %x23-5B / %x5D-7E / "\" ( DQUOTE / "\" ) ) DQUOTE,
+// optionally followed by parameters (an Item may carry them; unknown ones are ignored).
+const SF_STRING = /^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"((?:;[ ]*[a-z*][a-z0-9_.*-]*(?:=(?:"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*"|[!#$%&'*+\-.^_`|~0-9A-Za-z:/?]+))?)*)$/
+const CONTROL = /[\x00-\x1f\x7f]/
+
+/**
+ * The key a header value carries, or `null` if it is malformed. A value starting with a double
+ * quote is the IETF draft's sf-string (`"abc"`, `\"` and `\\` unescaped); anything else is a bare
+ * token (Stripe's form). Length and character set beyond that are the service's to judge.
+ */
+function parseIdempotencyKey(value) {
+  if (typeof value !== 'string') return null
+  const v = value.trim()
+  let key
+  if (v.startsWith('"')) {
+    const m = SF_STRING.exec(v)
+    if (!m) return null
+    key = m[1].replace(/\\(["\\])/g, '$1')
+  } else {
+    key = v
+  }
+  if (key === '' || CONTROL.test(key)) return null
+  return key
+}
+
+function errorBody(err) {
+  return { type: err.type, code: err.code, message: err.message }
+}
+
+function writeJson(res, status, body, extraHeaders) {
+  const text = body === undefined ? '' : JSON.stringify(body)
+  res.statusCode = status
+  if (extraHeaders) for (const [k, v] of Object.entries(extraHeaders)) res.setHeader(k, v)
+  const noBody = status === 204 || status === 304 || (status >= 100 && status < 200)
+  if (noBody) {
+    res.removeHeader('Content-Type')
+    res.removeHeader('Content-Length')
+    res.end()
+    return
+  }
+  res.setHeader('Content-Type', 'application/json; charset=utf-8')
+  res.setHeader('Content-Length', Buffer.byteLength(text))
+  res.end(text)
+}
+
+/**
+ * Write a finished key's stored response: status `response_code` (200 if none was stored),
+ * `JSON.stringify(response_body)` (no body for 204/304). The first response and every replay
+ * go through here, so they are byte-identical. `replayed` adds `Idempotent-Replayed: true`.
+ */
+function sendStoredResponse(res, key, replayed = false) {
+  if (!key || key.recovery_point !== 'finished') {
+    throw new TypeError(`the key is not finished (recovery point ${key && key.recovery_point}); run its stages first`)
+  }
+  const status = Number.isInteger(key.response_code) ? key.response_code : 200
+  writeJson(res, status, key.response_body, replayed ? { 'Idempotent-Replayed': 'true' } : undefined)
+}
+
+/** Append our headers to `Access-Control-Expose-Headers`, keeping whatever is already there. */
+function exposeHeaders(res) {
+  const existing = res.getHeader('Access-Control-Expose-Headers')
+  const raw = Array.isArray(existing) ? existing.join(',') : existing == null ? '' : String(existing)
+  const list = raw.split(',').map((s) => s.trim()).filter(Boolean)
+  const have = new Set(list.map((s) => s.toLowerCase()))
+  for (const h of EXPOSED) if (!have.has(h.toLowerCase())) list.push(h)
+  res.setHeader('Access-Control-Expose-Headers', list.join(', '))
+}
+
+/** The request path without query string or fragment: mount-independent, like Medusa's fingerprint. */
+function requestPath(req) {
+  const url = String(req.originalUrl ?? req.url ?? '/')
+  const end = url.search(/[?#]/)
+  return end === -1 ? url : url.slice(0, end)
+}
+
+function isJsonType(contentType) {
+  if (typeof contentType !== 'string') return false
+  const mime = contentType.split(';')[0].trim().toLowerCase()
+  return mime === 'application/json' || (mime.startsWith('application/') && mime.endsWith('+json'))
+}
+
+/** Read the whole request stream (node:http, or Express without a body parser), up to `limit` bytes. */
+function readStream(req, limit) {
+  return new Promise((resolve, reject) => {
+    const chunks = []
+    let size = 0
+    let failed = false
+    const onData = (chunk) => {
+      if (failed) return
+      size += chunk.length
+      if (size > limit) {
+        failed = true
+        chunks.length = 0
+        reject(httpError(413, 'PAYLOAD_TOO_LARGE', `the request body exceeds ${limit} bytes`))
+        return
+      }
+      chunks.push(chunk)
+    }
+    const cleanup = () => {
+      req.removeListener('end', onEnd)
+      req.removeListener('error', onError)
+      req.removeListener('close', onClose)
+    }
+    const onEnd = () => {
+      cleanup()
+      if (!failed) resolve(Buffer.concat(chunks))
+    }
+    const onError = (e) => {
+      cleanup()
+      if (!failed) reject(Object.assign(e, { aborted: true }))
+    }
+    const onClose = () => {
+      // 'close' before 'end': the client went away mid-body.
+      if (!req.readableEnded) onError(new Error('the client closed the connection before the body was read'))
+    }
+    req.on('data', onData)
+    req.on('end', onEnd)
+    req.on('error', onError)
+    req.on('close', onClose)
+  })
+}
+
+/**
+ * The request parameters for the fingerprint: `req.body` when a body parser read the body;
+ * otherwise the stream is read here (and `req.body` set): JSON content types parsed, anything
+ * else kept as the raw string; no body is `req.body` if something set it, else `null`.
+ */
+async function requestBody(req, limit) {
+  // A parser that read the stream (body-parser marks it with `_body`) owns `req.body`. Express
+  // 4's json parser also leaves a placeholder `{}` on requests it did not parse (another content
+  // type): then the stream is still unread, and its content is the fingerprint, not `{}`.
+  if (req._body === true || req.readableEnded) return req.body === undefined ? null : req.body
+  const buf = await readStream(req, limit)
+  if (buf.length === 0) return req.body === undefined ? null : req.body
+  const text = buf.toString('utf8')
+  let body = text
+  if (isJsonType(req.headers['content-type'])) {
+    try {
+      body = JSON.parse(text)
+    } catch (e) {
+      throw httpError(400, 'INVALID_JSON', `the request body is not valid JSON: ${e.message}`)
+    }
+  }
+  req.body = body
+  return body
+}
+
+/**
+ * Answer a failure. The protocol's own refusals (400/409/413/422) are always answered here.
+ * Anything else goes to next(err) under Express (the application's error handler answers);
+ * node:http has no such chain, so it gets Medusa's status for the error's `type` (500 when
+ * untyped, with a generic message, and reported).
+ */
+function answerError(req, res, next, err, express, report) {
+  if (res.headersSent) {
+    report(err)
+    return
+  }
+  let status
+  if (err && typeof err.status === 'number' && err.type === 'invalid_data') status = err.status
+  else if (err && err.code === 'IDEMPOTENCY_KEY_LOCKED') status = 409
+  else if (err && err.code === 'IDEMPOTENCY_KEY_REUSED') status = 422
+  else if (err && err.type === 'invalid_data') status = 400
+  if (status !== undefined) {
+    writeJson(res, status, errorBody(err), status === 413 ? { Connection: 'close' } : undefined)
+    return
+  }
+  if (express) {
+    next(err)
+    return
+  }
+  const typed = err != null && typeof err.type === 'string'
+  if (!typed) report(err)
+  const body = typed ? errorBody(err) : { type: 'unknown_error', code: 'unknown_error', message: 'An unknown error occurred.' }
+  writeJson(res, (typed && STATUS_BY_TYPE[err.type]) || 500, body)
+}
+
+/** Hand over to the handler. On node:http `next` is the handler: catch its throw or rejection. */
+async function callNext(req, res, next, express, report) {
+  if (express) {
+    next()
+    return
+  }
+  try {
+    await next()
+  } catch (e) {
+    answerError(req, res, next, e, false, report)
+  }
+}
+
+function defaultOnError(err) {
+  const e = err instanceof Error ? err : new Error(String(err))
+  process.emitWarning(`medusa-idempotency-native middleware: ${e.message}`, { code: 'IDEMPOTENCY_MIDDLEWARE' })
+}
+
+function validate(options) {
+  if (!options || typeof options !== 'object') throw new TypeError('idempotency(options): options must be an object')
+  const { service } = options
+  if (!service || typeof service.initializeRequest !== 'function') {
+    throw new TypeError('idempotency(options): `service` must be an IdempotencyKeyService')
+  }
+  const methods = options.methods ?? ['POST', 'PATCH']
+  if (!Array.isArray(methods) || methods.some((m) => typeof m !== 'string')) {
+    throw new TypeError('idempotency(options): `methods` must be an array of strings')
+  }
+  const ttl = options.ttl ?? DAY
+  if (typeof ttl !== 'number' || !Number.isFinite(ttl) || ttl <= 0) {
+    throw new TypeError('idempotency(options): `ttl` must be a positive number of milliseconds')
+  }
+  const reap = options.reap ?? true
+  if (reap && typeof service.reap !== 'function') {
+    throw new TypeError('idempotency(options): `service` has no reap(); pass `reap: false`')
+  }
+  if (options.tenant !== undefined) {
+    if (typeof options.tenant !== 'function') throw new TypeError('idempotency(options): `tenant` must be a function')
+    if (typeof service.forTenant !== 'function') {
+      throw new TypeError('idempotency(options): `tenant` needs a service with forTenant(tenantId)')
+    }
+  }
+  const limit = options.limit ?? 1024 * 1024
+  if (typeof limit !== 'number' || !(limit >= 0)) throw new TypeError('idempotency(options): `limit` must be a number of bytes')
+  const onError = options.onError ?? defaultOnError
+  if (typeof onError !== 'function') throw new TypeError('idempotency(options): `onError` must be a function')
+  return {
+    service,
+    required: options.required ?? true,
+    methods: new Set(methods.map((m) => m.toUpperCase())),
+    ttl,
+    reap: Boolean(reap),
+    tenant: options.tenant,
+    limit,
+    onError,
+  }
+}
+
+/**
+ * `idempotency(options)` → `(req, res, next) => Promise<void>`. See middleware.d.ts for the
+ * options and for what the handler finds on `req.idempotency`.
+ */
+function idempotency(options) {
+  const opts = validate(options)
+  const reapEveryMs = Math.min(opts.ttl, MINUTE)
+  let lastReap = -Infinity
+  let reaping = false
+
+  const report = (err) => {
+    try {
+      opts.onError(err)
+    } catch {
+      // A throwing reporter must not take the request (or the process) down.
+    }
+  }
+
+  // Request-driven expiry: no timer to keep the process alive, at most one reap in flight, and
+  // never awaited by a request.
+  function maybeReap() {
+    if (!opts.reap || reaping) return
+    const now = Date.now()
+    if (now - lastReap < reapEveryMs) return
+    lastReap = now
+    reaping = true
+    let pending
+    try {
+      pending = Promise.resolve(opts.service.reap({ olderThanMs: opts.ttl }))
+    } catch (e) {
+      pending = Promise.reject(e)
+    }
+    pending.then(
+      () => {
+        reaping = false
+      },
+      (e) => {
+        reaping = false
+        report(e)
+      },
+    )
+  }
+
+  return function idempotencyMiddleware(req, res, next) {
+    maybeReap()
+    // Never rejects: there is nobody to catch it.
+    if (!opts.methods.has(String(req.method).toUpperCase())) {
+      return callNext(req, res, next, typeof req.app === 'function', report).catch(report)
+    }
+    return handle(req, res, next).catch(report)
+  }
+
+  async function handle(req, res, next) {
+    // Express (and anything that sets req.app the same way) has an error chain for next(err).
+    const express = typeof req.app === 'function'
+    exposeHeaders(res)
+
+    const fail = (err) => answerError(req, res, next, err, express, report)
+
+    let service = opts.service
+    let tenant
+    let key
+    try {
+      const values = req.headersDistinct ? req.headersDistinct['idempotency-key'] : undefined
+      const raw = req.headers['idempotency-key']
+      let headerKey = ''
+      if (raw === undefined) {
+        if (opts.required) throw httpError(400, 'IDEMPOTENCY_KEY_MISSING', 'the Idempotency-Key header is required')
+      } else {
+        const parsed = values && values.length > 1 ? null : parseIdempotencyKey(raw)
+        if (parsed === null) throw httpError(400, 'IDEMPOTENCY_KEY_MALFORMED', 'the Idempotency-Key header is malformed')
+        headerKey = parsed
+        res.setHeader('Idempotency-Key', headerKey)
+      }
+
+      if (opts.tenant) {
+        const t = opts.tenant(req)
+        if (t !== undefined && t !== null) {
+          if (typeof t !== 'string') throw new TypeError('idempotency: tenant(req) must return a string or undefined')
+          tenant = t
+          service = opts.service.forTenant(t)
+        }
+        // Tenant keys are stored as `<tenant>/<key>` and the unscoped service addresses stored
+        // keys as they are: an unscoped request must not name (and replay) a tenant's key.
+        if (tenant === undefined && headerKey.includes('/')) {
+          throw httpError(400, 'IDEMPOTENCY_KEY_MALFORMED', 'an Idempotency-Key without a tenant cannot contain "/"')
+        }
+      }
+
+      const params = await requestBody(req, opts.limit)
+      key = await service.initializeRequest(headerKey, req.method, params, requestPath(req))
+      res.setHeader('Idempotency-Key', key.idempotency_key)
+    } catch (e) {
+      if (e && e.aborted) return report(e) // the client is gone: nobody to answer
+      return fail(e)
+    }
+
+    if (key.recovery_point === 'finished') {
+      sendStoredResponse(res, key, true)
+      return
+    }
+
+    const context = {
+      key,
+      service,
+      tenant,
+      /** Walk the stages from the key's recovery point until it is finished; returns the finished key. */
+      async run(stages) {
+        let k = context.key
+        while (k.recovery_point !== 'finished') {
+          const at = k.recovery_point
+          const stage = Object.prototype.hasOwnProperty.call(stages, at) ? stages[at] : undefined
+          if (typeof stage !== 'function') throw new Error(`idempotency: no stage for recovery point "${at}"`)
+          k = await service.workStage(k.idempotency_key, stage, { recoveryPoint: at })
+          context.key = k
+        }
+        return k
+      },
+      /** Send a finished key's stored response (default: the key `run` finished). */
+      respond(k = context.key) {
+        sendStoredResponse(res, k, false)
+      },
+    }
+    req.idempotency = context
+
+    await callNext(req, res, next, express, report)
+  }
+}
+
+module.exports = { idempotency, parseIdempotencyKey, sendStoredResponse }
