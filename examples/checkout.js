@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// An idempotent checkout over plain node:http, on the embedded SQLite default.
+// An idempotent checkout over plain node:http behind the idempotency() middleware, on the
+// embedded SQLite default.
 //
 // POST /checkout with an `Idempotency-Key` header walks three work stages:
 //   started → stock_reserved → payment_captured → finished (order created, 201 stored)
@@ -11,7 +12,9 @@
 // requests at it, prints what happened and exits 0 only if every order, charge and
 // reservation exists exactly once.
 const http = require('node:http')
+const dc = require('node:diagnostics_channel')
 const { IdempotencyKeyService } = require('..')
+const { idempotency } = require('../middleware')
 
 const run = Date.now().toString(36)
 const failOnce = new Set() // keys whose first charge attempt "times out" at the card network
@@ -26,59 +29,47 @@ async function setupTables(service) {
   })
 }
 
-function send(res, status, body, headers = {}) {
-  res.writeHead(status, { 'content-type': 'application/json', ...headers })
+function send(res, status, body) {
+  res.writeHead(status, { 'content-type': 'application/json' })
   res.end(JSON.stringify(body))
 }
 
-/** The route, written the way Medusa's cart-completion route is. */
-async function checkout(service, req, res, body) {
-  let key
-  try {
-    key = await service.initializeRequest(req.headers['idempotency-key'] ?? '', 'POST', body, '/checkout')
-  } catch (e) {
-    const status = { invalid_data: 400, conflict: 409, duplicate_error: 422 }[e.type] ?? 500
-    return send(res, status, { type: e.type, code: e.code, message: e.message })
-  }
-  const k = key.idempotency_key
-  if (key.recovery_point === 'finished') {
-    return send(res, key.response_code, key.response_body, { 'idempotent-replayed': 'true', 'idempotency-key': k })
-  }
+/**
+ * The route, behind the middleware: it only runs for a key that is not finished, and
+ * `req.idempotency.run` walks the stages from the key's recovery point. The middleware has
+ * already answered missing keys (400), requests in flight (409), reuse (422) and replays.
+ */
+async function checkout(req, res) {
+  const idem = req.idempotency
+  const k = idem.key.idempotency_key
+  const body = req.body // parsed by the middleware (node:http has no body parser)
   const walked = []
-  try {
-    while (key.recovery_point !== 'finished') {
-      const at = key.recovery_point
-      walked.push(at)
-      switch (at) {
-        case 'started':
-          key = await service.workStage(k, async (tx) => {
-            await tx.query('INSERT INTO reservations VALUES ($1, $2, $3)', [k, body.cart_id, body.qty])
-            return { recovery_point: 'stock_reserved' }
-          }, { recoveryPoint: at })
-          break
-        case 'stock_reserved':
-          key = await service.workStage(k, async (tx) => {
-            await tx.query('INSERT INTO charges VALUES ($1, $2)', [k, body.amount])
-            if (failOnce.delete(k)) throw Object.assign(new Error('card network timeout'), { status: 502 })
-            return { recovery_point: 'payment_captured' }
-          }, { recoveryPoint: at })
-          break
-        case 'payment_captured':
-          key = await service.workStage(k, async (tx) => {
-            await tx.query('INSERT INTO orders VALUES ($1, $2, $3)', [k, body.cart_id, body.amount])
-            return { response_code: 201, response_body: { order: `order_${k}`, cart_id: body.cart_id, total: body.amount } }
-          }, { recoveryPoint: at })
-          break
-        default:
-          throw new Error(`unknown recovery point ${at}`)
-      }
-    }
-  } catch (e) {
-    const status = e.status ?? ({ conflict: 409 }[e.type] ?? 500)
-    return send(res, status, { message: e.message, code: e.code, walked }, { 'idempotency-key': k })
+  const stage = (at, work) => async (tx) => {
+    walked.push(at)
+    return work(tx)
   }
-  walked.push('finished')
-  send(res, key.response_code, { ...key.response_body, walked }, { 'idempotency-key': k })
+  try {
+    const key = await idem.run({
+      started: stage('started', async (tx) => {
+        await tx.query('INSERT INTO reservations VALUES ($1, $2, $3)', [k, body.cart_id, body.qty])
+        return { recovery_point: 'stock_reserved' }
+      }),
+      stock_reserved: stage('stock_reserved', async (tx) => {
+        await tx.query('INSERT INTO charges VALUES ($1, $2)', [k, body.amount])
+        if (failOnce.delete(k)) throw Object.assign(new Error('card network timeout'), { status: 502 })
+        return { recovery_point: 'payment_captured' }
+      }),
+      payment_captured: stage('payment_captured', async (tx) => {
+        await tx.query('INSERT INTO orders VALUES ($1, $2, $3)', [k, body.cart_id, body.amount])
+        return { response_code: 201, response_body: { order: `order_${k}`, cart_id: body.cart_id, total: body.amount } }
+      }),
+    })
+    res.setHeader('x-stages-run', [...walked, 'finished'].join(','))
+    idem.respond(key) // the stored response: a replay later sends these same bytes
+  } catch (e) {
+    res.setHeader('x-stages-run', walked.join(','))
+    send(res, e.status ?? ({ conflict: 409 }[e.type] ?? 500), { message: e.message, code: e.code })
+  }
 }
 
 function request(port, key, body) {
@@ -89,7 +80,14 @@ function request(port, key, body) {
       (res) => {
         let text = ''
         res.on('data', (c) => (text += c))
-        res.on('end', () => resolve({ status: res.statusCode, replayed: res.headers['idempotent-replayed'] === 'true', body: JSON.parse(text) }))
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode,
+            replayed: res.headers['idempotent-replayed'] === 'true',
+            walked: (res.headers['x-stages-run'] || '').split(',').filter(Boolean),
+            body: JSON.parse(text),
+          }),
+        )
       },
     )
     req.on('error', reject)
@@ -102,11 +100,14 @@ async function main() {
   await service.migrate()
   await setupTables(service)
 
-  const server = http.createServer((req, res) => {
-    let raw = ''
-    req.on('data', (c) => (raw += c))
-    req.on('end', () => checkout(service, req, res, JSON.parse(raw || '{}')).catch((e) => send(res, 500, { message: e.message })))
-  })
+  // Count what the service reports on diagnostics_channel, as a metrics exporter would.
+  const events = {}
+  for (const name of ['stage:end', 'stage:error', 'conflict', 'replay']) {
+    dc.subscribe(`medusa-idempotency:${name}`, () => (events[name] = (events[name] ?? 0) + 1))
+  }
+
+  const guard = idempotency({ service }) // Idempotency-Key required on POST and PATCH
+  const server = http.createServer((req, res) => guard(req, res, () => checkout(req, res)))
   await new Promise((r) => server.listen(0, '127.0.0.1', r))
   const { port } = server.address()
   const say = (...a) => console.log(...a)
@@ -127,7 +128,7 @@ async function main() {
   const a = `demo-${run}-a`
   const cartA = { cart_id: 'cart_a', qty: 1, amount: 4200 }
   let r = await fire(a, cartA)
-  say(`1. first request ${a}: ${r.status}, walked ${r.body.walked.join(' → ')}`)
+  say(`1. first request ${a}: ${r.status}, walked ${r.walked.join(' → ')}`)
   r = await fire(a, cartA)
   say(`2. client retry of ${a}: ${r.status}, Idempotent-Replayed: ${r.replayed}, order ${r.body.order}`)
 
@@ -147,9 +148,9 @@ async function main() {
   const cartC = { cart_id: 'cart_c', qty: 3, amount: 500 }
   failOnce.add(c)
   r = await fire(c, cartC)
-  say(`4. ${c} fails mid-way: ${r.status} "${r.body.message}", walked ${r.body.walked.join(' → ')} (reservation kept, charge rolled back)`)
+  say(`4. ${c} fails mid-way: ${r.status} "${r.body.message}", walked ${r.walked.join(' → ')} (reservation kept, charge rolled back)`)
   r = await fire(c, cartC)
-  say(`   its retry resumes: ${r.status}, walked ${r.body.walked.join(' → ')}`)
+  say(`   its retry resumes: ${r.status}, walked ${r.walked.join(' → ')}`)
 
   r = await fire(a, { ...cartA, amount: 1 })
   say(`5. ${a} reused for a different cart total: ${r.status} ${r.body.code}`)
@@ -166,7 +167,8 @@ async function main() {
   server.close()
   await service.close()
 
-  say(`\n${tally.requests} requests: ${tally.created} orders created, ${tally.replays} replays, ${tally.conflicts} refused while in flight (409), ${tally.refused} refused as reuse (422), ${tally.failed} failed mid-way`)
+  say(`\nevents seen on diagnostics_channel: ${Object.entries(events).map(([n, c]) => `${n} ${c}`).join(', ')}`)
+  say(`${tally.requests} requests: ${tally.created} orders created, ${tally.replays} replays, ${tally.conflicts} refused while in flight (409), ${tally.refused} refused as reuse (422), ${tally.failed} failed mid-way`)
   let ok = true
   for (const [table, rows] of Object.entries(counts)) {
     const line = rows.map((x) => `${x.idem_key.slice(-1)}=${x.n}`).join(' ')
