@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm test`: lint, Rust tests of the core against fresh PostgreSQL databases, the addon
-// build, the JS contract suite on SQLite and on PostgreSQL, the short stress run
-// (stress/run.js --short), the bench smoke run and the demo. Stops at the first failing step.
+// build, the type check of the README's TypeScript examples, the JS contract suite on SQLite
+// and on PostgreSQL, the short stress run (stress/run.js --short), the bench smoke run and the
+// demo. Stops at the first failing step.
 const { execSync } = require('node:child_process')
 const { Client } = require('pg')
 
@@ -35,6 +36,8 @@ async function withDbPrefix(fn) {
     run('npx napi build --platform --js native.js')
     run('git diff --exit-code -- index.d.ts native.js')
   }
+  // The README's TypeScript examples against the package's declared types.
+  run('npx tsc -p examples/types')
   // One contract suite, run against each backend.
   for (const backend of ['sqlite', 'postgres']) {
     run('node --test --test-concurrency=1 __test__/', { IDEM_BACKEND: backend, RUST_BACKTRACE: '0' })
