@@ -6,7 +6,7 @@
 // keeps the row lock until it notices its client is gone).
 //
 // Afterwards: the callback's write is absent; the key's recovery point is the last committed
-// one; a retry (a client re-sending the request, with backoff on 409) resumes from it and
+// one; listAbandoned() lists the key at that point once it has been idle; a retry (a client re-sending the request, with backoff on 409) resumes from it and
 // finishes with exactly one side-effect row per stage; a further retry replays the stored
 // response. Every round crashes at a different stage (reserve / charge / order).
 const assert = require('node:assert/strict')
@@ -95,6 +95,7 @@ async function main({ short = false } = {}) {
     const recoveryMs = []
     const goneMs = []
     let retryConflicts = 0
+    let abandonedListed = 0
 
     for (const [i, p] of plan.entries()) {
       const key = `crash-${run}-${i}-${p.crashStage}-${p.mode}`
@@ -121,6 +122,17 @@ async function main({ short = false } = {}) {
       const { rows } = await fx.pg.query('SELECT recovery_point FROM idempotency_key WHERE idempotency_key = $1', [key])
       assert.equal(rows.length, 1, `${key}: one key row`)
       assert.equal(rows[0].recovery_point, expectedPoint, `${key}: recovery point is the last committed one`)
+
+      // The crashed request is abandoned: once it has made no progress for the idle time,
+      // listAbandoned() reports it at its last committed recovery point (what a completer
+      // would drive forward), while the orphaned backend may still hold its row lock.
+      const idleMs = 200
+      await sleep(idleMs + 50)
+      const abandoned = await withTimeout(service.listAbandoned({ idleMs, limit: 1000 }), 10000, 'listAbandoned')
+      const listed = abandoned.find((k) => k.idempotency_key === key)
+      assert.ok(listed, `${key}: listAbandoned({ idleMs: ${idleMs} }) after the crash does not list it`)
+      assert.equal(listed.recovery_point, expectedPoint, `${key}: listed at the last committed recovery point`)
+      abandonedListed++
 
       // A retry resumes from there and finishes exactly once (409 while the orphaned backend
       // still holds the row, or while the crashed request's lease is fresh).
@@ -149,6 +161,8 @@ async function main({ short = false } = {}) {
         await sleep(20)
       }
       goneMs.push(now() - tKill)
+      const after = await service.listAbandoned({ idleMs: 0, limit: 1000 })
+      assert.ok(!after.some((k) => k.idempotency_key === key), `${key}: still listed as abandoned after it finished`)
 
       // A later retry replays the stored response without running a stage.
       let ran = 0
@@ -164,6 +178,7 @@ async function main({ short = false } = {}) {
       scenario: 'crash',
       crashes_survived: plan.length,
       resumed_exactly_once: keys.length,
+      listed_abandoned: abandonedListed,
       side_rows: rowsChecked,
       retry_conflicts: retryConflicts,
       recovery_p50_ms: percentile(recoveryMs, 50),
