@@ -102,9 +102,19 @@ function tenantOf(service) {
   }
 }
 
+/** A field of a rejection value, never throwing (a getter that throws, a revoked proxy). */
+function field(e, name) {
+  try {
+    return e != null && (typeof e === 'object' || typeof e === 'function') ? e[name] : undefined
+  } catch {
+    return undefined
+  }
+}
+
 function publishConflict(method, key, service, e) {
-  if (channels.conflict.hasSubscribers && e && CONFLICTS.has(e.code)) {
-    channels.conflict.publish({ method, key, tenant: tenantOf(service), code: e.code, type: e.type, message: e.message })
+  const code = channels.conflict.hasSubscribers ? field(e, 'code') : undefined
+  if (CONFLICTS.has(code)) {
+    channels.conflict.publish({ method, key, tenant: tenantOf(service), code, type: field(e, 'type'), message: field(e, 'message') })
   }
 }
 
@@ -159,10 +169,28 @@ function expectedPoint(options) {
   }
 }
 
+const nativeForTenant = IdempotencyKeyService.prototype.forTenant
+IdempotencyKeyService.prototype.forTenant = function forTenant(tenant) {
+  const scoped = nativeForTenant.call(this, tenant)
+  // A copy of a bound service stays bound: its stages hand callbacks the same executor.
+  const executor = executorOf(this)
+  if (executor !== undefined) scoped[EXECUTOR] = executor
+  return scoped
+}
+
+/** The caller's executor a bound copy runs through; never throws (a hostile `this`). */
+function executorOf(service) {
+  try {
+    return service == null ? undefined : service[EXECUTOR]
+  } catch {
+    return undefined
+  }
+}
+
 const nativeWorkStage = IdempotencyKeyService.prototype.workStage
 IdempotencyKeyService.prototype.workStage = function workStage(key, callback, options) {
   if (typeof callback !== 'function') return nativeWorkStage.call(this, key, callback, options)
-  const executor = this[EXECUTOR]
+  const executor = executorOf(this)
   // An async wrapper awaits whatever the callback returns, thenables included, as `await`
   // would; bound mode hands the callback the caller's executor, like Medusa's.
   if (!stageChannels.some((c) => c.hasSubscribers)) {
@@ -170,15 +198,18 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
     return nativeWorkStage.call(this, key, run, options)
   }
   const event = { key, tenant: tenantOf(this), recoveryPoint: expectedPoint(options) }
-  const started = performance.now()
   let attempts = 0
   const run = async (tx) => {
     // A native stage calls back once per attempt: a second call is a retry after 40001/40P01.
     if (++attempts > 1 && channels.retry.hasSubscribers) channels.retry.publish({ ...event, attempt: attempts })
     return callback(executor !== undefined ? executor : tx)
   }
+  // The callback runs on a later turn of the event loop, so `start` still comes first; a call
+  // the native method refuses synchronously (a wrong `this`) publishes nothing.
+  const pending = nativeWorkStage.call(this, key, run, options)
+  const started = performance.now()
   if (channels.stageStart.hasSubscribers) channels.stageStart.publish(event)
-  return nativeWorkStage.call(this, key, run, options).then(
+  return pending.then(
     (updated) => {
       if (channels.stageEnd.hasSubscribers) {
         const durationMs = performance.now() - started
@@ -188,7 +219,7 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
     },
     (e) => {
       if (channels.stageError.hasSubscribers) {
-        channels.stageError.publish({ ...event, durationMs: performance.now() - started, attempts, error: e, code: e?.code })
+        channels.stageError.publish({ ...event, durationMs: performance.now() - started, attempts, error: e, code: field(e, 'code') })
       }
       publishConflict('workStage', key, this, e)
       throw e

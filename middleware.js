@@ -75,8 +75,14 @@ function sendStoredResponse(res, key, replayed = false) {
   if (!key || key.recovery_point !== 'finished') {
     throw new TypeError(`the key is not finished (recovery point ${key && key.recovery_point}); run its stages first`)
   }
-  const status = Number.isInteger(key.response_code) ? key.response_code : 200
-  writeJson(res, status, key.response_body, replayed ? { 'Idempotent-Replayed': 'true' } : undefined)
+  const code = key.response_code
+  if (code != null && !(Number.isInteger(code) && code >= 100 && code <= 999)) {
+    // Stored by a stage, but no HTTP status: node would throw on it. Answer, do not hang.
+    const err = Object.assign(new Error(`the key's stored response_code ${code} is not an HTTP status`), { type: 'unexpected_state', code: 'INVALID_RESPONSE_CODE' })
+    writeJson(res, 500, errorBody(err))
+    return
+  }
+  writeJson(res, code ?? 200, key.response_body, replayed ? { 'Idempotent-Replayed': 'true' } : undefined)
 }
 
 /** Append our headers to `Access-Control-Expose-Headers`, keeping whatever is already there. */
@@ -105,6 +111,12 @@ function isJsonType(contentType) {
 /** Read the whole request stream (node:http, or Express without a body parser), up to `limit` bytes. */
 function readStream(req, limit) {
   return new Promise((resolve, reject) => {
+    if (req.destroyed || req.readableAborted || req.errored) {
+      // The client left before the body was read (say, during an async step before us): its
+      // 'close' has fired already and will not again.
+      reject(Object.assign(new Error('the client closed the connection before the body was read'), { aborted: true }))
+      return
+    }
     const chunks = []
     let size = 0
     let failed = false
@@ -354,7 +366,11 @@ function idempotency(options) {
     }
 
     if (key.recovery_point === 'finished') {
-      sendStoredResponse(res, key, true)
+      try {
+        sendStoredResponse(res, key, true)
+      } catch (e) {
+        fail(e)
+      }
       return
     }
 

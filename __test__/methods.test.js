@@ -749,17 +749,33 @@ describe('workStage()', () => {
     assert.deepEqual(await sideRows(key), ['kept'])
   })
 
-  test('a PRAGMA that sets a value is refused (invalid_data), so it cannot outlive the stage on a pooled connection; inspecting pragmas run (SQLite)', async () => {
+  test('SQLite: pragma setters, ATTACH and transaction control are refused in any statement of the string, however spelled; inspecting pragmas run', async () => {
     const key = uniq('ws-pragma')
     await service.create({ idempotency_key: key })
-    for (const sql of ['PRAGMA query_only = 1', 'pragma QUERY_ONLY(1)', '/* c */ PRAGMA main.foreign_keys=OFF', 'PRAGMA "query_only" = true']) {
+    const refused = [
+      'PRAGMA query_only = 1',
+      'pragma QUERY_ONLY(1)',
+      'PRAGMA [query_only] = 1',
+      'PRAGMA/**/query_only = 1',
+      'PRAGMA main . query_only = 1',
+      'SELECT 1; PRAGMA query_only = 1',
+      "ATTACH DATABASE ':memory:' AS aux",
+      `INSERT INTO side (tag, v) VALUES ('${key}', 'smuggled'); COMMIT`,
+    ]
+    for (const sql of refused) {
       const err = await rejects(service.workStage(key, async (tx) => {
         await tx.query(sql)
         return { recovery_point: 'never' }
       }))
-      assertErr(err, 'invalid_data', 'INVALID_ARGUMENT')
+      // PostgreSQL prepares one statement at a time and has no PRAGMA: a syntax error there.
+      if (isPostgres) assertErr(err, 'database_error', '42601')
+      else assertErr(err, 'invalid_data', 'INVALID_ARGUMENT')
     }
-    // Had `query_only` reached the connection, every later write on it would fail (SQLITE_8).
+    // Nothing committed: had COMMIT gone through, the INSERT before it would have survived the
+    // stage's rollback; had `query_only` reached the pooled connection, every later write on
+    // it would fail (SQLITE_8).
+    assert.deepEqual(await sideRows(key), [])
+    assert.equal((await row(key)).recovery_point, 'started')
     const k = await service.workStage(key, async (tx) => {
       if (!isPostgres) {
         const info = await tx.query('PRAGMA table_info(side)')

@@ -9,9 +9,6 @@ const express5 = require('express')
 const express4 = require('express4')
 const { idempotency, parseIdempotencyKey } = require('../middleware')
 const { freshDb, sleep } = require('./helpers')
-const { IdempotencyKeyService } = require('..')
-
-const hasTenants = typeof IdempotencyKeyService.prototype.forTenant === 'function'
 
 const KINDS = ['express5', 'express4', 'node']
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
@@ -423,7 +420,7 @@ for (const kind of KINDS) {
     })
   })
 
-  test(`${kind}: tenant: one client key is a separate key per tenant; an unscoped request cannot name a tenant's key`, { skip: !hasTenants && 'service.forTenant() is not available' }, async () => {
+  test(`${kind}: tenant: one client key is a separate key per tenant; an unscoped request cannot name a tenant's key`, async () => {
     const tenant = (req) => req.headers['x-tenant-id'] || undefined
     await withServer(kind, { tenant }, async ({ base, app }) => {
       const k = uniq('tk')
@@ -536,4 +533,41 @@ test('express4: a body its json parser skipped (text/plain) is still read for th
     const r = await call(base, { key: t, body: 'other', headers: { 'content-type': 'text/plain' } })
     assertError(r, 422, 'duplicate_error', 'IDEMPOTENCY_KEY_REUSED')
   })
+})
+
+test('node: a finished key whose stored response_code is no HTTP status is answered 500 on replay, not left hanging', async () => {
+  await withServer('node', {}, async ({ base }) => {
+    const key = uniq('badcode')
+    await fx.service.initializeRequest(key, 'POST', CART, '/api/orders')
+    await fx.service.workStage(key, async () => ({ response_code: 1000, response_body: { odd: true } }))
+    const r = await call(base, { key, body: CART })
+    assertError(r, 500, 'unexpected_state', 'INVALID_RESPONSE_CODE')
+    assertProtocolHeaders(r, key)
+  })
+})
+
+test('node: a client gone before its body was read settles the middleware and is reported, nothing answered', async () => {
+  const reported = []
+  const mw = idempotency({ service: fx.service, onError: (e) => reported.push(e) })
+  const server = http.createServer((req, res) => {
+    // An async step before the middleware, during which the client leaves.
+    req.on('close', () => {
+      mw(req, res, () => res.end('handler ran')).then(() => reported.push('settled'))
+    })
+  })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  try {
+    const { port } = server.address()
+    const sock = require('node:net').connect(port, '127.0.0.1')
+    await new Promise((r) => sock.on('connect', r))
+    sock.write(`POST /api/orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: ${uniq('gone')}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"partial":`)
+    await sleep(100)
+    sock.destroy()
+    for (let i = 0; i < 100 && !reported.includes('settled'); i++) await sleep(20)
+    assert.ok(reported.includes('settled'), `the middleware settled (reported: ${reported.map(String)})`)
+    assert.ok(reported.some((e) => e instanceof Error && e.aborted), 'the abort was reported')
+  } finally {
+    server.closeAllConnections()
+    await new Promise((r) => server.close(r))
+  }
 })

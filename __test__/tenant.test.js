@@ -4,7 +4,7 @@
 // IDEM_BACKEND selects; stored rows are checked through the verification client.
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { ageKey, freshDb } = require('./helpers')
+const { ageKey, freshDb, isPostgres } = require('./helpers')
 
 /** Await `fn()`, expect a rejection whose fields include `fields`. */
 async function rejects(fn, fields) {
@@ -133,4 +133,66 @@ test('bad tenant ids are invalid_data', async () => {
     assert.throws(() => fx.service.forTenant(bad), (e) => e.type === 'invalid_data' && e.code === 'INVALID_ARGUMENT', `forTenant(${JSON.stringify(bad)})`)
   }
   assert.equal(fx.service.forTenant('x'.repeat(128)).tenant, 'x'.repeat(128))
+})
+
+test('a scoped copy cannot step into another tenant: forTenant on it is invalid_data', async () => {
+  const a = fx.service.forTenant(uniq('outer'))
+  assert.throws(() => a.forTenant('other'), (e) => e.type === 'invalid_data' && /already scoped/.test(e.message))
+  assert.throws(() => a.forTenant(a.tenant), (e) => e.type === 'invalid_data')
+})
+
+test('a LOCKED message from a nested stage names the client key, not the stored form', async () => {
+  const t = fx.service.forTenant(uniq('msg'))
+  const outer = uniq('outer')
+  const inner = uniq('held')
+  await t.create({ idempotency_key: outer })
+  await t.create({ idempotency_key: inner })
+  // Another stage holds `inner`; a nested stage on it (inside a stage on `outer`) is refused.
+  // (A gate shared by every attempt: the holder may be re-run after a serialization failure.)
+  let release
+  const gate = new Promise((r) => { release = r })
+  let entered = false
+  const holding = t.workStage(inner, async () => {
+    entered = true
+    await gate
+    return { recovery_point: 'held' }
+  })
+  while (!entered) await new Promise((r) => setTimeout(r, 5))
+  let err
+  if (isPostgres) {
+    await t.workStage(outer, async (tx) => {
+      err = await t.withTransaction(tx).workStage(inner, async () => ({ recovery_point: 'never' })).catch((e) => e)
+      return { recovery_point: 'outer_done' }
+    })
+  } else {
+    // SQLite has one writer: the outer stage would wait for the holder. Same check, top level.
+    err = await t.workStage(inner, async () => ({ recovery_point: 'never' })).catch((e) => e)
+  }
+  release()
+  await holding
+  assert.equal(err?.code, 'IDEMPOTENCY_KEY_LOCKED', String(err))
+  assert.ok(err.message.includes(inner) && !err.message.includes(`${t.tenant}/`), err.message)
+})
+
+test('bound mode: withTransaction(client).forTenant(t) stays bound and hands stages the client', { skip: !isPostgres && 'withTransaction(executor) is PostgreSQL-only' }, async () => {
+  const { Client } = require('pg')
+  const c = new Client({ connectionString: fx.url })
+  await c.connect()
+  try {
+    const t = uniq('bound')
+    const key = uniq('bk')
+    await fx.service.forTenant(t).create({ idempotency_key: key })
+    await c.query('BEGIN')
+    let got
+    const k = await fx.service.withTransaction(c).forTenant(t).workStage(key, async (m) => {
+      got = m
+      return { recovery_point: 'bound_done' }
+    })
+    await c.query('COMMIT')
+    assert.equal(got, c, 'the callback received the caller\'s client')
+    assert.equal(k.idempotency_key, key)
+    assert.equal((await fx.service.forTenant(t).retrieve(key)).recovery_point, 'bound_done')
+  } finally {
+    await c.end()
+  }
 })

@@ -151,3 +151,19 @@ test('a serialization failure re-runs the callback and publishes retry', { skip:
   assert.equal(ends.length, 2)
   assert.ok(ends.some((e) => e.attempts >= 2))
 })
+
+test('with subscribers, the caller still gets the callback\'s own rejection value, even one whose fields throw', async () => {
+  const key = uniq('hostile')
+  await fx.service.create({ idempotency_key: key })
+  listen()
+  const hostile = { get code() { throw new Error('getter explodes') }, get type() { throw new Error('nope') } }
+  const { proxy, revoke } = Proxy.revocable({}, {})
+  revoke()
+  for (const value of [hostile, proxy]) {
+    // (Kept out of a resolution value: awaiting a revoked proxy would itself throw.)
+    let got = 'resolved'
+    await fx.service.workStage(key, async () => { throw value }).catch((e) => { got = e })
+    assert.ok(got === value, 'the identical value')
+  }
+  assert.deepEqual(names().filter((n) => n === 'stage:error').length, 2)
+})

@@ -797,4 +797,13 @@ describe('JSON columns', () => {
     assert.deepStrictEqual(key.request_params, expected)
     assert.deepStrictEqual((await service.retrieve(key.idempotency_key)).request_params, expected)
   })
+
+  test('a Date given to update() as a whole JSON column is stored as JSON.stringify prints it', async () => {
+    const key = await service.create({})
+    const at = new Date(1234)
+    const k = await service.update(key.idempotency_key, { response_body: at, request_params: new Date('2024-02-29T12:34:56.789Z') })
+    assert.equal(k.response_body, JSON.parse(JSON.stringify(at)))
+    assert.equal(k.response_body, '1970-01-01T00:00:01.234Z')
+    assert.equal(k.request_params, '2024-02-29T12:34:56.789Z')
+  })
 })

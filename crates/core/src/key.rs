@@ -108,7 +108,10 @@ impl KeyUpdate {
           let v = match value {
             UpdateValue::Null => None,
             UpdateValue::Json(j) => Some(j),
-            UpdateValue::Date(d) => Some(Value::String(d.to_rfc3339())),
+            // As JSON.stringify prints a Date (toISOString).
+            UpdateValue::Date(d) => Some(Value::String(
+              d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            )),
           };
           if name == "request_params" {
             u.request_params = Some(v)

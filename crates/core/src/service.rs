@@ -267,6 +267,12 @@ impl Service {
   /// unique index hold them unchanged; the copy shares the pool. Tenant ids are 1–128
   /// printable ASCII characters without `/`.
   pub fn for_tenant(&self, tenant: &str) -> Result<Service> {
+    if let Some(current) = self.tenant() {
+      // A tenant's copy must not be able to step into another tenant.
+      return Err(Error::invalid(format!(
+        "this service is already scoped to tenant '{current}'; call forTenant on the unscoped service"
+      )));
+    }
     if tenant.is_empty()
       || tenant.len() > 128
       || !tenant
@@ -302,6 +308,20 @@ impl Service {
     match &self.tenant {
       Some(prefix) => key.strip_prefix(&**prefix).unwrap_or(key),
       None => key,
+    }
+  }
+
+  /// An error from a statement that named the stored key (`Error::locked(stored)`), with the
+  /// client's key in its message.
+  fn unscoped_err(&self, e: Error) -> Error {
+    let Some(prefix) = &self.tenant else {
+      return e;
+    };
+    let strip = |m: String| m.replace(&format!("key {prefix}"), "key ");
+    match e {
+      Error::Locked(m) => Error::Locked(strip(m)),
+      Error::NotFound(m) => Error::NotFound(strip(m)),
+      other => other,
     }
   }
 
@@ -423,7 +443,8 @@ impl Service {
         Dialect::Pg(ex) => pgsql::initialize(ex, &id, &key, &fp, lease_ms, in_tx).await,
         Dialect::Lite(c) => lite::insert_or_claim(c, &id, &key, &fp, lease_ms, may_claim).await,
       }
-    }?;
+    }
+    .map_err(|e| self.unscoped_err(e))?;
     match claim {
       Claim::Got(k) => Ok(self.shown(k)),
       Claim::Existing {
@@ -873,6 +894,7 @@ impl Service {
         Dialect::Lite(c) => lite::select_key(c, key).await,
       }
     }
+    .map_err(|e| self.unscoped_err(e))
     .and_then(|k| check_expected(k, self.client_key(key), expected));
     let locked = match locked {
       Ok(k) => k,
@@ -925,6 +947,7 @@ impl Service {
     let mut conn = Shared(ex);
     let locked = pgsql::lock_row(&mut conn, key)
       .await
+      .map_err(|e| self.unscoped_err(e))
       .and_then(|k| check_expected(k, self.client_key(key), expected))
       .map_err(StageError::Core)?;
     let outcome = self.within_stage_timeout(key, callback()).await;

@@ -222,7 +222,9 @@ impl StageTx {
 
 /// Statements a stage callback may not run: a NUL byte (SQLite would spin on it), and
 /// transaction control, which would commit or discard the stage's work behind its back
-/// (`ROLLBACK TO SAVEPOINT` is allowed).
+/// (`ROLLBACK TO SAVEPOINT` is allowed). PostgreSQL prepares one statement per string; on
+/// SQLite the authorizer in `lite` also refuses it (and pragma setters, ATTACH/DETACH) in any
+/// statement of the string, however spelled.
 fn check_statement(sql: &str) -> Result<()> {
   if sql.contains('\0') {
     return Err(Error::invalid("SQL cannot contain NUL characters"));
@@ -247,50 +249,7 @@ fn check_statement(sql: &str) -> Result<()> {
       "transaction control is not allowed inside a stage: the stage commits or rolls back itself",
     ));
   }
-  if first == "PRAGMA" && sets_pragma(strip_leading_comments(sql)) {
-    return Err(Error::invalid(
-      "a PRAGMA that sets a value is not allowed inside a stage: it would outlive the stage \
-       on a connection that goes back to the pool",
-    ));
-  }
   Ok(())
-}
-
-/// SQLite pragmas that take an argument without changing the connection: they name what to
-/// inspect. Any other `PRAGMA x = v` or `PRAGMA x(v)` sets `x` for the connection, which goes
-/// back to the pool after the stage (`query_only = 1` would fail every later write on it).
-const INSPECTING_PRAGMAS: &[&str] = &[
-  "table_info",
-  "table_xinfo",
-  "table_list",
-  "index_info",
-  "index_xinfo",
-  "index_list",
-  "foreign_key_list",
-  "foreign_key_check",
-  "integrity_check",
-  "quick_check",
-];
-
-fn sets_pragma(stmt: &str) -> bool {
-  // The statement's first word is PRAGMA: skip to it (past any separators), then past it.
-  let start = stmt
-    .find(|c: char| c.is_ascii_alphanumeric() || c == '_')
-    .unwrap_or(0);
-  let rest = stmt[start + "PRAGMA".len()..].trim_start();
-  let end = rest
-    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '"'))
-    .unwrap_or(rest.len());
-  let name = rest[..end]
-    .rsplit('.')
-    .next()
-    .unwrap_or("")
-    .trim_matches('"');
-  match rest[end..].trim_start().chars().next() {
-    Some('=') => true,
-    Some('(') => !INSPECTING_PRAGMAS.contains(&name.to_ascii_lowercase().as_str()),
-    _ => false,
-  }
 }
 
 fn strip_leading_comments(mut sql: &str) -> &str {
