@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Build the addon (debug profile) when it is missing or older than the Rust sources, so
-// `npm run demo` works on a fresh clone right after `npm ci`.
+// `npm run demo` and `npm run stress` work on a fresh clone right after `npm ci`.
 const { execSync } = require('node:child_process')
 const fs = require('node:fs')
 const path = require('node:path')
