@@ -1279,6 +1279,16 @@ describe('errors', () => {
     assertErr(await rejects(IdempotencyKeyService.connect(Symbol('u'))), 'invalid_data', 'INVALID_ARGUMENT')
     assertErr(await rejects(IdempotencyKeyService.connect({ url: 42 })), 'invalid_data', 'INVALID_ARGUMENT')
   })
+
+  test('connect() with the largest timeouts works (SQLite takes its busy timeout as an int: a larger one is capped, not a panic)', async () => {
+    const s = await fx.connect({ busyTimeoutMs: 2 ** 32 - 1, acquireTimeoutMs: 2 ** 32 - 1, lockTimeoutMs: 2 ** 32 - 1 })
+    try {
+      const k = await s.create({})
+      assert.equal((await s.retrieve(k.idempotency_key)).id, k.id)
+    } finally {
+      await s.close()
+    }
+  })
 })
 
 // ---------------------------------------------------------------------------------------------

@@ -694,8 +694,16 @@ function classifyResult(R) {
 function classifyResult_(R) {
   if (R === null || (typeof R !== 'object' && typeof R !== 'function')) return { invalid: `a ${kindOf(R)}` }
   if (typeof R === 'function') return { any: 'a function' }
+  if (types.isProxy(R)) {
+    let revoked = false
+    try {
+      void R.then
+    } catch {
+      revoked = true
+    }
+    return { any: 'a Proxy', getter: true, revoked }
+  }
   if (R instanceof Promise) return { any: 'a promise (adopted by the async callback)' }
-  if (types.isProxy(R)) return { any: 'a Proxy', getter: true }
   const fields = {}
   for (const f of ['recovery_point', 'response_code', 'response_body']) {
     const d = Object.getOwnPropertyDescriptor(R, f)
@@ -1376,7 +1384,10 @@ P.workStage = () => {
       if (tainted) judge(o, {})
       else if (cls.invalid) judge(o, { invalid: true })
       else if (cls.getterInvalid) judge(o, { identical: [GETTER_THROWS], errors: [['invalid_data', 'INVALID_ARGUMENT']], allowSuccess: false })
-      else if (cls.any || cls.lenient) judge(o, {})
+      else if (cls.revoked && o.k === 'rej' && o.e instanceof TypeError && /revoked/.test(o.e.message)) {
+        // Resolving a promise with a revoked proxy makes JS itself reject (it looks up `then`),
+        // as `await callback()` does in Medusa's service: the callback's own TypeError.
+      } else if (cls.any || cls.lenient) judge(o, {})
       else if (cls.nul && isPg) judge(o, { errors: [['database_error', null], ['invalid_data', 'INVALID_ARGUMENT']] })
       else judge(o, { mustSucceed: true })
       if (o.k === 'ok') {

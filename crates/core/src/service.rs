@@ -220,7 +220,13 @@ impl Service {
       let connect = SqliteConnectOptions::from_str(url)
         .map_err(|_| Error::invalid("invalid SQLite URL"))?
         .create_if_missing(true)
-        .busy_timeout(opts.busy_timeout)
+        // SQLite takes the busy timeout as an int of ms (sqlx panics beyond): 24.8 days
+        // is as good as forever for a larger value.
+        .busy_timeout(
+          opts
+            .busy_timeout
+            .min(Duration::from_millis(i32::MAX as u64)),
+        )
         .foreign_keys(true);
       let connect = if memory {
         connect
