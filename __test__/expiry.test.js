@@ -145,3 +145,16 @@ test('reap() and listAbandoned() reject bad options with invalid_data', async ()
   assertErr(await rejects(fx.service.reap('x')), 'invalid_data', 'INVALID_ARGUMENT')
   assertErr(await rejects(fx.service.listAbandoned({ limit: 'ten' })), 'invalid_data', 'INVALID_ARGUMENT')
 })
+
+test('migrate() drops the development build\'s progress index (it made every stage UPDATE non-HOT) and keeps created_at\'s', async () => {
+  await db.exec(`CREATE INDEX IF NOT EXISTS "IDX_idempotency_key_unfinished_progress" ON "idempotency_key" (COALESCE("locked_at", "created_at")) WHERE "recovery_point" <> 'finished'`)
+  await fx.service.migrate()
+  const names = pick({
+    postgres: "SELECT indexname AS name FROM pg_indexes WHERE tablename = 'idempotency_key' ORDER BY 1",
+    sqlite: "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'idempotency_key' AND sql IS NOT NULL ORDER BY 1",
+  })
+  const indexes = (await db.query(names)).map((r) => r.name)
+  assert.ok(!indexes.includes('IDX_idempotency_key_unfinished_progress'), indexes.join(', '))
+  assert.ok(indexes.includes('IDX_idempotency_key_created_at'), indexes.join(', '))
+  assert.ok(indexes.includes('IDX_a421bf4588d0004a9b0c0fe84f'), indexes.join(', '))
+})

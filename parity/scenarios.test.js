@@ -107,7 +107,7 @@ async function rowsWhere(column, value) {
 const errorSummary = (e) => ({ name: e?.name, type: e?.type, code: e?.code, message: e?.message })
 
 describe('table', () => {
-  it("Medusa's initial migration creates SPEC §1's table; our migrate() leaves it untouched but for two additive indexes", async () => {
+  it("Medusa's initial migration creates SPEC §1's table; our migrate() leaves it untouched but for one additive index", async () => {
     const snapshot = async () => ({
       columns: await h.manager.query(
         `SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns
@@ -142,11 +142,11 @@ describe('table', () => {
       await svc.close()
     }
     // Columns, constraints and Medusa's own indexes are untouched; the only change is the
-    // additive expiry migration's two indexes (reap() by created_at, listAbandoned() by progress).
+    // additive expiry migration's index (reap() by created_at).
     const after = await snapshot()
     assert.deepEqual(after.columns, medusa.columns)
     assert.deepEqual(after.constraints, medusa.constraints)
-    const ours = ['IDX_idempotency_key_created_at', 'IDX_idempotency_key_unfinished_progress']
+    const ours = ['IDX_idempotency_key_created_at']
     assert.deepEqual(after.indexes.filter((i) => !ours.includes(i.indexname)), medusa.indexes)
     assert.deepEqual(after.indexes.filter((i) => ours.includes(i.indexname)).map((i) => i.indexname), ours)
   })

@@ -28,6 +28,10 @@ pub const MIGRATIONS_POSTGRES: &[(&str, &str)] = &[
     "20241101000000_expiry_indexes.sql",
     include_str!("../../../migrations/postgres/20241101000000_expiry_indexes.sql"),
   ),
+  (
+    "20241201000000_no_progress_index.sql",
+    include_str!("../../../migrations/postgres/20241201000000_no_progress_index.sql"),
+  ),
 ];
 
 /// SQLite migrations, in order: (file name, SQL). Each is safe to run again.
@@ -39,5 +43,9 @@ pub const MIGRATIONS_SQLITE: &[(&str, &str)] = &[
   (
     "20241101000000_expiry_indexes.sql",
     include_str!("../../../migrations/sqlite/20241101000000_expiry_indexes.sql"),
+  ),
+  (
+    "20241201000000_no_progress_index.sql",
+    include_str!("../../../migrations/sqlite/20241201000000_no_progress_index.sql"),
   ),
 ];

@@ -399,6 +399,7 @@ pub(crate) async fn abandoned(
   let sql = format!(
     "SELECT {COLUMNS} FROM idempotency_key WHERE recovery_point <> 'finished' \
      AND COALESCE(locked_at, created_at) < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+     AND created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
      AND (?3 IS NULL OR substr(idempotency_key, 1, length(?3)) = ?3) \
      ORDER BY COALESCE(locked_at, created_at) LIMIT ?2"
   );

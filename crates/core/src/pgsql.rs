@@ -510,7 +510,9 @@ pub(crate) async fn reap_batch(
 }
 
 /// Unfinished keys whose last progress (a stage commit refreshes `locked_at`; else creation)
-/// is older than `idle_ms`, least recent first.
+/// is older than `idle_ms`, least recent first. `created_at` is implied (progress comes after
+/// creation) and stated so the created_at index can prune; no index covers `locked_at` or
+/// `recovery_point`, which every stage writes (it would make every stage's UPDATE non-HOT).
 pub(crate) async fn abandoned(
   ex: &mut dyn Exec,
   idle_ms: f64,
@@ -520,6 +522,7 @@ pub(crate) async fn abandoned(
   let sql = format!(
     "SELECT {COLUMNS} FROM idempotency_key WHERE recovery_point <> 'finished' \
      AND COALESCE(locked_at, created_at) < clock_timestamp() - $1::float8 * interval '1 millisecond' \
+     AND created_at < clock_timestamp() - $1::float8 * interval '1 millisecond' \
      AND ($3::text IS NULL OR starts_with(idempotency_key, $3::text)) \
      ORDER BY COALESCE(locked_at, created_at) LIMIT $2::int4"
   );

@@ -1,0 +1,2 @@
+-- Drops the index on unfinished keys by last progress (COALESCE(locked_at, created_at)) that a development build created: it references locked_at and recovery_point, which every stage updates, so it made every stage's UPDATE a non-HOT update of all indexes (2.4x fewer stages/s, serialization failures between stages on different keys, measured by bench/reap.js).
+DROP INDEX IF EXISTS "IDX_idempotency_key_unfinished_progress";
