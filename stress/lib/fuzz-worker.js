@@ -1617,6 +1617,25 @@ function buildRaw(model, key, calls) {
 const BOUND_METHODS = ['retrieve', 'create', 'lock', 'update', 'initializeRequest', 'workStage', 'workStage-throws']
 
 /** Call one method on a bound copy, with valid arguments. */
+/**
+ * A bound workStage refused with LOCKED is run once more, after a pause: an earlier case's
+ * failed bound stage on the same key releases its lease in the background (it cannot wait: the
+ * caller's transaction may still hold the row), and for the moment that UPDATE runs the row
+ * is locked. LOCKED is the typed "retry later" a client would act on; twice in a row is a bug.
+ */
+async function retriedOnReleaseRace(method, run) {
+  const o = await run()
+  let code
+  try {
+    code = o.e?.code
+  } catch {
+    // a revoked proxy or a throwing getter: not ours
+  }
+  if (method !== 'workStage' || o.k !== 'rej' || code !== 'IDEMPOTENCY_KEY_LOCKED') return o
+  await new Promise((r) => setTimeout(r, 200))
+  return run()
+}
+
 function boundCall(bound, method, key) {
   switch (method) {
     case 'retrieve':
@@ -1739,14 +1758,7 @@ P.withTransaction = () => {
     if (!isPg) return judgeSync(b, { invalid: true })
     judgeSync(b, { mustSucceed: true })
     if (!(b.v instanceof IdempotencyKeyService) || b.v === ctx.service) fail(`withTransaction(executor) returned ${describe(b.v)}`)
-    let o = await inPgTransaction(() => run(b.v))
-    if (o.k === 'rej' && o.e?.code === 'IDEMPOTENCY_KEY_LOCKED' && method === 'workStage') {
-      // An earlier case's failed bound stage on this key releases its lease in the background
-      // (it cannot wait: the caller's transaction may still hold the row); for the moment that
-      // UPDATE runs, the row is locked. LOCKED is the typed "retry later": once, after a pause.
-      await new Promise((r) => setTimeout(r, 200))
-      o = await inPgTransaction(() => run(b.v))
-    }
+    const o = await retriedOnReleaseRace(method, () => inPgTransaction(() => run(b.v)))
     judgeBound(o, method, PASS_SHAPES.has(mg.m.shape), boom, called)
   })
 }
@@ -1763,7 +1775,7 @@ P.bindExecutor = () =>
     judgeSync(b, { mustSucceed: true })
     const boom = new Error('fz raw bound callback throws')
     const called = { ran: false }
-    const o = await inPgTransaction(() => (method === 'workStage-throws' ? call(() => b.v.workStage(key, () => { called.ran = true; throw boom }), 'raw bound workStage') : boundCall(b.v, method, key)))
+    const o = await retriedOnReleaseRace(method, () => inPgTransaction(() => (method === 'workStage-throws' ? call(() => b.v.workStage(key, () => { called.ran = true; throw boom }), 'raw bound workStage') : boundCall(b.v, method, key))))
     if (method === 'workStage-throws') return judgeBound(o, method, false, boom, called)
     // A raw function that throws or rejects breaks the documented protocol: a typed error, or that value back.
     const own = ['raw-throw', 'raw-reject'].includes(q.m.shape) ? [q.m.v.v] : []
