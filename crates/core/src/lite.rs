@@ -481,10 +481,12 @@ fn bind_param<'q>(q: LiteQuery<'q>, p: &'q Param) -> Result<LiteQuery<'q>> {
 
 /// Run one statement of a stage callback: values by SQLite storage class, integers beyond
 /// 2^53 as strings.
-/// A statement of a stage callback runs with an authorizer armed on its connection: SQLite
-/// asks it at prepare time about every statement of the string, so transaction control,
-/// ATTACH/DETACH and pragmas that set a value are refused however they are spelled (quoted
-/// names, comments, a second statement after `;`), which text checks cannot promise.
+/// A stage runs with an authorizer armed on its connection, from its BEGIN until just before
+/// its COMMIT or ROLLBACK: SQLite asks it at prepare time about every statement of a string, so
+/// transaction control, ATTACH/DETACH and pragmas that set a value are refused however they
+/// are spelled (quoted names, comments, a second statement after `;`), which text checks
+/// cannot promise. The stage's own statements in between (its SELECT, UPDATE, savepoints of
+/// nested stages) are none of those.
 mod authorizer {
   use libsqlite3_sys as ffi;
   use std::ffi::{c_char, c_int, c_void, CStr};
@@ -544,7 +546,7 @@ mod authorizer {
   }
 
   /// Armed while alive; disarms on drop, also when the query's future is dropped mid-way.
-  pub(super) struct Armed(usize);
+  pub(crate) struct Armed(usize);
 
   impl Drop for Armed {
     fn drop(&mut self) {
@@ -557,7 +559,7 @@ mod authorizer {
   }
 
   /// Install the authorizer on the connection (idempotent) and arm it.
-  pub(super) async fn arm(c: &mut sqlx::SqliteConnection) -> crate::error::Result<Armed> {
+  pub(crate) async fn arm(c: &mut sqlx::SqliteConnection) -> crate::error::Result<Armed> {
     let mut handle = c.lock_handle().await?;
     let db = handle.as_raw_handle().as_ptr();
     // SAFETY: the locked handle gives exclusive use of the connection; the callback only reads
@@ -581,12 +583,14 @@ fn refused_by_authorizer(e: Error) -> Error {
   }
 }
 
+pub(crate) use authorizer::{arm, Armed};
+
+/// A statement of a stage callback, on the stage's connection (armed for the whole stage).
 pub(crate) async fn run_query(
   c: &mut SqliteConnection,
   sql: &str,
   params: &[Param],
 ) -> Result<QueryResult> {
-  let _armed = authorizer::arm(c).await?;
   run_armed(c, sql, params)
     .await
     .map_err(refused_by_authorizer)

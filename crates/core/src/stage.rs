@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::{Mutex, Notify};
 
 /// A stage transaction on either backend: on PostgreSQL a connection of our pool with the
-/// transaction open on it, on SQLite an sqlx transaction.
+/// transaction open on it, on SQLite an sqlx transaction with the stage authorizer armed on
+/// its connection (declared first, so it is disarmed before a dropped transaction's rollback).
 pub(crate) enum TxConn {
   Pg(Lease),
-  Lite(LiteTx),
+  Lite(crate::lite::Armed, LiteTx),
 }
 
 /// A connection of either backend, borrowed for one operation.
@@ -35,7 +36,7 @@ impl TxConn {
   pub(crate) fn conn(&mut self) -> ConnRef<'_> {
     match self {
       TxConn::Pg(l) => ConnRef::Pg(l.raw()),
-      TxConn::Lite(t) => ConnRef::Lite(t),
+      TxConn::Lite(_, t) => ConnRef::Lite(t),
     }
   }
 
@@ -58,12 +59,14 @@ impl TxConn {
           .await?;
         crate::pgsql::first(rows)?.ok_or_else(|| Error::not_found(id))
       }
-      TxConn::Lite(mut tx) => match crate::lite::apply(&mut tx, id, r).await {
+      TxConn::Lite(armed, mut tx) => match crate::lite::apply(&mut tx, id, r).await {
         Ok(k) => {
+          drop(armed); // COMMIT is transaction control: ours, not the callback's
           tx.commit().await?;
           Ok(k)
         }
         Err(e) => {
+          drop(armed);
           let _ = tx.rollback().await;
           Err(e)
         }
@@ -74,7 +77,8 @@ impl TxConn {
   pub(crate) async fn rollback(self) {
     match self {
       TxConn::Pg(mut lease) => lease.rollback().await,
-      TxConn::Lite(t) => {
+      TxConn::Lite(armed, t) => {
+        drop(armed);
         let _ = t.rollback().await;
       }
     }
@@ -148,7 +152,7 @@ impl StageTx {
     let run = async {
       match tx {
         TxConn::Pg(l) => run_query(l.raw(), sql, params).await,
-        TxConn::Lite(t) => crate::lite::run_query(t, sql, params).await,
+        TxConn::Lite(_, t) => crate::lite::run_query(t, sql, params).await,
       }
     };
     let run = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
