@@ -798,6 +798,15 @@ describe('JSON columns', () => {
     assert.deepStrictEqual((await service.retrieve(key.idempotency_key)).request_params, expected)
   })
 
+  test('Date parameters beyond chrono\'s years bind (timestamptz: the Date; text and SQLite: the toISOString text)', async () => {
+    const far = new Date(8.64e15) // +275760-09-13, the largest Date
+    const rows = await inStage((tx) =>
+      tx.query(pick({ postgres: 'SELECT $1::timestamptz AS v, $2::text AS t', sqlite: 'SELECT $1 AS v, $2 AS t' }), [far, far]),
+    )
+    // timestamptz: the Date itself; as text: what toISOString prints.
+    assert.deepStrictEqual(rows, [{ v: pick({ postgres: far, sqlite: far.toISOString() }), t: far.toISOString() }])
+  })
+
   test('a Date given to update() as a whole JSON column is stored as JSON.stringify prints it', async () => {
     const key = await service.create({})
     const at = new Date(1234)

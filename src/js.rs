@@ -91,40 +91,6 @@ unsafe fn is(env: Env_, v: Raw, f: unsafe fn(Env_, Raw, *mut bool) -> sys::napi_
   f(env, v, &mut b) == sys::Status::napi_ok && b
 }
 
-/// `Date.prototype.toISOString` for a time value, over the whole JS range (years −271821 to
-/// 275760, beyond chrono's): `None` for an invalid Date, which `JSON.stringify` prints as null.
-pub(crate) fn iso_string(ms: f64) -> Option<String> {
-  if !ms.is_finite() || ms.abs() > 8.64e15 {
-    return None;
-  }
-  let ms = ms as i64;
-  let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-  // Howard Hinnant's days_from_civil, inverted: proleptic Gregorian from days since 1970.
-  let z = days + 719_468;
-  let era = z.div_euclid(146_097);
-  let doe = z.rem_euclid(146_097);
-  let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-  let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  let mp = (5 * doy + 2) / 153;
-  let day = doy - (153 * mp + 2) / 5 + 1;
-  let month = if mp < 10 { mp + 3 } else { mp - 9 };
-  let year = yoe + era * 400 + i64::from(month <= 2);
-  let year = if (0..=9999).contains(&year) {
-    format!("{year:04}")
-  } else {
-    format!("{}{:06}", if year < 0 { '-' } else { '+' }, year.abs())
-  };
-  let (h, m, s, milli) = (
-    in_day / 3_600_000,
-    in_day / 60_000 % 60,
-    in_day / 1000 % 60,
-    in_day % 1000,
-  );
-  Some(format!(
-    "{year}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z"
-  ))
-}
-
 unsafe fn date_ms(env: Env_, v: Raw) -> f64 {
   let mut ms = 0.0;
   sys::napi_get_date_value(env, v, &mut ms);
@@ -255,7 +221,7 @@ unsafe fn to_json_at(env: Env_, v: Raw, what: &str, depth: usize) -> JsResult<Op
     }
     sys::ValueType::napi_object => {
       if is(env, v, sys::napi_is_date) {
-        iso_string(date_ms(env, v)).map_or(Value::Null, Value::String)
+        idempotency_core::iso_string(date_ms(env, v)).map_or(Value::Null, Value::String)
       } else if let Some(bytes) = buffer_bytes(env, v) {
         // As JSON.stringify prints a Buffer, read in one copy rather than element by element.
         let data = bytes.into_iter().map(Value::from).collect();

@@ -16,7 +16,7 @@ pub use key::{Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED};
 pub use pgsql::SharedExec;
 pub use service::{Isolation, Options, Service, StageError, StageResult, Target};
 pub use stage::StageTx;
-pub use value::{Cell, Param, QueryResult};
+pub use value::{iso_string, Cell, Param, QueryResult};
 
 /// PostgreSQL migrations, in order: (file name, SQL). Each is safe to run again.
 pub const MIGRATIONS_POSTGRES: &[(&str, &str)] = &[

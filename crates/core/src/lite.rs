@@ -471,10 +471,10 @@ fn bind_param<'q>(q: LiteQuery<'q>, p: &'q Param) -> Result<LiteQuery<'q>> {
     },
     Param::Text(s) => q.bind(s.as_str()),
     Param::Bytes(b) => q.bind(b.as_slice()),
-    Param::Date(ms) => q.bind(iso(
-      &DateTime::from_timestamp_millis(*ms as i64)
-        .ok_or_else(|| Error::invalid("invalid Date parameter"))?,
-    )),
+    // As toISOString prints it (JSON.stringify, node-postgres), over the whole JS range.
+    Param::Date(ms) => {
+      q.bind(crate::value::iso_string(*ms).ok_or_else(|| Error::invalid("invalid Date parameter"))?)
+    }
     other => q.bind(crate::value::to_json(other).to_string()),
   })
 }

@@ -245,7 +245,12 @@ fn encode_scalar(param: &Param, t: u32, name: &str) -> EncodeResult {
       _ => return Err("expected a Buffer".into()),
     },
     oid::TIMESTAMPTZ | oid::TIMESTAMP => {
-      let micros = as_datetime(param)?.timestamp_micros() - PG_EPOCH_MICROS;
+      let micros = match param {
+        // Straight from the time value: every valid JS Date, also beyond chrono's years
+        // (PostgreSQL itself refuses those before 4713 BC).
+        Param::Date(ms) if ms.is_finite() && ms.abs() <= 8.64e15 => *ms as i64 * 1000,
+        other => as_datetime(other)?.timestamp_micros(),
+      } - PG_EPOCH_MICROS;
       micros.to_be_bytes().to_vec()
     }
     oid::DATE => {
@@ -307,15 +312,47 @@ fn format_number(n: f64) -> String {
   }
 }
 
+/// `Date.prototype.toISOString` for a time value, over the whole JS range (years −271821 to
+/// 275760, beyond chrono's): `None` for an invalid Date, which `JSON.stringify` prints as null.
+pub fn iso_string(ms: f64) -> Option<String> {
+  if !ms.is_finite() || ms.abs() > 8.64e15 {
+    return None;
+  }
+  let ms = ms as i64;
+  let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+  // Howard Hinnant's days_from_civil, inverted: proleptic Gregorian from days since 1970.
+  let z = days + 719_468;
+  let era = z.div_euclid(146_097);
+  let doe = z.rem_euclid(146_097);
+  let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+  let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  let mp = (5 * doy + 2) / 153;
+  let day = doy - (153 * mp + 2) / 5 + 1;
+  let month = if mp < 10 { mp + 3 } else { mp - 9 };
+  let year = yoe + era * 400 + i64::from(month <= 2);
+  let year = if (0..=9999).contains(&year) {
+    format!("{year:04}")
+  } else {
+    format!("{}{:06}", if year < 0 { '-' } else { '+' }, year.abs())
+  };
+  let (h, m, s, milli) = (
+    in_day / 3_600_000,
+    in_day / 60_000 % 60,
+    in_day / 1000 % 60,
+    in_day % 1000,
+  );
+  Some(format!(
+    "{year}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z"
+  ))
+}
+
 fn as_text(param: &Param) -> std::result::Result<String, String> {
   Ok(match param {
     Param::Text(s) => s.clone(),
     Param::BigInt(s) => s.clone(),
     Param::Number(n) => format_number(*n),
     Param::Bool(b) => b.to_string(),
-    Param::Date(ms) => DateTime::from_timestamp_millis(*ms as i64)
-      .ok_or("invalid Date")?
-      .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    Param::Date(ms) => iso_string(*ms).ok_or("invalid Date")?,
     Param::Json(v) => v.to_string(),
     Param::Bytes(b) => String::from_utf8(b.clone()).map_err(|_| "Buffer is not UTF-8")?,
     Param::Array(_) => to_json(param).to_string(),
@@ -368,9 +405,7 @@ pub fn to_json(param: &Param) -> serde_json::Value {
       .unwrap_or(Value::Null),
     Param::BigInt(s) | Param::Text(s) => Value::String(s.clone()),
     Param::Bytes(b) => Value::Array(b.iter().map(|x| Value::from(*x)).collect()),
-    Param::Date(ms) => DateTime::from_timestamp_millis(*ms as i64)
-      .map(|d| Value::String(d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-      .unwrap_or(Value::Null),
+    Param::Date(ms) => iso_string(*ms).map_or(Value::Null, Value::String),
     Param::Array(items) => Value::Array(items.iter().map(to_json).collect()),
     Param::Json(v) => v.clone(),
   }
@@ -689,6 +724,34 @@ fn decode_array(b: &[u8], elem: u32) -> Option<Cell> {
 
 #[cfg(test)]
 mod tests {
+  #[test]
+  fn iso_string_is_to_iso_string_over_the_whole_js_range() {
+    use super::iso_string;
+    assert_eq!(iso_string(0.0).unwrap(), "1970-01-01T00:00:00.000Z");
+    assert_eq!(iso_string(-1.0).unwrap(), "1969-12-31T23:59:59.999Z");
+    assert_eq!(
+      iso_string(951_827_696_789.0).unwrap(),
+      "2000-02-29T12:34:56.789Z"
+    );
+    assert_eq!(
+      iso_string(-62_167_219_200_000.0).unwrap(),
+      "0000-01-01T00:00:00.000Z"
+    );
+    assert_eq!(
+      iso_string(-62_167_219_200_001.0).unwrap(),
+      "-000001-12-31T23:59:59.999Z"
+    );
+    assert_eq!(
+      iso_string(253_402_300_800_000.0).unwrap(),
+      "+010000-01-01T00:00:00.000Z"
+    );
+    assert_eq!(iso_string(8.64e15).unwrap(), "+275760-09-13T00:00:00.000Z");
+    assert_eq!(iso_string(-8.64e15).unwrap(), "-271821-04-20T00:00:00.000Z");
+    assert_eq!(iso_string(8.64e15 + 1.0), None);
+    assert_eq!(iso_string(f64::NAN), None);
+    assert_eq!(iso_string(f64::INFINITY), None);
+  }
+
   use super::*;
 
   #[test]
