@@ -807,6 +807,19 @@ describe('JSON columns', () => {
     assert.deepStrictEqual(rows, [{ v: pick({ postgres: far, sqlite: far.toISOString() }), t: far.toISOString() }])
   })
 
+  test('a "__proto__" key in stored JSON comes back as an own property, as JSON.parse makes it, never as the prototype', async () => {
+    const params = JSON.parse('{"__proto__": {"isAdmin": true}, "cart": {"__proto__": [1]}}')
+    const key = await service.create({ request_params: params })
+    for (const got of [key.request_params, (await service.retrieve(key.idempotency_key)).request_params]) {
+      assert.equal(got.isAdmin, undefined, 'nothing inherited from the stored data')
+      assert.equal(Object.getPrototypeOf(got), Object.prototype)
+      assert.deepStrictEqual(Object.keys(got), ['__proto__', 'cart'])
+      assert.deepStrictEqual(got, params)
+    }
+    const rows = await inStage((tx) => tx.query(pick({ postgres: 'SELECT $1::jsonb AS j', sqlite: 'SELECT json($1) AS j' }), [params]))
+    if (isPostgres) assert.deepStrictEqual(rows[0].j, params) // SQLite returns JSON as text
+  })
+
   test('a Date given to update() as a whole JSON column is stored as JSON.stringify prints it', async () => {
     const key = await service.create({})
     const at = new Date(1234)

@@ -407,11 +407,35 @@ pub(crate) unsafe fn json_to_js(env: Env_, v: &Value) -> Result<Raw> {
     Value::Object(map) => {
       let obj = js_object(env)?;
       for (k, val) in map {
-        set(env, obj, k, json_to_js(env, val)?)?;
+        let val = json_to_js(env, val)?;
+        if k == "__proto__" {
+          define_own(env, obj, k, val)?;
+        } else {
+          set(env, obj, k, val)?;
+        }
       }
       Ok(obj)
     }
   }
+}
+
+/// An own data property, as `JSON.parse` creates one: for the key `__proto__`, a plain
+/// assignment would run the setter and replace the object's prototype (stored request params
+/// `{"__proto__": {"isAdmin": true}}` would come back inheriting `isAdmin`).
+unsafe fn define_own(env: Env_, obj: Raw, name: &str, val: Raw) -> Result<()> {
+  use sys::PropertyAttributes::{configurable, enumerable, writable};
+  let desc = sys::napi_property_descriptor {
+    utf8name: ptr::null(),
+    name: js_string(env, name)?,
+    method: None,
+    getter: None,
+    setter: None,
+    value: val,
+    attributes: writable | enumerable | configurable,
+    data: ptr::null_mut(),
+  };
+  napi_try!(sys::napi_define_properties(env, obj, 1, &desc));
+  Ok(())
 }
 
 unsafe fn cell_to_js(env: Env_, c: &Cell) -> Result<Raw> {
