@@ -695,13 +695,14 @@ function classifyResult_(R) {
   if (R === null || (typeof R !== 'object' && typeof R !== 'function')) return { invalid: `a ${kindOf(R)}` }
   if (typeof R === 'function') return { any: 'a function' }
   if (types.isProxy(R)) {
-    let revoked = false
+    // Resolving a promise with it looks up `then`: if that throws, the callback's promise
+    // rejects with what was thrown (JS itself does this, as `await callback()` would).
     try {
       void R.then
-    } catch {
-      revoked = true
+      return { any: 'a Proxy', getter: true }
+    } catch (e) {
+      return { any: 'a Proxy', getter: true, thenThrows: { v: e } }
     }
-    return { any: 'a Proxy', getter: true, revoked }
   }
   if (R instanceof Promise) return { any: 'a promise (adopted by the async callback)' }
   const fields = {}
@@ -1339,10 +1340,13 @@ P.workStage = () => {
     judgeQueries(rec.queries.map((q) => ({ o: q.o, sql: q.sql.v, params: q.params.v })))
     if (rec.problems.length) fail(rec.problems.join('; '))
     if (pre === 'any') {
-      // Options that are a Proxy: reading `recoveryPoint` through it may work (the stage runs)
-      // or throw (refused); either way a typed outcome or success.
-      judge(o, {})
-      return
+      // Options that are a Proxy: reading `recoveryPoint` through it may throw (refused, a
+      // typed error) or work (the stage runs, and is judged like any other below).
+      if (!rec.calls) {
+        judge(o, {})
+        return
+      }
+      pre = null
     }
     if (pre) {
       if (rec.calls) fail(`the callback ran although the stage had to be refused (${pre})`)
@@ -1387,13 +1391,12 @@ P.workStage = () => {
         const ok = cls.rp !== undefined ? o.v.recovery_point === cls.rp.toWellFormed() : !cls.invalid && !cls.getterInvalid && o.v.recovery_point === 'finished' && (cls.finish && cls.finish.code !== undefined ? o.v.response_code === cls.finish.code : true) && (cls.finish && !cls.finish.bodyAbsent && !cls.finish.bodyLoose ? deepEq(o.v.response_body, cls.finish.body) : true)
         if (!ok) fail(`the callback returned a thenable (PromiseLike, not a native Promise); the stage did not await it: it resolves to ${describe(R)}, the stage stored recovery_point ${describe(o.v.recovery_point)}, response_code ${describe(o.v.response_code)}, response_body ${describe(o.v.response_body)}`)
       }
-      if (tainted) judge(o, {})
+      if (cls.thenThrows && o.k === 'rej' && deepEq(o.e, cls.thenThrows.v)) {
+        // What looking up `then` on the returned Proxy throws: the callback's own rejection.
+      } else if (tainted) judge(o, {})
       else if (cls.invalid) judge(o, { invalid: true })
       else if (cls.getterInvalid) judge(o, { identical: [GETTER_THROWS], errors: [['invalid_data', 'INVALID_ARGUMENT']], allowSuccess: false })
-      else if (cls.revoked && o.k === 'rej' && o.e instanceof TypeError && /revoked/.test(o.e.message)) {
-        // Resolving a promise with a revoked proxy makes JS itself reject (it looks up `then`),
-        // as `await callback()` does in Medusa's service: the callback's own TypeError.
-      } else if (cls.any || cls.lenient) judge(o, {})
+      else if (cls.any || cls.lenient) judge(o, {})
       else if (cls.nul && isPg) judge(o, { errors: [['database_error', null], ['invalid_data', 'INVALID_ARGUMENT']] })
       else judge(o, { mustSucceed: true })
       if (o.k === 'ok') {
