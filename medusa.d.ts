@@ -8,6 +8,8 @@ import type { IdempotencyKey, StageReturnValue, WorkStageOptions } from './index
 declare class IdempotencyKeyService {
   constructor(cradle: { manager: any }, configModule?: { idempotency?: { lockTimeoutMs?: number; stageTimeoutMs?: number } })
   withTransaction(transactionManager?: any): this
+  /** A copy that sees only `tenant`'s keys (stored as `<tenant>/<key>` in the same table). */
+  forTenant(tenant: string): this
   initializeRequest(headerKey: string | undefined | null, reqMethod?: string | null, reqParams?: unknown, reqPath?: string | null): Promise<IdempotencyKey>
   create(payload: { idempotency_key?: string | null; request_method?: string | null; request_params?: unknown; request_path?: string | null; recovery_point?: string }): Promise<IdempotencyKey>
   retrieve(idempotencyKeyOrSelector: string | Partial<Record<keyof IdempotencyKey, unknown>>): Promise<IdempotencyKey>

@@ -37,6 +37,16 @@ class IdempotencyKeyService {
     return cloned
   }
 
+  /**
+   * A copy that sees only `tenant`'s keys (stored as `<tenant>/<key>`, see the package's
+   * `forTenant`); it stays bound to this copy's transaction, if any.
+   */
+  forTenant(tenant) {
+    const cloned = Object.create(Object.getPrototypeOf(this))
+    Object.assign(cloned, this, { core_: this.core_.forTenant(tenant) })
+    return cloned
+  }
+
   /** Run `work` on the bound transaction, or in a new one on `cradle.manager`. */
   async atomicPhase_(work, isolation) {
     if (this.transactionManager_) return work(this.core_.withTransaction(this.transactionManager_))

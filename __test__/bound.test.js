@@ -264,6 +264,25 @@ function definePostgresTests() {
     await runRoute(new Medusa({ manager: ds.manager }), uniqueKey('route-medusa'))
   })
 
+  test('1c. Medusa container class: forTenant scopes keys per tenant, also inside a route transaction', async () => {
+    const medusa = new Medusa({ manager: ds.manager })
+    const key = uniqueKey('medusa-tenant')
+    const a = medusa.forTenant('acme')
+    const b = medusa.forTenant('globex')
+    const ka = await a.initializeRequest(key, METHOD, PARAMS, PATH)
+    const kb = await b.initializeRequest(key, METHOD, PARAMS, PATH) // not LOCKED: another tenant's key
+    assert.equal(ka.idempotency_key, key)
+    assert.notEqual(ka.id, kb.id)
+    await ds.manager.transaction('SERIALIZABLE', async (m) => {
+      await a.withTransaction(m).workStage(key, async () => ({ response_code: 201, response_body: { who: 'acme' } }))
+    })
+    assert.deepEqual((await a.retrieve(key)).response_body, { who: 'acme' })
+    assert.equal((await b.retrieve(key)).recovery_point, 'started')
+    const stored = await verify.query('SELECT idempotency_key FROM idempotency_key WHERE idempotency_key LIKE $1 ORDER BY 1', [`%/${key}`])
+    assert.deepEqual(stored.rows.map((r) => r.idempotency_key), [`acme/${key}`, `globex/${key}`])
+    assert.throws(() => a.forTenant('globex'), (e) => e.type === 'invalid_data')
+  })
+
   // ------------------------------------------------------------------------------------------
   // 2. Atomicity in bound mode
 
