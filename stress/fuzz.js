@@ -22,16 +22,14 @@ const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
-const { Client } = require('pg')
 
 const WORKER = path.join(__dirname, 'lib', 'fuzz-worker.js')
 const PROBE = path.join(__dirname, 'lib', 'fuzz-probe.js')
-const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
+const { ADMIN_URL, admin } = require('./lib/pgadmin')
 const STALL_MS = 25000 // no CASE line for this long: the child's event loop is blocked
 const RSS_CAP_MB = 3072 // a child past this is killed (memory blow-up), before it hurts the machine
 const STDERR_BAD = [/panicked/, /RUST_BACKTRACE/, /fatal/i, /Abort/, /memory allocation of \d+ bytes failed/, /Segmentation fault/, /Native stack trace/]
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 const arg = (name) => {
   const i = process.argv.indexOf(name)
   return i >= 0 ? process.argv[i + 1] : undefined
@@ -39,21 +37,6 @@ const arg = (name) => {
 
 // ---------------------------------------------------------------------------------------------
 // Databases: PostgreSQL through node-postgres (this process never loads the addon)
-
-async function admin(sql) {
-  for (let i = 1; ; i++) {
-    const c = new Client({ connectionString: ADMIN_URL })
-    try {
-      await c.connect()
-      return await c.query(sql)
-    } catch (e) {
-      if (!['55006', '57P03', 'ECONNREFUSED'].includes(e.code) || i >= 20) throw e
-      await sleep(100 + Math.random() * 200)
-    } finally {
-      await c.end().catch(() => {})
-    }
-  }
-}
 
 async function freshPg() {
   const name = `idem_fuzz_${process.pid}_${Math.random().toString(36).slice(2, 10)}`

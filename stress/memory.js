@@ -8,10 +8,9 @@
 //   node stress/memory.js [--short]     (--short: 20k stages on SQLite, 5k on PostgreSQL)
 const path = require('node:path')
 const { spawn } = require('node:child_process')
-const { Client } = require('pg')
 
 const WORKER = path.join(__dirname, 'lib', 'memory-worker.js')
-const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
+const { ADMIN_URL, admin } = require('./lib/pgadmin')
 const MAX_GROWTH = 0.1
 // V8 sizes its young generation adaptively (semi-spaces of 1 MB up to 16 MB, grown and released
 // at its discretion; gc() does not shrink it), so its size must be fixed for RSS samples to
@@ -28,21 +27,6 @@ const MAX_GROWTH = 0.1
 // leak (memory a full GC does not free) shows the same either way.
 const SEMI_SPACE = ['--min-semi-space-size=1', '--max-semi-space-size=1']
 const STDERR_BAD = [/panicked/, /RUST_BACKTRACE/, /fatal/i, /Abort/, /memory allocation of \d+ bytes failed/]
-
-async function admin(sql) {
-  for (let i = 1; ; i++) {
-    const c = new Client({ connectionString: ADMIN_URL })
-    try {
-      await c.connect()
-      return await c.query(sql)
-    } catch (e) {
-      if (!['55006', '57P03', 'ECONNREFUSED'].includes(e.code) || i >= 20) throw e
-      await new Promise((r) => setTimeout(r, 100 + Math.random() * 200))
-    } finally {
-      await c.end().catch(() => {})
-    }
-  }
-}
 
 function runWorker(cfg, timeoutMs) {
   return new Promise((resolve) => {

@@ -15,7 +15,7 @@ const { execFileSync } = require('node:child_process')
 const { Client } = require('pg')
 const { IdempotencyKeyService } = require('../..')
 
-const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
+const { ADMIN_URL, admin } = require('./pgadmin')
 const SHORT = process.argv.includes('--short') || process.env.STRESS_SHORT === '1'
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
@@ -27,23 +27,6 @@ function dbUrl(name) {
   return u.toString()
 }
 
-/** Run one statement on the admin database, retrying while the server refuses (restarting). */
-async function admin(sql, params = [], { attempts = 20 } = {}) {
-  for (let i = 1; ; i++) {
-    const c = new Client({ connectionString: ADMIN_URL })
-    try {
-      await c.connect()
-      return await c.query(sql, params)
-    } catch (e) {
-      // 55006: template1 busy (another agent's CREATE DATABASE); 57P03: server starting up.
-      const transient = ['55006', '57P03', 'ECONNREFUSED', 'ECONNRESET'].includes(e.code)
-      if (!transient || i >= attempts) throw e
-      await sleep(100 + Math.random() * 200)
-    } finally {
-      await c.end().catch(() => {})
-    }
-  }
-}
 
 /**
  * A fresh database `idem_stress_<pid>_<rand>`, migrated through the addon, with a verification
