@@ -160,4 +160,6 @@ pub(crate) enum Claim {
     key: IdempotencyKey,
     same_request: bool,
   },
+  /// Deleted between the claim and the look at it (a reap): the caller may simply retry.
+  Vanished,
 }

@@ -156,7 +156,7 @@ pub(crate) async fn insert_or_claim(
   let sql = format!(
     "SELECT {COLUMNS}, ({SAME}) AS same_request FROM idempotency_key WHERE idempotency_key = ?1"
   );
-  let row = sqlx::query(&sql)
+  let Some(row) = sqlx::query(&sql)
     .bind(key)
     .bind(ago(lease_ms))
     .bind(&fp.method)
@@ -164,7 +164,9 @@ pub(crate) async fn insert_or_claim(
     .bind(&params)
     .fetch_optional(&mut *c)
     .await?
-    .ok_or_else(|| Error::locked(key))?;
+  else {
+    return Ok(Claim::Vanished);
+  };
   Ok(Claim::Existing {
     key: key_from_row(&row)?,
     same_request: row.try_get::<bool, _>("same_request")?,

@@ -257,8 +257,7 @@ pub(crate) async fn initialize(
   );
   let r = ex.query(&classify, fp_params()).await?;
   if r.rows.is_empty() {
-    // Deleted between our statements (a reap): the caller may simply retry.
-    return Err(Error::locked(key));
+    return Ok(Claim::Vanished);
   }
   let same = r
     .columns
@@ -433,16 +432,12 @@ pub(crate) async fn update(
   first(ex.query(&sql, params).await?)
 }
 
-/// The stage's row, locked without waiting: a row another stage holds is `Locked`.
+/// The stage's row, locked without waiting: a row another stage holds fails with 55P03.
 pub(crate) async fn lock_row(ex: &mut dyn Exec, key: &str) -> Result<Option<IdempotencyKey>> {
   let sql = format!(
     "SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = $1::varchar FOR UPDATE NOWAIT"
   );
-  match ex.query(&sql, vec![Param::Text(key.into())]).await {
-    Ok(r) => first(r),
-    Err(e) if e.sqlstate() == Some("55P03") => Err(Error::locked(key)),
-    Err(e) => Err(e),
-  }
+  first(ex.query(&sql, vec![Param::Text(key.into())]).await?)
 }
 
 /// Apply a stage result. A NULL recovery point finishes the key: the lease is cleared and the

@@ -317,17 +317,13 @@ impl Service {
     }
   }
 
-  /// An error from a statement that named the stored key (`Error::locked(stored)`), with the
-  /// client's key in its message.
-  fn unscoped_err(&self, e: Error) -> Error {
-    let Some(prefix) = &self.tenant else {
-      return e;
-    };
-    let strip = |m: String| m.replace(&format!("key {prefix}"), "key ");
-    match e {
-      Error::Locked(m) => Error::Locked(strip(m)),
-      Error::NotFound(m) => Error::NotFound(strip(m)),
-      other => other,
+  /// `FOR UPDATE NOWAIT` meeting a row another transaction holds (55P03) is `Locked`, named
+  /// by the client's key.
+  fn busy_is_locked(&self, stored: &str, e: Error) -> Error {
+    if e.sqlstate() == Some("55P03") {
+      Error::locked(self.client_key(stored))
+    } else {
+      e
     }
   }
 
@@ -449,10 +445,10 @@ impl Service {
         Dialect::Pg(ex) => pgsql::initialize(ex, &id, &key, &fp, lease_ms, in_tx).await,
         Dialect::Lite(c) => lite::insert_or_claim(c, &id, &key, &fp, lease_ms, may_claim).await,
       }
-    }
-    .map_err(|e| self.unscoped_err(e))?;
+    }?;
     match claim {
       Claim::Got(k) => Ok(self.shown(k)),
+      Claim::Vanished => Err(Error::locked(&shown)),
       Claim::Existing {
         key: found,
         same_request,
@@ -706,8 +702,7 @@ impl Service {
           .await
         {
           Ok(rows) => pgsql::first(rows),
-          Err(e) if e.sqlstate() == Some("55P03") => Err(Error::locked(self.client_key(key))),
-          Err(e) => Err(e),
+          Err(e) => Err(self.busy_is_locked(key, e)),
         };
         match found.and_then(|k| check_expected(k, self.client_key(key), expected)) {
           Ok(k) => Ok((TxConn::Pg(lease), k, None)),
@@ -904,7 +899,7 @@ impl Service {
         Dialect::Lite(c) => lite::select_key(c, key).await,
       }
     }
-    .map_err(|e| self.unscoped_err(e))
+    .map_err(|e| self.busy_is_locked(key, e))
     .and_then(|k| check_expected(k, self.client_key(key), expected));
     let locked = match locked {
       Ok(k) => k,
@@ -957,7 +952,7 @@ impl Service {
     let mut conn = Shared(ex);
     let locked = pgsql::lock_row(&mut conn, key)
       .await
-      .map_err(|e| self.unscoped_err(e))
+      .map_err(|e| self.busy_is_locked(key, e))
       .and_then(|k| check_expected(k, self.client_key(key), expected))
       .map_err(StageError::Core)?;
     let outcome = self.within_stage_timeout(key, callback()).await;
