@@ -483,8 +483,8 @@ fn bind_param<'q>(q: LiteQuery<'q>, p: &'q Param) -> Result<LiteQuery<'q>> {
 
 /// Run one statement of a stage callback: values by SQLite storage class, integers beyond
 /// 2^53 as strings.
-/// A stage runs with an authorizer armed on its connection, from its BEGIN until just before
-/// its COMMIT or ROLLBACK: SQLite asks it at prepare time about every statement of a string, so
+/// A stage runs with an authorizer armed on its connection, from the callback's first
+/// statement until just before the stage's COMMIT or ROLLBACK: SQLite asks it at prepare time about every statement of a string, so
 /// transaction control, ATTACH/DETACH and pragmas that set a value are refused however they
 /// are spelled (quoted names, comments, a second statement after `;`), which text checks
 /// cannot promise. The stage's own statements in between (its SELECT, UPDATE, savepoints of

@@ -724,12 +724,8 @@ impl Service {
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         drop(gate); // SQLite's own write lock now serialises writers.
         let found = lite::select_key(&mut tx, key).await;
-        let checked = match found.and_then(|k| check_expected(k, self.client_key(key), expected)) {
-          Ok(k) => lite::arm(&mut tx).await.map(|armed| (k, armed)),
-          Err(e) => Err(e),
-        };
-        match checked {
-          Ok((k, armed)) => Ok((TxConn::Lite(armed, tx), k, Some(guard))),
+        match found.and_then(|k| check_expected(k, self.client_key(key), expected)) {
+          Ok(k) => Ok((TxConn::Lite(None, tx), k, Some(guard))),
           Err(e) => {
             let _ = tx.rollback().await;
             Err(e)

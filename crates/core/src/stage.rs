@@ -19,11 +19,12 @@ use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::{Mutex, Notify};
 
 /// A stage transaction on either backend: on PostgreSQL a connection of our pool with the
-/// transaction open on it, on SQLite an sqlx transaction with the stage authorizer armed on
-/// its connection (declared first, so it is disarmed before a dropped transaction's rollback).
+/// transaction open on it, on SQLite an sqlx transaction and, once the callback has run a
+/// statement, the stage authorizer armed on its connection (declared first, so it is disarmed
+/// before a dropped transaction's rollback).
 pub(crate) enum TxConn {
   Pg(Lease),
-  Lite(crate::lite::Armed, LiteTx),
+  Lite(Option<crate::lite::Armed>, LiteTx),
 }
 
 /// A connection of either backend, borrowed for one operation.
@@ -152,7 +153,14 @@ impl StageTx {
     let run = async {
       match tx {
         TxConn::Pg(l) => run_query(l.raw(), sql, params).await,
-        TxConn::Lite(_, t) => crate::lite::run_query(t, sql, params).await,
+        TxConn::Lite(armed, t) => {
+          // Armed at the callback's first statement (a worker round trip), not at BEGIN:
+          // stages that run no statement of their own never pay for it.
+          if armed.is_none() {
+            *armed = Some(crate::lite::arm(t).await?);
+          }
+          crate::lite::run_query(t, sql, params).await
+        }
       }
     };
     let run = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
