@@ -4,7 +4,7 @@
 // error is checked by `type` and `code`.
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { freshDb, rejects, sleep, pick, isPostgres, decodeKeyRow, slowSql } = require('./helpers')
+const { freshDb, holdStage, rejects, sleep, pick, isPostgres, decodeKeyRow, slowSql } = require('./helpers')
 
 const N = 16
 const METHOD = 'POST'
@@ -604,16 +604,8 @@ test('10. a key another service instance of this process is working is refused a
   const other = await fx.connect({ busyTimeoutMs: 3000 })
   const key = uniqueKey('two-services')
   await fx.service.create({ idempotency_key: key })
-  let release
-  const holding = new Promise((r) => (release = r))
-  let entered
-  const inside = new Promise((r) => (entered = r))
-  const first = fx.service.workStage(key, async () => {
-    entered()
-    await holding
-    return { recovery_point: 'held' }
-  })
-  await inside
+  const first = holdStage(fx.service, key)
+  await first.inside
   let ran = false
   const started = Date.now()
   const err = await rejects(
@@ -623,8 +615,8 @@ test('10. a key another service instance of this process is working is refused a
     }),
   )
   const waited = Date.now() - started
-  release()
-  assert.equal((await first).recovery_point, 'held')
+  first.release()
+  assert.equal((await first.done).recovery_point, 'held')
   assertErr(err, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
   assert.equal(ran, false, 'the second callback never ran')
   assert.ok(waited < 1000, `refused at once, not after a busy timeout (${waited} ms)`)

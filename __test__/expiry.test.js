@@ -3,7 +3,7 @@
 // the backend IDEM_BACKEND selects; rows are aged and counted through the verification client.
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { ageKey, freshDb, rejects, pick } = require('./helpers')
+const { ageKey, freshDb, holdStage, rejects, pick } = require('./helpers')
 
 let fx
 let db
@@ -58,23 +58,15 @@ test('reap() never deletes a key a stage is working on, nor one whose request le
     postgres: `UPDATE idempotency_key SET locked_at = now() WHERE idempotency_key = '${leased}'`,
     sqlite: `UPDATE idempotency_key SET locked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE idempotency_key = '${leased}'`,
   }))
-  let release
-  const holding = new Promise((r) => (release = r))
-  let entered
-  const inside = new Promise((r) => (entered = r))
   // On SQLite the stage holds the write lock: reap from a second service must queue behind it,
   // so run it concurrently and finish the stage first.
-  const stage = fx.service.workStage(working, async () => {
-    entered()
-    await holding
-    return { recovery_point: 'still_here' }
-  })
-  await inside
+  const holder = holdStage(fx.service, working, { recovery_point: 'still_here' })
+  await holder.inside
   const other = await fx.connect()
   const reaping = other.reap({ olderThanMs: 60_000 })
   const removedWhileWorking = await Promise.race([reaping, new Promise((r) => setTimeout(() => r('pending'), 300))])
-  release()
-  const k = await stage
+  holder.release()
+  const k = await holder.done
   assert.equal(k.recovery_point, 'still_here')
   const removed = removedWhileWorking === 'pending' ? await reaping : removedWhileWorking
   assert.equal(removed, 0, 'neither the worked key nor the leased key was reaped')

@@ -260,8 +260,28 @@ async function ageKey(db, key, hours) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
+/**
+ * Start a stage on `key` that holds the key until released: `{ inside, release, done }`.
+ * `inside` resolves once the callback runs; `release()` lets it return `result`; `done` is the
+ * workStage promise. The gate is shared by every attempt, so a stage re-run after a
+ * serialization failure is released too.
+ */
+function holdStage(service, key, result = { recovery_point: 'held' }) {
+  let release
+  const gate = new Promise((r) => (release = r))
+  let entered
+  const inside = new Promise((r) => (entered = r))
+  const done = service.workStage(key, async () => {
+    entered()
+    await gate
+    return result
+  })
+  return { inside, release, done }
+}
+
 module.exports = {
   ageKey,
+  holdStage,
   backend,
   isPostgres,
   isSqlite,

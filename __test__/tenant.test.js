@@ -4,7 +4,7 @@
 // IDEM_BACKEND selects; stored rows are checked through the verification client.
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { ageKey, freshDb, isPostgres } = require('./helpers')
+const { ageKey, freshDb, holdStage, isPostgres } = require('./helpers')
 
 /** Await `fn()`, expect a rejection whose fields include `fields`. */
 async function rejects(fn, fields) {
@@ -148,16 +148,8 @@ test('a LOCKED message from a nested stage names the client key, not the stored 
   await t.create({ idempotency_key: outer })
   await t.create({ idempotency_key: inner })
   // Another stage holds `inner`; a nested stage on it (inside a stage on `outer`) is refused.
-  // (A gate shared by every attempt: the holder may be re-run after a serialization failure.)
-  let release
-  const gate = new Promise((r) => { release = r })
-  let entered = false
-  const holding = t.workStage(inner, async () => {
-    entered = true
-    await gate
-    return { recovery_point: 'held' }
-  })
-  while (!entered) await new Promise((r) => setTimeout(r, 5))
+  const holder = holdStage(t, inner)
+  await holder.inside
   let err
   if (isPostgres) {
     await t.workStage(outer, async (tx) => {
@@ -168,8 +160,8 @@ test('a LOCKED message from a nested stage names the client key, not the stored 
     // SQLite has one writer: the outer stage would wait for the holder. Same check, top level.
     err = await t.workStage(inner, async () => ({ recovery_point: 'never' })).catch((e) => e)
   }
-  release()
-  await holding
+  holder.release()
+  await holder.done
   assert.equal(err?.code, 'IDEMPOTENCY_KEY_LOCKED', String(err))
   assert.ok(err.message.includes(inner) && !err.message.includes(`${t.tenant}/`), err.message)
 })

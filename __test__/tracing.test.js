@@ -4,7 +4,7 @@
 const { test, before, after, afterEach } = require('node:test')
 const assert = require('node:assert/strict')
 const dc = require('node:diagnostics_channel')
-const { freshDb, isPostgres } = require('./helpers')
+const { freshDb, holdStage, isPostgres } = require('./helpers')
 const { channels } = require('..')
 
 const NAMES = ['stage:start', 'stage:end', 'stage:error', 'retry', 'conflict', 'replay', 'reap'].map((n) => `medusa-idempotency:${n}`)
@@ -67,12 +67,11 @@ test('a failing stage publishes stage:error with the error; a locked one a confl
 
   // A stage on a key another stage holds: LOCKED, published as stage:error and conflict.
   seen = []
-  let release
-  const holding = fx.service.workStage(key, () => new Promise((r) => { release = () => r({ recovery_point: 'held' }) }))
-  while (!release) await new Promise((r) => setTimeout(r, 5))
+  const holder = holdStage(fx.service, key)
+  await holder.inside
   await assert.rejects(fx.service.workStage(key, async () => ({ recovery_point: 'never' })), { code: 'IDEMPOTENCY_KEY_LOCKED' })
-  release()
-  await holding
+  holder.release()
+  await holder.done
   const conflict = seen.find((e) => e.name === 'conflict')
   assert.ok(conflict, `events: ${names()}`)
   assert.equal(conflict.method, 'workStage')
