@@ -144,6 +144,16 @@ export interface ConnectOptions {
   acquireTimeoutMs?: number
   /** SQLite: how long a writer waits for the write lock before `DATABASE_BUSY`, in ms (default 5000). */
   busyTimeoutMs?: number
+  /** PostgreSQL: one connection attempt (TCP, TLS, authentication) fails with `CONNECTION_FAILED` after this many ms (default: the URL's `connect_timeout`, else `acquireTimeoutMs`). */
+  connectTimeoutMs?: number
+  /** PostgreSQL: connections older than this many ms are replaced (default 1800000, 30 min; 0 keeps them). */
+  maxLifetimeMs?: number
+  /** PostgreSQL: connections unused for this many ms are closed, so an idle pool shrinks (default 600000, 10 min; 0 keeps them). */
+  idleTimeoutMs?: number
+  /** PostgreSQL: keep statements prepared on the server across transactions (default false: pooler-safe, correct behind PgBouncer in transaction mode). Only for direct connections or session pooling. */
+  preparedStatements?: boolean
+  /** PostgreSQL TLS, overriding the URL's `sslmode`: `true` (verify-full against the bundled web roots), `false` (plain), or `{ ca, cert, key, rejectUnauthorized }` with PEM strings (`rejectUnauthorized: false` encrypts without verifying). */
+  ssl?: boolean | SslOptions
 }
 
 /** A row of Medusa's `idempotency_key` table, every field present. */
@@ -166,6 +176,18 @@ export interface IdempotencyKey {
  */
 export interface QueryExecutor {
   query: (sql: string, params?: unknown[]) => Promise<unknown>
+}
+
+/** TLS given in code (node-postgres' `ssl` object): PEM strings, e.g. your provider's CA bundle. */
+export interface SslOptions {
+  /** PEM certificate(s) to trust instead of the bundled web roots. */
+  ca?: string
+  /** PEM client certificate. */
+  cert?: string
+  /** PEM client key. */
+  key?: string
+  /** Verify the certificate chain and the host name (default true); false encrypts without verifying, like `sslmode=require`. */
+  rejectUnauthorized?: boolean
 }
 
 /** What a stage callback returns: a `recovery_point` to move to, or the response that finishes the key. */

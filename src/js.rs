@@ -80,6 +80,27 @@ unsafe fn get_number(env: Env_, v: Raw) -> f64 {
   n
 }
 
+/// A boolean option: `undefined`/`null` is `None`, anything but a boolean is refused.
+pub(crate) unsafe fn opt_bool(env: Env_, obj: Raw, name: &str) -> JsResult<Option<bool>> {
+  let v = get_property(env, obj, name, name)?;
+  if is_nullish(env, v) {
+    return Ok(None);
+  }
+  if type_of(env, v) != sys::ValueType::napi_boolean {
+    return Err(invalid(format!("{name} must be a boolean")));
+  }
+  Ok(Some(get_bool(env, v)))
+}
+
+/// A string option: `undefined`/`null` is `None`.
+pub(crate) unsafe fn opt_string(env: Env_, obj: Raw, name: &str) -> JsResult<Option<String>> {
+  let v = get_property(env, obj, name, name)?;
+  if is_nullish(env, v) {
+    return Ok(None);
+  }
+  get_string(env, v, name).map(Some)
+}
+
 unsafe fn get_bool(env: Env_, v: Raw) -> bool {
   let mut b = false;
   sys::napi_get_value_bool(env, v, &mut b);

@@ -11,7 +11,7 @@ use executor::JsExecutor;
 use futures_util::FutureExt;
 use idempotency_core::{
   Error, Fingerprint, IdempotencyKey, Isolation, KeyUpdate, Options, Param, QueryResult, Service,
-  StageError, StageResult, StageTx, Target,
+  Ssl, StageError, StageResult, StageTx, Target,
 };
 use js::JsResult;
 use napi::bindgen_prelude::*;
@@ -222,7 +222,46 @@ unsafe fn connect_options_object(env: sys::napi_env, arg: Raw, url: String) -> J
   if let Some(n) = opt_u32(env, arg, "busyTimeoutMs")? {
     o.busy_timeout = Duration::from_millis(n as u64);
   }
+  if let Some(n) = opt_u32(env, arg, "connectTimeoutMs")? {
+    o.connect_timeout = Some(Duration::from_millis(n as u64));
+  }
+  if let Some(n) = opt_u32(env, arg, "maxLifetimeMs")? {
+    o.max_lifetime = (n > 0).then(|| Duration::from_millis(n as u64));
+  }
+  if let Some(n) = opt_u32(env, arg, "idleTimeoutMs")? {
+    o.idle_timeout = (n > 0).then(|| Duration::from_millis(n as u64));
+  }
+  if let Some(b) = js::opt_bool(env, arg, "preparedStatements")? {
+    o.prepared_statements = b;
+  }
+  o.ssl = ssl_option(env, arg)?;
   Ok(o)
+}
+
+/// `ssl`: `true` (verify against the bundled web roots), `false` (plain), or
+/// `{ ca, cert, key, rejectUnauthorized }` as node-postgres takes it.
+unsafe fn ssl_option(env: sys::napi_env, arg: Raw) -> JsResult<Option<Ssl>> {
+  let v = js::get_property(env, arg, "ssl", "ssl")?;
+  if js::is_nullish(env, v) {
+    return Ok(None);
+  }
+  match js::type_of(env, v) {
+    sys::ValueType::napi_boolean => Ok(Some(Ssl {
+      disable: !js::opt_bool(env, arg, "ssl")?.unwrap_or(false),
+      verify: true,
+      ..Ssl::default()
+    })),
+    sys::ValueType::napi_object => Ok(Some(Ssl {
+      disable: false,
+      ca: js::opt_string(env, v, "ca")?,
+      cert: js::opt_string(env, v, "cert")?,
+      key: js::opt_string(env, v, "key")?,
+      verify: js::opt_bool(env, v, "rejectUnauthorized")?.unwrap_or(true),
+    })),
+    _ => Err(Error::InvalidArgument(
+      "ssl must be a boolean or an object { ca, cert, key, rejectUnauthorized }".into(),
+    )),
+  }
 }
 
 /// How long `reap()` keeps keys by default: 24 h, as Stripe does.
@@ -255,6 +294,30 @@ pub struct ConnectOptions {
   pub acquire_timeout_ms: Option<u32>,
   /// SQLite: how long a writer waits for the write lock before `DATABASE_BUSY`, in ms (default 5000).
   pub busy_timeout_ms: Option<u32>,
+  /// PostgreSQL: one connection attempt (TCP, TLS, authentication) fails with `CONNECTION_FAILED` after this many ms (default: the URL's `connect_timeout`, else `acquireTimeoutMs`).
+  pub connect_timeout_ms: Option<u32>,
+  /// PostgreSQL: connections older than this many ms are replaced (default 1800000, 30 min; 0 keeps them).
+  pub max_lifetime_ms: Option<u32>,
+  /// PostgreSQL: connections unused for this many ms are closed, so an idle pool shrinks (default 600000, 10 min; 0 keeps them).
+  pub idle_timeout_ms: Option<u32>,
+  /// PostgreSQL: keep statements prepared on the server across transactions (default false: pooler-safe, correct behind PgBouncer in transaction mode). Only for direct connections or session pooling.
+  pub prepared_statements: Option<bool>,
+  /// PostgreSQL TLS, overriding the URL's `sslmode`: `true` (verify-full against the bundled web roots), `false` (plain), or `{ ca, cert, key, rejectUnauthorized }` with PEM strings (`rejectUnauthorized: false` encrypts without verifying).
+  #[napi(ts_type = "boolean | SslOptions")]
+  pub ssl: Option<Unknown<'static>>,
+}
+
+/// TLS given in code (node-postgres' `ssl` object): PEM strings, e.g. your provider's CA bundle.
+#[napi(object)]
+pub struct SslOptions {
+  /// PEM certificate(s) to trust instead of the bundled web roots.
+  pub ca: Option<String>,
+  /// PEM client certificate.
+  pub cert: Option<String>,
+  /// PEM client key.
+  pub key: Option<String>,
+  /// Verify the certificate chain and the host name (default true); false encrypts without verifying, like `sslmode=require`.
+  pub reject_unauthorized: Option<bool>,
 }
 
 /// Anything that runs SQL in the caller's transaction: a TypeORM `EntityManager`, a

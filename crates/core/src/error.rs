@@ -202,8 +202,14 @@ impl From<sqlx::Error> for Error {
       sqlx::Error::PoolTimedOut => Error::PoolTimeout,
       sqlx::Error::PoolClosed => Error::Closed,
       // Io/Tls/Protocol errors describe the socket, never the URL.
-      sqlx::Error::Io(io) => Error::Connection(io.kind().to_string()),
-      sqlx::Error::Tls(_) => Error::Connection("TLS handshake failed".into()),
+      // rustls reports a refused handshake or certificate as InvalidData around its error.
+      sqlx::Error::Io(io) => match io.get_ref() {
+        Some(inner) if io.kind() == std::io::ErrorKind::InvalidData => {
+          Error::Connection(format!("TLS handshake failed: {inner}"))
+        }
+        _ => Error::Connection(io.kind().to_string()),
+      },
+      sqlx::Error::Tls(e) => Error::Connection(format!("TLS: {e}")),
       sqlx::Error::Configuration(_) => Error::invalid("invalid database URL or options"),
       sqlx::Error::RowNotFound => Error::NotFound("row not found".into()),
       sqlx::Error::ColumnDecode { index, source } => Error::Database {

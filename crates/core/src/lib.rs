@@ -14,7 +14,7 @@ pub mod value;
 pub use error::{Error, Kind, Result};
 pub use key::{Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED};
 pub use pgsql::SharedExec;
-pub use service::{Isolation, Options, Service, StageError, StageResult, Target};
+pub use service::{Isolation, Options, Service, Ssl, StageError, StageResult, Target};
 pub use stage::StageTx;
 pub use value::{iso_string, Cell, Param, QueryResult};
 

@@ -2,34 +2,77 @@
 //!
 //! sqlx's pool pings every connection when it is returned (one extra round trip per
 //! operation), and its transactions cannot carry a statement in the same message as their
-//! BEGIN or COMMIT. Here a stage costs three round trips: `BEGIN …; EXECUTE lock(…)` as one
-//! simple-protocol message, the callback's statements, `EXECUTE apply(…); COMMIT` as one
-//! message — with the two statements PREPAREd once per connection, so they are not re-planned.
+//! BEGIN or COMMIT. Here a stage costs three round trips: `BEGIN …; <lock the row>` as one
+//! simple-protocol message, the callback's statements, `<apply>; COMMIT` as one message.
+//!
+//! Two statement modes:
+//!
+//! - **pooler-safe** (the default): no server-side prepared statement outlives the message
+//!   that made it, so the service is correct behind a transaction-mode pooler (PgBouncer),
+//!   where consecutive transactions of one client land on different server connections. The
+//!   service's own statements carry their parameters as escaped literals; a callback's
+//!   statement is described once per process (inside its stage transaction, and closed
+//!   again there), then sent as `PREPARE x AS …; EXECUTE x(…); DEALLOCATE x` in one message.
+//! - **prepared** (opt-in, direct connections or session pooling): the stage statements are
+//!   `PREPARE`d once per connection at the SQL level and a callback's statements are cached
+//!   per connection as protocol-level named statements (sqlx's cache), so nothing is
+//!   re-planned.
+//!
 //! A connection whose operation did not finish cleanly (a dropped future, an I/O error) is
-//! closed instead of returned, so the next caller gets a fresh one.
+//! closed instead of returned, so the next caller gets a fresh one. Connections are replaced
+//! after `max_lifetime` and closed after `idle_timeout` unused, so an idle pool shrinks.
 
 use crate::error::{Error, Result};
-use crate::key::COLUMNS;
+use crate::value::{bind, text, Param, QueryResult};
 use futures_util::TryStreamExt;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Connection, Executor};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgTypeInfo};
+use sqlx::{Column, Connection, Executor, Postgres, Row, Statement};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How the pool connects and recycles.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolConfig {
+  pub(crate) size: u32,
+  /// The whole wait for a connection: a free permit, then a new connection if none is idle.
+  pub(crate) acquire_timeout: Duration,
+  /// One connection attempt: TCP, TLS and authentication.
+  pub(crate) connect_timeout: Duration,
+  pub(crate) max_lifetime: Option<Duration>,
+  pub(crate) idle_timeout: Option<Duration>,
+  /// The prepared statement mode (else pooler-safe).
+  pub(crate) prepared: bool,
+}
 
 /// A pooled connection and what this pool has set up on it.
 pub(crate) struct Conn {
-  pub(crate) raw: PgConnection,
+  raw: PgConnection,
+  /// The stage statements are PREPAREd on it (prepared mode).
   prepared: bool,
+  born: Instant,
+  idle_since: Instant,
 }
+
+/// What the server inferred for a callback's statement: parameter types (to encode each JS
+/// value as its type) and column names (for a result without rows).
+struct Described {
+  params: Vec<PgTypeInfo>,
+  columns: Vec<String>,
+}
+
+/// Statements described per process, by SQL text; cleared when it reaches this size.
+const DESCRIBED_MAX: usize = 1024;
 
 struct Inner {
   options: PgConnectOptions,
+  cfg: PoolConfig,
   idle: Mutex<Vec<Conn>>,
   permits: Arc<Semaphore>,
-  acquire_timeout: Duration,
   closed: AtomicBool,
+  described: Mutex<HashMap<String, Arc<Described>>>,
 }
 
 #[derive(Clone)]
@@ -43,29 +86,100 @@ pub(crate) struct Lease {
   /// server dropped it meanwhile (a restart, `pg_terminate_backend`), nothing sent on it ran,
   /// so it is safe to replace it and send again.
   reused: bool,
+  /// A transaction of ours is open on the connection.
+  in_tx: bool,
+  /// Pooler-safe mode: statements PREPAREd in this transaction whose DEALLOCATE did not run
+  /// (their EXECUTE failed); deallocated in the message that ends the transaction, which
+  /// still runs on the same server connection.
+  leaked: Vec<String>,
   pool: Arc<Inner>,
   _permit: OwnedSemaphorePermit,
 }
 
+/// One connection attempt, bounded.
+async fn open(options: &PgConnectOptions, limit: Duration) -> Result<Conn> {
+  let raw = tokio::time::timeout(limit, PgConnection::connect_with(options))
+    .await
+    .map_err(|_| {
+      Error::Connection(format!(
+        "no answer from the database server within {} ms (connect timeout)",
+        limit.as_millis()
+      ))
+    })??;
+  let now = Instant::now();
+  Ok(Conn {
+    raw,
+    prepared: false,
+    born: now,
+    idle_since: now,
+  })
+}
+
+/// Close a connection politely in the background (a Terminate message), if there is a runtime.
+fn retire(conn: Conn) {
+  if let Ok(rt) = tokio::runtime::Handle::try_current() {
+    rt.spawn(async move {
+      let _ = conn.raw.close().await;
+    });
+  }
+}
+
+impl Inner {
+  fn expired(&self, c: &Conn, now: Instant) -> bool {
+    self
+      .cfg
+      .max_lifetime
+      .is_some_and(|l| now.duration_since(c.born) >= l)
+      || self
+        .cfg
+        .idle_timeout
+        .is_some_and(|l| now.duration_since(c.idle_since) >= l)
+  }
+
+  /// Take idle connections past their lifetime or idle timeout out of the pool.
+  fn sweep(&self) -> Vec<Conn> {
+    let now = Instant::now();
+    let mut idle = self.idle.lock().unwrap();
+    let (old, keep): (Vec<Conn>, Vec<Conn>) = idle.drain(..).partition(|c| self.expired(c, now));
+    *idle = keep;
+    old
+  }
+}
+
+/// Retire expired idle connections every so often, until the pool is closed or dropped.
+async fn sweeper(pool: Weak<Inner>, every: Duration) {
+  loop {
+    tokio::time::sleep(every).await;
+    let Some(inner) = pool.upgrade() else { return };
+    if inner.closed.load(Ordering::SeqCst) {
+      return;
+    }
+    for c in inner.sweep() {
+      retire(c);
+    }
+  }
+}
+
 impl PgPool {
   /// Opens one connection up front, so a bad URL or an unreachable server fails `connect()`.
-  pub(crate) async fn connect(
-    options: PgConnectOptions,
-    size: u32,
-    acquire_timeout: Duration,
-  ) -> Result<Self> {
-    let first = PgConnection::connect_with(&options).await?;
+  pub(crate) async fn connect(options: PgConnectOptions, cfg: PoolConfig) -> Result<Self> {
+    let first = open(&options, cfg.connect_timeout.min(cfg.acquire_timeout)).await?;
+    let every = [cfg.idle_timeout, cfg.max_lifetime]
+      .into_iter()
+      .flatten()
+      .min()
+      .map(|d| (d / 4).clamp(Duration::from_millis(10), Duration::from_secs(30)));
     let pool = PgPool(Arc::new(Inner {
       options,
-      idle: Mutex::new(Vec::new()),
-      permits: Arc::new(Semaphore::new(size as usize)),
-      acquire_timeout,
+      idle: Mutex::new(vec![first]),
+      permits: Arc::new(Semaphore::new(cfg.size as usize)),
       closed: AtomicBool::new(false),
+      described: Mutex::new(HashMap::new()),
+      cfg,
     }));
-    pool.0.idle.lock().unwrap().push(Conn {
-      raw: first,
-      prepared: false,
-    });
+    if let (Some(every), Ok(rt)) = (every, tokio::runtime::Handle::try_current()) {
+      rt.spawn(sweeper(Arc::downgrade(&pool.0), every));
+    }
     Ok(pool)
   }
 
@@ -73,26 +187,36 @@ impl PgPool {
     if self.0.closed.load(Ordering::SeqCst) {
       return Err(Error::Closed);
     }
-    let permit = tokio::time::timeout(
-      self.0.acquire_timeout,
-      self.0.permits.clone().acquire_owned(),
-    )
-    .await
-    .map_err(|_| Error::PoolTimeout)?
-    .map_err(|_| Error::Closed)?;
-    let idle = self.0.idle.lock().unwrap().pop();
+    let started = Instant::now();
+    let limit = self.0.cfg.acquire_timeout;
+    let permit = tokio::time::timeout(limit, self.0.permits.clone().acquire_owned())
+      .await
+      .map_err(|_| Error::PoolTimeout)?
+      .map_err(|_| Error::Closed)?;
+    let idle = loop {
+      let next = self.0.idle.lock().unwrap().pop();
+      match next {
+        Some(c) if self.0.expired(&c, Instant::now()) => retire(c),
+        other => break other,
+      }
+    };
     let reused = idle.is_some();
     let conn = match idle {
       Some(c) => c,
-      None => Conn {
-        raw: PgConnection::connect_with(&self.0.options).await?,
-        prepared: false,
-      },
+      None => {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+          return Err(Error::PoolTimeout);
+        }
+        open(&self.0.options, self.0.cfg.connect_timeout.min(left)).await?
+      }
     };
     Ok(Lease {
       conn: Some(conn),
       clean: false,
       reused,
+      in_tx: false,
+      leaked: Vec::new(),
       pool: self.0.clone(),
       _permit: permit,
     })
@@ -108,6 +232,11 @@ impl PgPool {
   }
 }
 
+/// The row lock of a stage (the service's statement, also used in bound mode).
+fn lock_sql() -> String {
+  crate::pgsql::lock_row_sql()
+}
+
 impl Lease {
   pub(crate) fn raw(&mut self) -> &mut PgConnection {
     &mut self
@@ -115,6 +244,10 @@ impl Lease {
       .as_mut()
       .expect("a lease holds its connection until dropped")
       .raw
+  }
+
+  fn prepared_mode(&self) -> bool {
+    self.pool.cfg.prepared
   }
 
   /// The connection is in a known, idle state: it may go back to the pool.
@@ -145,11 +278,7 @@ impl Lease {
     if !(std::mem::take(&mut self.reused) && is_fatal(e)) {
       return Ok(false);
     }
-    let raw = PgConnection::connect_with(&self.pool.options).await?;
-    self.conn = Some(Conn {
-      raw,
-      prepared: false,
-    });
+    self.conn = Some(open(&self.pool.options, self.pool.cfg.connect_timeout).await?);
     Ok(true)
   }
 
@@ -158,20 +287,124 @@ impl Lease {
     self.reused = false;
   }
 
-  /// PREPARE the stage statements on this connection once.
+  /// A statement of the service itself (every parameter cast in the SQL). Outside a
+  /// transaction the lease's state follows the outcome; inside one it stays busy until the
+  /// transaction ends.
+  pub(crate) async fn service_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    if self.in_tx {
+      return self.service_once(sql, params).await;
+    }
+    self.busy();
+    let mut r = self.service_once(sql, params).await;
+    if let Err(e) = &r {
+      if self.replace_if_dead(e).await? {
+        r = self.service_once(sql, params).await;
+      }
+    }
+    self.used();
+    match &r {
+      Ok(_) => self.done(),
+      Err(e) => self.settle_after(e),
+    }
+    r
+  }
+
+  async fn service_once(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    if self.prepared_mode() {
+      run_query(self.raw(), sql, params).await
+    } else {
+      let inlined = text::inline(sql, params)?;
+      simple(self.raw(), &inlined).await.0
+    }
+  }
+
+  /// A statement without parameters or rows (savepoints), in the simple protocol.
+  pub(crate) async fn plain(&mut self, sql: &str) -> Result<()> {
+    self
+      .raw()
+      .execute(sql)
+      .await
+      .map(|_| ())
+      .map_err(Error::from)
+  }
+
+  /// A stage callback's statement, inside the stage transaction.
+  pub(crate) async fn user_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    if self.prepared_mode() {
+      return run_query(self.raw(), sql, params).await;
+    }
+    let described = self.describe(sql).await?;
+    check_count(described.params.len(), params.len())?;
+    let (mut out, _) = if params.is_empty() {
+      // Described, so a single statement: the simple protocol runs it as is.
+      simple(self.raw(), sql).await
+    } else if preparable(sql) {
+      let values = params
+        .iter()
+        .zip(&described.params)
+        .enumerate()
+        .map(|(i, (p, ty))| text::typed_literal(p, ty, i))
+        .collect::<Result<Vec<_>>>()?;
+      let name = format!("medusa_ikey_q{:016x}", rand::random::<u64>());
+      let batch = format!(
+        "PREPARE {name} AS {sql}\n;EXECUTE {name}({});DEALLOCATE {name}",
+        values.join(", ")
+      );
+      let (r, completed) = simple(self.raw(), &batch).await;
+      if r.is_err() && completed > 0 {
+        self.leaked.push(name);
+      }
+      (r, completed)
+    } else {
+      // A statement PREPARE does not take (CALL, EXPLAIN…) with parameters: an unnamed
+      // protocol statement, which lives only until the next one on this connection.
+      (unnamed(self.raw(), sql, params, &described.params).await, 0)
+    };
+    if let Ok(r) = &mut out {
+      if r.columns.is_empty() {
+        r.columns = described.columns.clone();
+      }
+    }
+    out
+  }
+
+  /// The server's types for a callback's statement: from the process cache, else described
+  /// here (inside the stage transaction, so on one server connection) and closed again.
+  async fn describe(&mut self, sql: &str) -> Result<Arc<Described>> {
+    if let Some(d) = self.pool.described.lock().unwrap().get(sql) {
+      return Ok(d.clone());
+    }
+    let raw = self.raw();
+    let described = match raw.prepare_with(sql, &[]).await {
+      Ok(stmt) => Ok(Described {
+        params: match stmt.parameters() {
+          Some(sqlx::Either::Left(types)) => types.to_vec(),
+          _ => Vec::new(),
+        },
+        columns: stmt.columns().iter().map(|c| c.name().to_owned()).collect(),
+      }),
+      Err(e) => Err(Error::from(e)),
+    };
+    // Closes the statement (and any type lookups sqlx ran) before the transaction ends.
+    raw.clear_cached_statements().await?;
+    let described = Arc::new(described?);
+    let mut cache = self.pool.described.lock().unwrap();
+    if cache.len() >= DESCRIBED_MAX {
+      cache.clear();
+    }
+    cache.insert(sql.to_owned(), described.clone());
+    Ok(described)
+  }
+
+  /// PREPARE the stage statements on this connection once (prepared mode).
   async fn prepare(&mut self) -> Result<()> {
     if self.conn.as_ref().is_some_and(|c| c.prepared) {
       return Ok(());
     }
     let sql = format!(
-      "PREPARE medusa_ikey_lock(varchar) AS SELECT {COLUMNS} FROM idempotency_key \
-       WHERE idempotency_key = $1 FOR UPDATE NOWAIT; \
-       PREPARE medusa_ikey_apply(varchar, varchar, boolean, int4, boolean, jsonb) AS \
-       UPDATE idempotency_key SET recovery_point = COALESCE($2, 'finished'), \
-       locked_at = CASE WHEN $2 IS NULL THEN NULL ELSE clock_timestamp() END, \
-       response_code = CASE WHEN $2 IS NULL AND $3 THEN $4 ELSE response_code END, \
-       response_body = CASE WHEN $2 IS NULL AND $5 THEN $6 ELSE response_body END \
-       WHERE id = $1 RETURNING {COLUMNS}"
+      "PREPARE medusa_ikey_lock(varchar) AS {}; PREPARE medusa_ikey_apply(varchar, varchar, boolean, int4, boolean, jsonb) AS {}",
+      lock_sql(),
+      crate::pgsql::apply_sql()
     );
     self.raw().execute(sql.as_str()).await?;
     if let Some(c) = self.conn.as_mut() {
@@ -180,19 +413,16 @@ impl Lease {
     Ok(())
   }
 
-  /// `BEGIN …; EXECUTE medusa_ikey_lock(key)` in one round trip; the transaction stays open
-  /// on this lease. Any failure rolls back before returning.
-  pub(crate) async fn begin_and_lock(
-    &mut self,
-    begin: &str,
-    key: &str,
-  ) -> Result<crate::value::QueryResult> {
+  /// `BEGIN …; <lock the key's row>` in one round trip; the transaction stays open on this
+  /// lease. Any failure rolls back before returning.
+  pub(crate) async fn begin_and_lock(&mut self, begin: &str, key: &str) -> Result<QueryResult> {
     self.busy();
-    let sql = format!("{begin}; EXECUTE medusa_ikey_lock({})", literal(key)?);
-    let mut ran = self.prepare_and_run(&sql).await;
+    self.in_tx = true;
+    let key = [Param::Text(key.to_owned())];
+    let mut ran = self.begin_and_lock_once(begin, &key).await;
     if let Err(e) = &ran {
       if self.replace_if_dead(e).await? {
-        ran = self.prepare_and_run(&sql).await;
+        ran = self.begin_and_lock_once(begin, &key).await;
       }
     }
     self.used();
@@ -205,26 +435,53 @@ impl Lease {
     }
   }
 
-  async fn prepare_and_run(&mut self, sql: &str) -> Result<crate::value::QueryResult> {
-    self.prepare().await?;
-    simple(self.raw(), sql).await
+  async fn begin_and_lock_once(&mut self, begin: &str, key: &[Param]) -> Result<QueryResult> {
+    let sql = if self.prepared_mode() {
+      self.prepare().await?;
+      format!(
+        "{begin}; EXECUTE medusa_ikey_lock({})",
+        text::literal(&key[0])?
+      )
+    } else {
+      format!("{begin}; {}", text::inline(&lock_sql(), key)?)
+    };
+    simple(self.raw(), &sql).await.0
   }
 
-  /// `EXECUTE medusa_ikey_apply(…); COMMIT` in one round trip. On failure the transaction is
-  /// rolled back.
-  pub(crate) async fn apply_and_commit(
-    &mut self,
-    args: &[Literal<'_>],
-  ) -> Result<crate::value::QueryResult> {
+  /// What ends a transaction: `COMMIT` or `ROLLBACK`, and the DEALLOCATE of statements a
+  /// failed EXECUTE left behind.
+  fn ending(&self, end: &str) -> String {
+    let mut sql = end.to_owned();
+    for name in &self.leaked {
+      sql += "; DEALLOCATE ";
+      sql += name;
+    }
+    sql
+  }
+
+  fn ended(&mut self) {
+    self.in_tx = false;
+    self.leaked.clear();
+    self.done();
+  }
+
+  /// `<apply>; COMMIT` in one round trip (the parameters of `pgsql::apply`). On failure the
+  /// transaction is rolled back.
+  pub(crate) async fn apply_and_commit(&mut self, params: &[Param]) -> Result<QueryResult> {
     self.busy();
-    let rendered = args
-      .iter()
-      .map(Literal::render)
-      .collect::<Result<Vec<_>>>()?;
-    let sql = format!("EXECUTE medusa_ikey_apply({}); COMMIT", rendered.join(", "));
-    match simple(self.raw(), &sql).await {
+    let apply = if self.prepared_mode() {
+      let args = params
+        .iter()
+        .map(text::literal)
+        .collect::<Result<Vec<_>>>()?;
+      format!("EXECUTE medusa_ikey_apply({})", args.join(", "))
+    } else {
+      text::inline(&crate::pgsql::apply_sql(), params)?
+    };
+    let sql = format!("{apply}; {}", self.ending("COMMIT"));
+    match simple(self.raw(), &sql).await.0 {
       Ok(r) => {
-        self.done();
+        self.ended();
         Ok(r)
       }
       Err(e) => {
@@ -236,9 +493,10 @@ impl Lease {
 
   pub(crate) async fn commit(&mut self) -> Result<()> {
     self.busy();
-    match self.raw().execute("COMMIT").await {
+    let sql = self.ending("COMMIT");
+    match self.raw().execute(sql.as_str()).await {
       Ok(_) => {
-        self.done();
+        self.ended();
         Ok(())
       }
       Err(e) => {
@@ -250,17 +508,27 @@ impl Lease {
 
   pub(crate) async fn rollback(&mut self) {
     self.busy();
-    if self.raw().execute("ROLLBACK").await.is_ok() {
-      self.done();
+    let sql = self.ending("ROLLBACK");
+    if self.raw().execute(sql.as_str()).await.is_ok() {
+      self.ended();
     }
   }
 }
 
 impl Drop for Lease {
   fn drop(&mut self) {
-    if let Some(conn) = self.conn.take() {
-      if self.clean && !self.pool.closed.load(Ordering::SeqCst) {
+    if let Some(mut conn) = self.conn.take() {
+      let now = Instant::now();
+      let outlived = self
+        .pool
+        .cfg
+        .max_lifetime
+        .is_some_and(|l| now.duration_since(conn.born) >= l);
+      if self.clean && !self.in_tx && !self.pool.closed.load(Ordering::SeqCst) && !outlived {
+        conn.idle_since = now;
         self.pool.idle.lock().unwrap().push(conn);
+      } else if self.clean && !self.in_tx {
+        retire(conn);
       }
       // Otherwise the connection is dropped: its socket closes and the server rolls back
       // whatever was open on it. The permit goes back either way.
@@ -268,42 +536,97 @@ impl Drop for Lease {
   }
 }
 
-/// A value written into a simple-protocol statement.
-pub(crate) enum Literal<'a> {
-  Text(Option<&'a str>),
-  Bool(bool),
-  Int(Option<i32>),
-  Json(Option<&'a serde_json::Value>),
-}
-
-impl Literal<'_> {
-  fn render(&self) -> Result<String> {
-    Ok(match self {
-      Literal::Text(None) | Literal::Int(None) | Literal::Json(None) => "NULL".into(),
-      Literal::Text(Some(s)) => literal(s)?,
-      Literal::Bool(b) => b.to_string(),
-      Literal::Int(Some(n)) => n.to_string(),
-      Literal::Json(Some(v)) => literal(&v.to_string())?,
-    })
+fn check_count(expected: usize, given: usize) -> Result<()> {
+  if expected != given {
+    return Err(Error::invalid(format!(
+      "the statement expects {expected} parameter(s), {given} given"
+    )));
   }
+  Ok(())
 }
 
-/// A standard-conforming string literal (the connection sets `standard_conforming_strings`).
-fn literal(s: &str) -> Result<String> {
-  if s.contains('\0') {
-    return Err(Error::invalid("strings cannot contain NUL characters"));
+/// Statements `PREPARE` takes: SELECT, INSERT, UPDATE, DELETE, MERGE, VALUES (and WITH or a
+/// parenthesised query leading to them).
+fn preparable(sql: &str) -> bool {
+  let mut rest = crate::stage::strip_leading_comments(sql);
+  while let Some(r) = rest.strip_prefix('(') {
+    rest = crate::stage::strip_leading_comments(r);
   }
-  Ok(format!("'{}'", s.replace('\'', "''")))
+  let word: String = rest
+    .chars()
+    .take_while(|c| c.is_ascii_alphabetic())
+    .collect::<String>()
+    .to_ascii_uppercase();
+  matches!(
+    word.as_str(),
+    "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES" | "WITH" | "TABLE"
+  )
 }
 
-/// Run a simple-protocol batch and keep the rows of its last row-returning statement.
-async fn simple(conn: &mut PgConnection, sql: &str) -> Result<crate::value::QueryResult> {
-  use sqlx::{Column, Row};
-  let mut out = crate::value::QueryResult::default();
-  let mut stream = conn.fetch_many(sql);
+/// Prepare without declared parameter types, bind by the types the server inferred, and
+/// decode the rows by column type (prepared mode: sqlx caches the statement per connection).
+pub(crate) async fn run_query(
+  conn: &mut PgConnection,
+  sql: &str,
+  params: &[Param],
+) -> Result<QueryResult> {
+  let stmt = (&mut *conn).prepare_with(sql, &[]).await?;
+  let types = match stmt.parameters() {
+    Some(sqlx::Either::Left(types)) => types.to_vec(),
+    _ => Vec::new(),
+  };
+  check_count(types.len(), params.len())?;
+  let mut query = sqlx::query::<Postgres>(sql);
+  for (i, (p, ty)) in params.iter().zip(&types).enumerate() {
+    query = query.bind(bind(p, ty, i)?);
+  }
+  let mut out = rows(conn.fetch_many(query)).await?;
+  if out.columns.is_empty() {
+    out.columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+  }
+  Ok(out)
+}
+
+/// A statement as an unnamed protocol statement, bound by the described types.
+async fn unnamed(
+  conn: &mut PgConnection,
+  sql: &str,
+  params: &[Param],
+  types: &[PgTypeInfo],
+) -> Result<QueryResult> {
+  let mut query = sqlx::query::<Postgres>(sql).persistent(false);
+  for (i, (p, ty)) in params.iter().zip(types).enumerate() {
+    query = query.bind(bind(p, ty, i)?);
+  }
+  rows(conn.fetch_many(query)).await
+}
+
+/// Collect a result stream: the rows of its last row-returning statement, the affected
+/// counts of all.
+async fn rows<'e>(
+  mut stream: futures_util::stream::BoxStream<
+    'e,
+    std::result::Result<
+      sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>,
+      sqlx::Error,
+    >,
+  >,
+) -> Result<QueryResult> {
+  let mut out = QueryResult::default();
   while let Some(item) = stream.try_next().await? {
-    if let sqlx::Either::Right(row) = item {
-      if out.columns.is_empty() {
+    collect(&mut out, item)?;
+  }
+  Ok(out)
+}
+
+fn collect(
+  out: &mut QueryResult,
+  item: sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>,
+) -> Result<()> {
+  match item {
+    sqlx::Either::Left(done) => out.rows_affected += done.rows_affected(),
+    sqlx::Either::Right(row) => {
+      if out.columns.is_empty() && !row.columns().is_empty() {
         out.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
       }
       let mut cells = Vec::with_capacity(row.len());
@@ -313,7 +636,29 @@ async fn simple(conn: &mut PgConnection, sql: &str) -> Result<crate::value::Quer
       out.rows.push(cells);
     }
   }
-  Ok(out)
+  Ok(())
+}
+
+/// Run a simple-protocol batch: its rows (text format, decoded by type) and how many of its
+/// statements completed before any error.
+async fn simple(conn: &mut PgConnection, sql: &str) -> (Result<QueryResult>, usize) {
+  let mut out = QueryResult::default();
+  let mut completed = 0;
+  let mut stream = conn.fetch_many(sql);
+  loop {
+    match stream.try_next().await {
+      Ok(Some(item)) => {
+        if matches!(item, sqlx::Either::Left(_)) {
+          completed += 1;
+        }
+        if let Err(e) = collect(&mut out, item) {
+          return (Err(e), completed);
+        }
+      }
+      Ok(None) => return (Ok(out), completed),
+      Err(e) => return (Err(e.into()), completed),
+    }
+  }
 }
 
 /// The connection (class 08), or the server session (57P01 admin shutdown, 57P02 crash

@@ -6,13 +6,11 @@
 use crate::error::{Error, Result};
 use crate::key::{Claim, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, COLUMNS};
 use crate::service::StageResult;
-use crate::stage::run_query;
 use crate::value::{Cell, Param, QueryResult};
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::Value;
-use sqlx::postgres::PgConnection;
 
 /// Runs one statement with `$n` parameters and returns its rows.
 pub trait Exec: Send {
@@ -23,40 +21,15 @@ pub trait Exec: Send {
   ) -> BoxFuture<'a, Result<QueryResult>>;
 }
 
-impl Exec for PgConnection {
-  fn query<'a>(
-    &'a mut self,
-    sql: &'a str,
-    params: Vec<Param>,
-  ) -> BoxFuture<'a, Result<QueryResult>> {
-    async move { run_query(self, sql, &params).await }.boxed()
-  }
-}
-
-/// A pooled connection: while a statement runs the lease is busy, so a dropped future or a
-/// broken connection closes it instead of returning it to the pool.
+/// A pooled connection: outside a transaction, while a statement runs the lease is busy, so a
+/// dropped future or a broken connection closes it instead of returning it to the pool.
 impl Exec for crate::pgpool::Lease {
   fn query<'a>(
     &'a mut self,
     sql: &'a str,
     params: Vec<Param>,
   ) -> BoxFuture<'a, Result<QueryResult>> {
-    async move {
-      self.busy();
-      let mut r = run_query(self.raw(), sql, &params).await;
-      if let Err(e) = &r {
-        if self.replace_if_dead(e).await? {
-          r = run_query(self.raw(), sql, &params).await;
-        }
-      }
-      self.used();
-      match &r {
-        Ok(_) => self.done(),
-        Err(e) => self.settle_after(e),
-      }
-      r
-    }
-    .boxed()
+    async move { self.service_query(sql, &params).await }.boxed()
   }
 }
 
@@ -434,36 +407,49 @@ pub(crate) async fn update(
 
 /// The stage's row, locked without waiting: a row another stage holds fails with 55P03.
 pub(crate) async fn lock_row(ex: &mut dyn Exec, key: &str) -> Result<Option<IdempotencyKey>> {
-  let sql = format!(
+  first(
+    ex.query(&lock_row_sql(), vec![Param::Text(key.into())])
+      .await?,
+  )
+}
+
+pub(crate) fn lock_row_sql() -> String {
+  format!(
     "SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = $1::varchar FOR UPDATE NOWAIT"
-  );
-  first(ex.query(&sql, vec![Param::Text(key.into())]).await?)
+  )
 }
 
 /// Apply a stage result. A NULL recovery point finishes the key: the lease is cleared and the
 /// response columns are written only when flagged. Otherwise the lease is refreshed with the
 /// commit-time clock, so a competing claim that waited on the row lock sees it fresh.
 pub(crate) async fn apply(ex: &mut dyn Exec, id: &str, r: StageResult) -> Result<IdempotencyKey> {
-  let sql = format!(
+  first(ex.query(&apply_sql(), apply_params(id, r)).await?)?
+    .ok_or_else(|| bad_row("stage UPDATE returned no row".into()))
+}
+
+pub(crate) fn apply_sql() -> String {
+  format!(
     "UPDATE idempotency_key SET \
      recovery_point = COALESCE($2::varchar, 'finished'), \
      locked_at = CASE WHEN $2::varchar IS NULL THEN NULL ELSE clock_timestamp() END, \
      response_code = CASE WHEN $2::varchar IS NULL AND $3::boolean THEN $4::int4 ELSE response_code END, \
      response_body = CASE WHEN $2::varchar IS NULL AND $5::boolean THEN $6::jsonb ELSE response_body END \
      WHERE id = $1::varchar RETURNING {COLUMNS}"
-  );
+  )
+}
+
+/// The parameters of [`apply_sql`].
+pub(crate) fn apply_params(id: &str, r: StageResult) -> Vec<Param> {
   let (set_code, code) = r.response_code.map_or((false, None), |v| (true, v));
   let (set_body, body) = r.response_body.map_or((false, None), |v| (true, v));
-  let params = vec![
+  vec![
     Param::Text(id.into()),
     text(&r.recovery_point),
     Param::Bool(set_code),
-    code.map_or(Param::Null, |n| Param::Number(n as f64)),
+    code.map_or(Param::Null, |n| Param::Number(f64::from(n))),
     Param::Bool(set_body),
     json(&body),
-  ];
-  first(ex.query(&sql, params).await?)?
-    .ok_or_else(|| bad_row("stage UPDATE returned no row".into()))
+  ]
 }
 
 pub(crate) const RELEASE_SQL: &str = "UPDATE idempotency_key SET locked_at = NULL \

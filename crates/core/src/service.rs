@@ -9,7 +9,7 @@ use crate::key::{
   validate_key, Claim, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED,
 };
 use crate::lite;
-use crate::pgpool::PgPool;
+use crate::pgpool::{PgPool, PoolConfig};
 use crate::pgsql::{self, Exec, Shared, SharedExec};
 use crate::stage::{ConnRef, StageTx, TxConn};
 use futures_util::future::BoxFuture;
@@ -68,6 +68,33 @@ pub struct Options {
   pub acquire_timeout: Duration,
   /// SQLite: how long a writer waits for the database's write lock.
   pub busy_timeout: Duration,
+  /// PostgreSQL: one connection attempt (TCP, TLS, authentication); `None`: the URL's
+  /// `connect_timeout` (seconds, as libpq reads it), else `acquire_timeout`.
+  pub connect_timeout: Option<Duration>,
+  /// PostgreSQL: a connection older than this is closed instead of reused; `None` keeps it.
+  pub max_lifetime: Option<Duration>,
+  /// PostgreSQL: a connection unused for this long is closed, so an idle pool shrinks.
+  pub idle_timeout: Option<Duration>,
+  /// PostgreSQL: keep statements prepared on the server across transactions (direct
+  /// connections and session pooling only); the default is pooler-safe.
+  pub prepared_statements: bool,
+  /// PostgreSQL: TLS given in code, overriding the URL's `sslmode`.
+  pub ssl: Option<Ssl>,
+}
+
+/// TLS for PostgreSQL, as node-postgres' `ssl` option takes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ssl {
+  /// Off: a plain connection (`sslmode=disable`).
+  pub disable: bool,
+  /// PEM certificates to trust instead of the bundled web roots.
+  pub ca: Option<String>,
+  /// PEM client certificate and key.
+  pub cert: Option<String>,
+  pub key: Option<String>,
+  /// Verify the chain and the host name (`verify-full`, the default); false encrypts without
+  /// verifying (`require`).
+  pub verify: bool,
 }
 
 impl Options {
@@ -81,6 +108,12 @@ impl Options {
       stage_timeout: Some(Duration::from_secs(60)),
       acquire_timeout: Duration::from_secs(10),
       busy_timeout: Duration::from_secs(5),
+      connect_timeout: None,
+      // sqlx's pool defaults: connections live 30 min, idle ones go after 10 min.
+      max_lifetime: Some(Duration::from_secs(30 * 60)),
+      idle_timeout: Some(Duration::from_secs(10 * 60)),
+      prepared_statements: false,
+      ssl: None,
     }
   }
 }
@@ -131,6 +164,51 @@ pub enum Target<'a> {
   Pool,
   Tx(&'a StageTx),
   Exec(&'a dyn SharedExec),
+}
+
+/// sqlx's options from the URL (which reads libpq's `sslmode`, `sslrootcert`, `sslcert`,
+/// `sslkey`), with TLS given in code applied over them. No startup parameter beyond the ones
+/// a transaction-mode pooler passes through (PgBouncer refuses `options` and
+/// `extra_float_digits` unless told to ignore them).
+fn pg_connect_options(url: &str, ssl: Option<&Ssl>) -> Result<PgConnectOptions> {
+  use sqlx::postgres::PgSslMode;
+  let mut o = PgConnectOptions::from_str(url)
+    .map_err(|_| Error::invalid("invalid PostgreSQL connection URL"))?
+    .extra_float_digits(None);
+  if let Some(ssl) = ssl {
+    o = if ssl.disable {
+      o.ssl_mode(PgSslMode::Disable)
+    } else {
+      o.ssl_mode(if ssl.verify {
+        PgSslMode::VerifyFull
+      } else {
+        PgSslMode::Require
+      })
+    };
+    if let Some(ca) = &ssl.ca {
+      o = o.ssl_root_cert_from_pem(ca.as_bytes().to_vec());
+    }
+    if let Some(cert) = &ssl.cert {
+      o = o.ssl_client_cert_from_pem(cert.as_bytes());
+    }
+    if let Some(key) = &ssl.key {
+      o = o.ssl_client_key_from_pem(key.as_bytes());
+    }
+  }
+  Ok(o)
+}
+
+/// libpq's `connect_timeout` (whole seconds; 0 or less waits forever, which we leave to the
+/// other bounds; 1 is taken as 2, as libpq does).
+fn url_connect_timeout(url: &str) -> Option<Duration> {
+  let query = url.split_once('?')?.1;
+  let value = query
+    .split('&')
+    .filter_map(|kv| kv.split_once('='))
+    .find(|(k, _)| *k == "connect_timeout")?
+    .1;
+  let secs: u64 = value.trim().parse().ok().filter(|s| *s > 0)?;
+  Some(Duration::from_secs(secs.max(2)))
 }
 
 /// PostgreSQL's own default `max_connections` is 100; a pool far beyond that is a mistake.
@@ -209,12 +287,19 @@ impl Service {
     }
     let url = opts.url.as_str();
     let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-      let connect = PgConnectOptions::from_str(url)
-        .map_err(|_| Error::invalid("invalid PostgreSQL connection URL"))?
-        // The stage path writes string literals into simple-protocol statements.
-        .options([("standard_conforming_strings", "on")]);
-      let pool = PgPool::connect(connect, opts.max_connections, opts.acquire_timeout).await?;
-      Backend::Pg(pool)
+      let connect = pg_connect_options(url, opts.ssl.as_ref())?;
+      let cfg = PoolConfig {
+        size: opts.max_connections,
+        acquire_timeout: opts.acquire_timeout,
+        connect_timeout: opts
+          .connect_timeout
+          .or_else(|| url_connect_timeout(url))
+          .unwrap_or(opts.acquire_timeout),
+        max_lifetime: opts.max_lifetime,
+        idle_timeout: opts.idle_timeout,
+        prepared: opts.prepared_statements,
+      };
+      Backend::Pg(PgPool::connect(connect, cfg).await?)
     } else if url.starts_with("sqlite:") {
       let memory = url.contains(":memory:") || url.contains("mode=memory");
       let connect = SqliteConnectOptions::from_str(url)
@@ -975,10 +1060,14 @@ fn reborrow<'a>(c: &'a mut ConnRef<'_>) -> ConnRef<'a> {
 /// A statement without parameters or rows (savepoints).
 async fn plain(c: ConnRef<'_>, sql: &'static str) -> Result<()> {
   match c {
-    ConnRef::Pg(c) => sqlx::query(sql).execute(c).await.map(|_| ()),
-    ConnRef::Lite(c) => sqlx::query(sql).execute(c).await.map(|_| ()),
+    // The simple protocol: no statement is prepared on the server.
+    ConnRef::Pg(c) => c.plain(sql).await,
+    ConnRef::Lite(c) => sqlx::query(sql)
+      .execute(c)
+      .await
+      .map(|_| ())
+      .map_err(Error::from),
   }
-  .map_err(Error::from)
 }
 
 async fn apply(c: ConnRef<'_>, id: &str, r: StageResult) -> Result<IdempotencyKey> {

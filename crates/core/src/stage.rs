@@ -7,13 +7,10 @@
 use crate::error::{Error, Result};
 use crate::key::IdempotencyKey;
 use crate::lite::LiteTx;
-use crate::pgpool::{Lease, Literal};
+use crate::pgpool::Lease;
 use crate::service::StageResult;
-use crate::value::{bind, decode, Param, QueryResult};
-use futures_util::TryStreamExt;
-use sqlx::postgres::PgConnection;
+use crate::value::{Param, QueryResult};
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Column, Executor, Postgres, Row, Statement};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::{Mutex, Notify};
@@ -29,14 +26,14 @@ pub(crate) enum TxConn {
 
 /// A connection of either backend, borrowed for one operation.
 pub(crate) enum ConnRef<'c> {
-  Pg(&'c mut PgConnection),
+  Pg(&'c mut Lease),
   Lite(&'c mut SqliteConnection),
 }
 
 impl TxConn {
   pub(crate) fn conn(&mut self) -> ConnRef<'_> {
     match self {
-      TxConn::Pg(l) => ConnRef::Pg(l.raw()),
+      TxConn::Pg(l) => ConnRef::Pg(l),
       TxConn::Lite(_, t) => ConnRef::Lite(t),
     }
   }
@@ -46,17 +43,8 @@ impl TxConn {
   pub(crate) async fn apply_and_commit(self, id: &str, r: StageResult) -> Result<IdempotencyKey> {
     match self {
       TxConn::Pg(mut lease) => {
-        let (set_code, code) = r.response_code.map_or((false, None), |v| (true, v));
-        let (set_body, body) = r.response_body.map_or((false, None), |v| (true, v));
         let rows = lease
-          .apply_and_commit(&[
-            Literal::Text(Some(id)),
-            Literal::Text(r.recovery_point.as_deref()),
-            Literal::Bool(set_code),
-            Literal::Int(code),
-            Literal::Bool(set_body),
-            Literal::Json(body.as_ref()),
-          ])
+          .apply_and_commit(&crate::pgsql::apply_params(id, r))
           .await?;
         crate::pgsql::first(rows)?.ok_or_else(|| Error::not_found(id))
       }
@@ -152,7 +140,7 @@ impl StageTx {
     }
     let run = async {
       match tx {
-        TxConn::Pg(l) => run_query(l.raw(), sql, params).await,
+        TxConn::Pg(l) => l.user_query(sql, params).await,
         TxConn::Lite(armed, t) => {
           // Armed at the callback's first statement (a worker round trip), not at BEGIN:
           // stages that run no statement of their own never pay for it.
@@ -264,7 +252,7 @@ fn check_statement(sql: &str) -> Result<()> {
   Ok(())
 }
 
-fn strip_leading_comments(mut sql: &str) -> &str {
+pub(crate) fn strip_leading_comments(mut sql: &str) -> &str {
   loop {
     sql = sql.trim_start();
     if let Some(rest) = sql.strip_prefix("--") {
@@ -275,50 +263,4 @@ fn strip_leading_comments(mut sql: &str) -> &str {
       return sql;
     }
   }
-}
-
-/// Prepare without declared parameter types, bind by the types the server inferred, and
-/// decode the rows by column type.
-pub(crate) async fn run_query(
-  conn: &mut PgConnection,
-  sql: &str,
-  params: &[Param],
-) -> Result<QueryResult> {
-  let stmt = (&mut *conn).prepare_with(sql, &[]).await?;
-  let types = match stmt.parameters() {
-    Some(sqlx::Either::Left(types)) => types.to_vec(),
-    _ => Vec::new(),
-  };
-  if types.len() != params.len() {
-    return Err(Error::invalid(format!(
-      "the statement expects {} parameter(s), {} given",
-      types.len(),
-      params.len()
-    )));
-  }
-  let mut query = sqlx::query::<Postgres>(sql);
-  for (i, (p, ty)) in params.iter().zip(&types).enumerate() {
-    query = query.bind(bind(p, ty, i)?);
-  }
-  let mut out = QueryResult::default();
-  let mut stream = conn.fetch_many(query);
-  while let Some(item) = stream.try_next().await? {
-    match item {
-      sqlx::Either::Left(done) => out.rows_affected += done.rows_affected(),
-      sqlx::Either::Right(row) => {
-        if out.columns.is_empty() && !row.columns().is_empty() {
-          out.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
-        }
-        let mut cells = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-          cells.push(decode(row.try_get_raw(i)?)?);
-        }
-        out.rows.push(cells);
-      }
-    }
-  }
-  if out.columns.is_empty() {
-    out.columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
-  }
-  Ok(out)
 }

@@ -14,6 +14,8 @@ use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgTypeKind, PgValueRef};
 use sqlx::{Postgres, TypeInfo, ValueRef};
 
+pub(crate) mod text;
+
 /// A JS value bound as a query parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Param {
@@ -312,15 +314,9 @@ fn format_number(n: f64) -> String {
   }
 }
 
-/// `Date.prototype.toISOString` for a time value, over the whole JS range (years −271821 to
-/// 275760, beyond chrono's): `None` for an invalid Date, which `JSON.stringify` prints as null.
-pub fn iso_string(ms: f64) -> Option<String> {
-  if !ms.is_finite() || ms.abs() > 8.64e15 {
-    return None;
-  }
-  let ms = ms as i64;
-  let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-  // Howard Hinnant's days_from_civil, inverted: proleptic Gregorian from days since 1970.
+/// Proleptic Gregorian (year, month, day) of a day count since 1970 (Howard Hinnant's
+/// civil_from_days), for any year PostgreSQL or JS holds.
+fn civil(days: i64) -> (i64, i64, i64) {
   let z = days + 719_468;
   let era = z.div_euclid(146_097);
   let doe = z.rem_euclid(146_097);
@@ -329,7 +325,18 @@ pub fn iso_string(ms: f64) -> Option<String> {
   let mp = (5 * doy + 2) / 153;
   let day = doy - (153 * mp + 2) / 5 + 1;
   let month = if mp < 10 { mp + 3 } else { mp - 9 };
-  let year = yoe + era * 400 + i64::from(month <= 2);
+  (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// `Date.prototype.toISOString` for a time value, over the whole JS range (years −271821 to
+/// 275760, beyond chrono's): `None` for an invalid Date, which `JSON.stringify` prints as null.
+pub fn iso_string(ms: f64) -> Option<String> {
+  if !ms.is_finite() || ms.abs() > 8.64e15 {
+    return None;
+  }
+  let ms = ms as i64;
+  let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+  let (year, month, day) = civil(days);
   let year = if (0..=9999).contains(&year) {
     format!("{year:04}")
   } else {
@@ -590,15 +597,20 @@ pub(crate) fn decode(value: PgValueRef<'_>) -> Result<Cell> {
     sqlstate: None,
     message: e.to_string(),
   })?;
-  decode_bytes(
-    bytes,
-    &ty,
-    value.format() == sqlx::postgres::PgValueFormat::Text,
-  )
+  if value.format() == sqlx::postgres::PgValueFormat::Text {
+    // The simple query protocol: text, decoded by type OID only (a type the server did not
+    // describe has no name or kind to ask for).
+    let s = std::str::from_utf8(bytes).map_err(|_| Error::Database {
+      sqlstate: None,
+      message: "a text-format value is not UTF-8".into(),
+    })?;
+    return text::decode(s, type_oid(&ty));
+  }
+  decode_bytes(bytes, &ty)
 }
 
-fn decode_bytes(b: &[u8], ty: &PgTypeInfo, text: bool) -> Result<Cell> {
-  if text || is_textual(ty) {
+fn decode_bytes(b: &[u8], ty: &PgTypeInfo) -> Result<Cell> {
+  if is_textual(ty) {
     return Ok(Cell::Text(String::from_utf8_lossy(b).into_owned()));
   }
   decode_oid(b, type_oid(ty))
