@@ -56,11 +56,24 @@ pub(crate) struct Conn {
   idle_since: Instant,
 }
 
-/// What the server inferred for a callback's statement: parameter types (to encode each JS
-/// value as its type) and column names (for a result without rows).
+/// What the server inferred for a callback's statement: its parameter types, to encode each
+/// JS value as its type.
 struct Described {
   params: Vec<PgTypeInfo>,
-  columns: Vec<String>,
+}
+
+/// A statement name no other client uses: a leaked one can never be run or collided with.
+fn statement_name() -> String {
+  format!("medusa_ikey_q{:016x}", rand::random::<u64>())
+}
+
+/// `{23,25}` (an `oid[]` as text).
+fn parse_oids(t: &str) -> Option<Vec<u32>> {
+  let inner = t.strip_prefix('{')?.strip_suffix('}')?;
+  if inner.is_empty() {
+    return Some(Vec::new());
+  }
+  inner.split(',').map(|n| n.parse().ok()).collect()
 }
 
 /// Statements described per process, by SQL text; cleared when it reaches this size.
@@ -333,19 +346,25 @@ impl Lease {
     if self.prepared_mode() {
       return run_query(self.raw(), sql, params).await;
     }
+    if !preparable(sql) {
+      // DDL, SET, SAVEPOINT, CALL…: PREPARE does not take them, and only CALL and EXPLAIN
+      // take parameters; written into the statement as untyped literals.
+      let inlined = text::inline_user(sql, params)?;
+      return simple(self.raw(), &inlined).await.0;
+    }
     let described = self.describe(sql).await?;
     check_count(described.params.len(), params.len())?;
-    let (mut out, _) = if params.is_empty() {
-      // Described, so a single statement: the simple protocol runs it as is.
+    let (out, _) = if params.is_empty() {
+      // Checked to be one statement: the simple protocol runs it as is.
       simple(self.raw(), sql).await
-    } else if preparable(sql) {
+    } else {
       let values = params
         .iter()
         .zip(&described.params)
         .enumerate()
         .map(|(i, (p, ty))| text::typed_literal(p, ty, i))
         .collect::<Result<Vec<_>>>()?;
-      let name = format!("medusa_ikey_q{:016x}", rand::random::<u64>());
+      let name = statement_name();
       let batch = format!(
         "PREPARE {name} AS {sql}\n;EXECUTE {name}({});DEALLOCATE {name}",
         values.join(", ")
@@ -355,39 +374,37 @@ impl Lease {
         self.leaked.push(name);
       }
       (r, completed)
-    } else {
-      // A statement PREPARE does not take (CALL, EXPLAIN…) with parameters: an unnamed
-      // protocol statement, which lives only until the next one on this connection.
-      (unnamed(self.raw(), sql, params, &described.params).await, 0)
     };
-    if let Ok(r) = &mut out {
-      if r.columns.is_empty() {
-        r.columns = described.columns.clone();
-      }
-    }
     out
   }
 
-  /// The server's types for a callback's statement: from the process cache, else described
-  /// here (inside the stage transaction, so on one server connection) and closed again.
+  /// The server's parameter types for a callback's statement: from the process cache, else
+  /// asked of the server in one message that PREPAREs it under a name of its own, reads
+  /// `pg_prepared_statements` and DEALLOCATEs it (a protocol-level describe would name its
+  /// statement like every other sqlx client, and collide with what they leave on a pooled
+  /// server connection).
   async fn describe(&mut self, sql: &str) -> Result<Arc<Described>> {
     if let Some(d) = self.pool.described.lock().unwrap().get(sql) {
       return Ok(d.clone());
     }
-    let raw = self.raw();
-    let described = match raw.prepare_with(sql, &[]).await {
-      Ok(stmt) => Ok(Described {
-        params: match stmt.parameters() {
-          Some(sqlx::Either::Left(types)) => types.to_vec(),
-          _ => Vec::new(),
-        },
-        columns: stmt.columns().iter().map(|c| c.name().to_owned()).collect(),
-      }),
-      Err(e) => Err(Error::from(e)),
-    };
-    // Closes the statement (and any type lookups sqlx ran) before the transaction ends.
-    raw.clear_cached_statements().await?;
-    let described = Arc::new(described?);
+    text::one_statement(sql)?;
+    let name = statement_name();
+    let batch = format!(
+      "PREPARE {name} AS {sql}\n;SELECT parameter_types::oid[]::text AS t FROM pg_prepared_statements \
+       WHERE name = '{name}';DEALLOCATE {name}"
+    );
+    let (r, completed) = simple(self.raw(), &batch).await;
+    if r.is_err() && completed > 0 {
+      self.leaked.push(name);
+    }
+    let types = match r?.rows.first().and_then(|row| row.first()) {
+      Some(crate::value::Cell::Text(t)) => parse_oids(t),
+      _ => None,
+    }
+    .ok_or_else(|| Error::Internal("could not read the statement's parameter types".into()))?;
+    let described = Arc::new(Described {
+      params: types.into_iter().map(crate::value::type_of_oid).collect(),
+    });
     let mut cache = self.pool.described.lock().unwrap();
     if cache.len() >= DESCRIBED_MAX {
       cache.clear();
@@ -585,20 +602,6 @@ pub(crate) async fn run_query(
     out.columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
   }
   Ok(out)
-}
-
-/// A statement as an unnamed protocol statement, bound by the described types.
-async fn unnamed(
-  conn: &mut PgConnection,
-  sql: &str,
-  params: &[Param],
-  types: &[PgTypeInfo],
-) -> Result<QueryResult> {
-  let mut query = sqlx::query::<Postgres>(sql).persistent(false);
-  for (i, (p, ty)) in params.iter().zip(types).enumerate() {
-    query = query.bind(bind(p, ty, i)?);
-  }
-  rows(conn.fetch_many(query)).await
 }
 
 /// Collect a result stream: the rows of its last row-returning statement, the affected

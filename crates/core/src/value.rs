@@ -125,11 +125,86 @@ fn is_textual_oid(t: u32) -> bool {
 }
 
 /// Types sent and received as UTF-8 text. Only types the server described may be asked for
-/// their kind or name: sqlx panics on a type built from a bare OID.
+/// their kind: sqlx panics on a type built from a bare OID (whose name is "?"). A bare OID we
+/// do not know (an enum, a domain, an extension's type) is sent as text, which its input
+/// function reads.
 fn is_textual(ty: &PgTypeInfo) -> bool {
-  is_textual_oid(type_oid(ty))
+  let t = type_oid(ty);
+  if ty.name() == "?" {
+    return is_textual_oid(t) || !is_known_oid(t);
+  }
+  is_textual_oid(t)
     || matches!(ty.kind(), PgTypeKind::Enum(_))
     || ty.name().eq_ignore_ascii_case("citext")
+}
+
+/// The OIDs this module encodes and decodes itself.
+fn is_known_oid(t: u32) -> bool {
+  array_element(t).is_some()
+    || matches!(
+      t,
+      oid::BOOL
+        | oid::BYTEA
+        | oid::CHAR
+        | oid::NAME
+        | oid::INT8
+        | oid::INT2
+        | oid::INT4
+        | oid::TEXT
+        | oid::OID
+        | oid::JSON
+        | oid::XML
+        | oid::FLOAT4
+        | oid::FLOAT8
+        | oid::UNKNOWN
+        | oid::BPCHAR
+        | oid::VARCHAR
+        | oid::DATE
+        | oid::TIME
+        | oid::TIMESTAMP
+        | oid::TIMESTAMPTZ
+        | oid::NUMERIC
+        | oid::UUID
+        | oid::JSONB
+    )
+}
+
+/// A type known only by its OID (from `pg_prepared_statements`).
+pub(crate) fn type_of_oid(t: u32) -> PgTypeInfo {
+  PgTypeInfo::with_oid(Oid(t))
+}
+
+/// A type's name for messages: the server's, or ours for a bare OID.
+fn type_name(ty: &PgTypeInfo) -> String {
+  if ty.name() != "?" {
+    return ty.name().to_owned();
+  }
+  let t = type_oid(ty);
+  let name = match array_element(t).unwrap_or(t) {
+    oid::BOOL => "bool",
+    oid::BYTEA => "bytea",
+    oid::INT2 => "int2",
+    oid::INT4 => "int4",
+    oid::INT8 => "int8",
+    oid::OID => "oid",
+    oid::FLOAT4 => "float4",
+    oid::FLOAT8 => "float8",
+    oid::NUMERIC => "numeric",
+    oid::UUID => "uuid",
+    oid::JSON => "json",
+    oid::JSONB => "jsonb",
+    oid::DATE => "date",
+    oid::TIME => "time",
+    oid::TIMESTAMP => "timestamp",
+    oid::TIMESTAMPTZ => "timestamptz",
+    oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR => "text",
+    _ => return format!("the type with oid {t}"),
+  };
+  if array_element(t).is_some() {
+    format!("{name}[]")
+  } else {
+    name.to_owned()
+  }
 }
 
 /// One parameter, already encoded in the binary format of the type the server inferred.
@@ -172,7 +247,7 @@ pub(crate) fn bind(param: &Param, ty: &PgTypeInfo, index: usize) -> Result<Bound
       Error::invalid(format!(
         "parameter ${} cannot be sent as {}: {why}",
         index + 1,
-        ty.name()
+        type_name(ty)
       ))
     })?),
   };
@@ -192,7 +267,7 @@ fn encode(param: &Param, ty: &PgTypeInfo) -> EncodeResult {
   if is_textual(ty) {
     return Ok(as_text(param)?.into_bytes());
   }
-  encode_scalar(param, t, ty.name())
+  encode_scalar(param, t, &type_name(ty))
 }
 
 fn encode_scalar(param: &Param, t: u32, name: &str) -> EncodeResult {

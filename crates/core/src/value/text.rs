@@ -9,7 +9,7 @@
 
 use super::{
   array_element, as_json, as_text, civil, decode_numeric, encode, encode_scalar, format_number,
-  is_textual, is_textual_oid, iso_string, oid, type_oid, Cell, Param, PG_EPOCH_DAYS,
+  is_textual, is_textual_oid, iso_string, oid, type_name, type_oid, Cell, Param, PG_EPOCH_DAYS,
   PG_EPOCH_MICROS,
 };
 use crate::error::{Error, Result};
@@ -92,7 +92,7 @@ pub(crate) fn typed_literal(p: &Param, ty: &PgTypeInfo, index: usize) -> Result<
     Error::invalid(format!(
       "parameter ${} cannot be sent as {}: {why}",
       index + 1,
-      sqlx::TypeInfo::name(ty)
+      type_name(ty)
     ))
   };
   // The binary encoder decides what is accepted, in both modes alike.
@@ -110,6 +110,14 @@ pub(crate) fn typed_literal(p: &Param, ty: &PgTypeInfo, index: usize) -> Result<
           let b = encode_scalar(other, elem, "array element").map_err(&refuse)?;
           Some(scalar_text(other, &b, elem))
         }
+      })
+    })?
+  } else if let (Param::Array(items), false) = (p, super::is_known_oid(t)) {
+    // An array of a type we do not know (an enum[]…): its elements as text.
+    array_literal(items, &|item| {
+      Ok(match item {
+        Param::Null => None,
+        other => Some(as_text(other).map_err(&refuse)?),
       })
     })?
   } else if is_textual(ty) {
@@ -457,6 +465,165 @@ fn element(s: &str, elem: u32) -> Option<Cell> {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// A statement written into a simple-protocol message
+
+/// Check that `sql` is one statement that ends where its text ends, as PostgreSQL's lexer
+/// reads it, before it is written into a message with statements of ours after it: no `;`
+/// followed by another statement, and no string, quoted identifier, dollar quote or comment
+/// left open (which would swallow what follows). String literals are read with
+/// `standard_conforming_strings` on (PostgreSQL's default since 9.1; poolers pass it through).
+pub(crate) fn one_statement(sql: &str) -> Result<()> {
+  scan(sql).map(|_| ())
+}
+
+/// A non-preparable statement (CALL, EXPLAIN…) with its `$n` placeholders replaced by the
+/// parameters as untyped literals, which the server types by context as it types untyped
+/// parameters (node-postgres sends every parameter as untyped text).
+pub(crate) fn inline_user(sql: &str, params: &[Param]) -> Result<String> {
+  let places = scan(sql)?;
+  let highest = places.iter().map(|p| p.2).max().unwrap_or(0);
+  if highest != params.len() {
+    return Err(Error::invalid(format!(
+      "the statement expects {highest} parameter(s), {} given",
+      params.len()
+    )));
+  }
+  let mut out = String::with_capacity(sql.len());
+  let mut at = 0;
+  for (start, end, n) in places {
+    out.push_str(&sql[at..start]);
+    out.push_str(&literal(&params[n - 1])?);
+    at = end;
+  }
+  out.push_str(&sql[at..]);
+  Ok(out)
+}
+
+/// Lex `sql` as [`one_statement`] describes; the `$n` placeholders found: (start, end, n).
+fn scan(sql: &str) -> Result<Vec<(usize, usize, usize)>> {
+  let mut places = Vec::new();
+  let syntax = |why: &str| Error::Database {
+    sqlstate: Some("42601".into()),
+    message: why.to_owned(),
+  };
+  let b = sql.as_bytes();
+  let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+  let mut i = 0;
+  let mut ended = false; // a top-level `;` was seen
+  while i < b.len() {
+    let c = b[i];
+    match c {
+      b'-' if b.get(i + 1) == Some(&b'-') => {
+        i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+        continue;
+      }
+      b'/' if b.get(i + 1) == Some(&b'*') => {
+        let mut depth = 0;
+        loop {
+          if b.get(i..i + 2) == Some(b"/*") {
+            depth += 1;
+            i += 2;
+          } else if b.get(i..i + 2) == Some(b"*/") {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+              break;
+            }
+          } else if i >= b.len() {
+            return Err(syntax("unterminated /* comment"));
+          } else {
+            i += 1;
+          }
+        }
+        continue;
+      }
+      _ if c.is_ascii_whitespace() => {
+        i += 1;
+        continue;
+      }
+      b';' => {
+        ended = true;
+        i += 1;
+        continue;
+      }
+      _ => {}
+    }
+    if ended {
+      return Err(syntax(
+        "cannot insert multiple commands into a prepared statement",
+      ));
+    }
+    match c {
+      b'\'' => {
+        i = quoted(b, i, b'\'', false).ok_or_else(|| syntax("unterminated quoted string"))?
+      }
+      b'"' => {
+        i = quoted(b, i, b'"', false).ok_or_else(|| syntax("unterminated quoted identifier"))?
+      }
+      b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+        let digits = b[i + 1..].iter().take_while(|x| x.is_ascii_digit()).count();
+        let n: usize = sql[i + 1..i + 1 + digits]
+          .parse()
+          .map_err(|_| syntax("bad parameter number"))?;
+        if n == 0 {
+          return Err(syntax("there is no parameter $0"));
+        }
+        places.push((i, i + 1 + digits, n));
+        i += 1 + digits;
+      }
+      b'$' => {
+        // A dollar quote: $$ or $tag$ (a tag does not start with a digit).
+        let tag_len = b[i + 1..]
+          .iter()
+          .take_while(|&&x| ident(x) && x != b'$')
+          .count();
+        if b.get(i + 1 + tag_len) == Some(&b'$') {
+          let tag = &sql[i..i + tag_len + 2];
+          let body = i + tag.len();
+          let close = sql[body..]
+            .find(tag)
+            .ok_or_else(|| syntax("unterminated dollar-quoted string"))?;
+          i = body + close + tag.len();
+        } else {
+          i += 1;
+        }
+      }
+      _ if ident(c) => {
+        let start = i;
+        while i < b.len() && ident(b[i]) {
+          i += 1;
+        }
+        // E'…' reads backslash escapes; other prefixes (B, X, N, U&) do not.
+        if b.get(i) == Some(&b'\'') && sql[start..i].eq_ignore_ascii_case("e") {
+          i = quoted(b, i, b'\'', true).ok_or_else(|| syntax("unterminated quoted string"))?;
+        }
+      }
+      _ => i += 1,
+    }
+  }
+  Ok(places)
+}
+
+/// The index after a quoted token starting at `start` (doubled quotes inside; backslash
+/// escapes when `escapes`), or `None` if it never closes.
+fn quoted(b: &[u8], start: usize, q: u8, escapes: bool) -> Option<usize> {
+  let mut i = start + 1;
+  loop {
+    match *b.get(i)? {
+      b'\\' if escapes => i += 2,
+      c if c == q => {
+        if b.get(i + 1) == Some(&q) {
+          i += 2;
+        } else {
+          return Some(i + 1);
+        }
+      }
+      _ => i += 1,
+    }
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -528,6 +695,35 @@ mod tests {
       .unwrap(),
       "SELECT E'1'::int4, E'x'::text, E't'"
     );
+  }
+
+  #[test]
+  fn one_statement_as_postgres_lexes_it() {
+    for ok in [
+      "SELECT 1",
+      "SELECT 1;",
+      "SELECT 1; -- done",
+      "SELECT 1 ;; /* c */ ;",
+      "SELECT ';' AS a, \"x;\"\"y\" FROM t -- ; DROP",
+      "SELECT $$ ; $$, $tag$ ' ; $$ $tag$, $1, a$b",
+      "SELECT E'it\\'s ; fine', 'a''b;'",
+      "SELECT /* nested /* ; */ still */ 1",
+    ] {
+      assert!(one_statement(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+      "SELECT 1; SELECT 2",
+      "SELECT 1; DROP TABLE t",
+      "SELECT 'open",
+      "SELECT \"open",
+      "SELECT 1 /* open",
+      "SELECT /* a /* b */ 1",
+      "SELECT $x$ open",
+      "SELECT E'\\'; DROP TABLE t",
+      "SELECT 'a\\'; SELECT 2",
+    ] {
+      assert!(one_statement(bad).is_err(), "{bad}");
+    }
   }
 
   #[test]
