@@ -31,11 +31,12 @@ const POOL = Number(opt('pool', 10))
 const PG_PREPARED = flag('pg-prepared')
 const ADMIN_URL = opt('admin-url', process.env.BENCH_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres')
 const OUT = opt('out', SMOKE ? null : path.join(__dirname, 'RESULTS.md'))
-const IMPLS = ['original', 'bound', 'native', 'pg']
+const IMPLS = ['original', 'bound', 'native', 'prepared', 'pg']
 const LABEL = {
   original: 'Medusa 1.20 original (TypeORM)',
   bound: 'ours, bound mode (TypeORM executor)',
-  native: 'ours, native mode',
+  native: 'ours, native mode (pooler-safe, the default)',
+  prepared: 'ours, native mode, preparedStatements: true',
   pg: 'bare `pg` floor',
 }
 

@@ -15,7 +15,9 @@
 //             call it: `manager.transaction(tm => service.withTransaction(tm).…)`.
 //   bound     our Medusa container class (medusa-idempotency-native/medusa), built from the
 //             same cradle and called exactly like the original (bound mode over TypeORM).
-//   native    our addon's own pool and transaction (`IdempotencyKeyService.connect`).
+//   native    our addon's own pool and transaction (`IdempotencyKeyService.connect`), in the
+//             default pooler-safe statement mode.
+//   prepared  the same with `preparedStatements: true` (statements kept prepared on the server).
 //   pg        the floor: the same cycle's minimal SQL on a bare node-postgres Pool.
 const path = require('node:path')
 const { randomUUID } = require('node:crypto')
@@ -90,11 +92,11 @@ async function typeormImpls(url, poolSize) {
   return { original, bound }
 }
 
-async function nativeImpl(url, poolSize) {
+async function nativeImpl(url, poolSize, { name = 'native', preparedStatements = false } = {}) {
   const { IdempotencyKeyService } = require(ROOT)
-  const svc = await IdempotencyKeyService.connect({ url, maxConnections: poolSize })
+  const svc = await IdempotencyKeyService.connect({ url, maxConnections: poolSize, preparedStatements })
   return {
-    name: 'native',
+    name,
     initializeRequest: (headerKey) => svc.initializeRequest(headerKey, REQ_METHOD, REQ_PARAMS, REQ_PATH),
     stage: (key, n, from, to, onBody) =>
       svc.workStage(
@@ -176,12 +178,13 @@ async function pgImpl(url, poolSize, { prepared = false } = {}) {
   }
 }
 
-/** All four, each with its own pool of `poolSize` (the two TypeORM ones share Medusa's). */
+/** All five, each with its own pool of `poolSize` (the two TypeORM ones share Medusa's). */
 async function buildAll(url, poolSize, opts = {}) {
   const { original, bound } = await typeormImpls(url, poolSize)
   const native = await nativeImpl(url, poolSize)
+  const prepared = await nativeImpl(url, poolSize, { name: 'prepared', preparedStatements: true })
   const pg = await pgImpl(url, poolSize, opts)
-  return { original, bound, native, pg }
+  return { original, bound, native, prepared, pg }
 }
 
 const STAGES = [

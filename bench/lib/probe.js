@@ -51,6 +51,8 @@ function logLines(from) {
   const proxy = await startProxy({ host: target.hostname, port: Number(target.port || 5432) })
   const viaProxy = new URL(url)
   viaProxy.port = String(proxy.port)
+  // Plain TCP: the proxy counts protocol messages, which TLS (sslmode=prefer, our default) hides.
+  viaProxy.searchParams.set('sslmode', 'disable')
   const impls = await buildAll(viaProxy.toString(), Number(poolArg), { prepared: process.argv.includes('--pg-prepared') })
   const out = {}
 

@@ -53,6 +53,17 @@ function render(ctx) {
     t.push(['(b) c=16 throughput, native ÷ bare pg', '≥ 1.5×', nPg, nPg.med >= 1.5, tp(b16, 'native', 'pg')])
     t.push(['(b) c=16 throughput, bound ÷ original', '≥ 1.5×', bOrig, bOrig.med >= 1.5, tp(b16, 'bound', 'original')])
     t.push(['(b) c=1 p50 latency, native ÷ original', '≤ 0.5×', lat, lat.med <= 0.5, ms(b1, 'native', 'original')])
+    // The two statement modes (issue: pooler-safe by default, prepared as an opt-in if faster).
+    if (results[b16].prepared) {
+      const pOrig = ratio(b16, 'prepared', 'original')
+      const pSafe = ratio(b16, 'prepared', 'native')
+      t.push(['(b) c=16 throughput, native prepared ÷ original', '≥ 3.0×', pOrig, pOrig.med >= 3.0, tp(b16, 'prepared', 'original')])
+      t.push(['(b) c=16 throughput, prepared ÷ pooler-safe (the opt-in\'s gain)', 'report', pSafe, true, tp(b16, 'prepared', 'native')])
+      if (results.b64?.prepared) {
+        const p64 = ratio('b64', 'prepared', 'native')
+        t.push(['(b) c=64 throughput, prepared ÷ pooler-safe', 'report', p64, true, tp('b64', 'prepared', 'native')])
+      }
+    }
   }
   const mem = bridge?.memory
   const growth = mem ? mem.atEnd.rss / mem.atWarm.rss : NaN
@@ -285,7 +296,13 @@ function render(ctx) {
         if (e.length) smokeProblems.push(`${s.id} ${impl}: errors ${JSON.stringify(r.errors)}`)
       }
     }
-  for (const impl of ['bound', 'native', 'pg'])
+  // Both statement modes keep a native stage at 3 round trips (BEGIN + lock, the callback's
+  // INSERT, apply + COMMIT).
+  for (const impl of ['native', 'prepared']) {
+    const rt = probe?.results?.[impl]?.stage?.roundTrips
+    if (Number.isFinite(rt) && rt !== 3) smokeProblems.push(`probe ${impl}: ${rt} round trips per stage, expected 3`)
+  }
+  for (const impl of ['bound', 'native', 'prepared', 'pg'])
     for (const r of races[impl] ?? []) if (r.committed !== r.allowed) smokeProblems.push(`race ${impl}: ${r.committed} committed, ${r.allowed} allowed`)
   for (const impl of impls) if (!Number.isFinite(probe?.results?.[impl]?.stage?.statements)) smokeProblems.push(`probe ${impl}: no counts`)
   if (!Number.isFinite(growth)) smokeProblems.push('memory: no numbers')
