@@ -172,6 +172,13 @@ describe('TLS', { skip: !isPostgres && 'PostgreSQL only: SQLite has no network c
     assert.doesNotMatch(e.message, /s3cr3t-pw/)
   })
 
+  test('a missing sslrootcert file is invalid_data naming the file', async () => {
+    const missing = path.join(dir, 'no-such-ca.pem')
+    const e = await rejects(IdempotencyKeyService.connect(server.url('localhost', `sslmode=verify-full&sslrootcert=${encodeURIComponent(missing)}`)))
+    assertTyped(e, 'invalid_data', 'INVALID_ARGUMENT')
+    assert.ok(e.message.includes(missing), e.message)
+  })
+
   test('sslmode=disable is plain; the ssl option overrides the URL', async () => {
     assert.equal((await sslOfStage(server.url('127.0.0.1', 'sslmode=disable'))).ssl, false)
     assert.equal((await sslOfStage({ url: server.url('127.0.0.1', 'sslmode=require'), ssl: false })).ssl, false)
