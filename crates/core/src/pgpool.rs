@@ -11,8 +11,9 @@
 //!   that made it, so the service is correct behind a transaction-mode pooler (PgBouncer),
 //!   where consecutive transactions of one client land on different server connections. The
 //!   service's own statements carry their parameters as escaped literals; a callback's
-//!   statement is described once per process (inside its stage transaction, and closed
-//!   again there), then sent as `PREPARE x AS …; EXECUTE x(…); DEALLOCATE x` in one message.
+//!   statement is described once per process (inside its stage transaction: PREPARE under a
+//!   random name, read `pg_prepared_statements`, DEALLOCATE, in one message), then sent with
+//!   each `$n` replaced by a literal cast to the type the server inferred for it.
 //! - **prepared** (opt-in, direct connections or session pooling): the stage statements are
 //!   `PREPARE`d once per connection at the SQL level and a callback's statements are cached
 //!   per connection as protocol-level named statements (sqlx's cache), so nothing is
@@ -23,7 +24,7 @@
 //! after `max_lifetime` and closed after `idle_timeout` unused, so an idle pool shrinks.
 
 use crate::error::{Error, Result};
-use crate::value::{bind, text, Param, QueryResult};
+use crate::value::{bind, text, Cell, Param, QueryResult};
 use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgTypeInfo};
 use sqlx::{Column, Connection, Executor, Postgres, Row, Statement};
@@ -60,6 +61,8 @@ pub(crate) struct Conn {
 /// JS value as its type.
 struct Described {
   params: Vec<PgTypeInfo>,
+  /// The same types as SQL names (`integer`, `character varying`, `public.mood`), for casts.
+  names: Vec<String>,
 }
 
 /// A statement name no other client uses: a leaked one can never be run or collided with.
@@ -101,9 +104,9 @@ pub(crate) struct Lease {
   reused: bool,
   /// A transaction of ours is open on the connection.
   in_tx: bool,
-  /// Pooler-safe mode: statements PREPAREd in this transaction whose DEALLOCATE did not run
-  /// (their EXECUTE failed); deallocated in the message that ends the transaction, which
-  /// still runs on the same server connection.
+  /// Pooler-safe mode: statements a describe PREPAREd in this transaction whose DEALLOCATE
+  /// did not run; deallocated in the message that ends the transaction, which still runs on
+  /// the same server connection.
   leaked: Vec<String>,
   pool: Arc<Inner>,
   _permit: OwnedSemaphorePermit,
@@ -354,26 +357,20 @@ impl Lease {
     }
     let described = self.describe(sql).await?;
     check_count(described.params.len(), params.len())?;
-    let (out, _) = if params.is_empty() {
+    let out = if params.is_empty() {
       // Checked to be one statement: the simple protocol runs it as is.
-      simple(self.raw(), sql).await
+      simple(self.raw(), sql).await.0
     } else {
+      // Each placeholder becomes a literal cast to the type the server inferred for it, so the
+      // statement means what it means with typed parameters.
       let values = params
         .iter()
-        .zip(&described.params)
+        .zip(described.params.iter().zip(&described.names))
         .enumerate()
-        .map(|(i, (p, ty))| text::typed_literal(p, ty, i))
+        .map(|(i, (p, (ty, name)))| Ok(format!("({}::{name})", text::typed_literal(p, ty, i)?)))
         .collect::<Result<Vec<_>>>()?;
-      let name = statement_name();
-      let batch = format!(
-        "PREPARE {name} AS {sql}\n;EXECUTE {name}({});DEALLOCATE {name}",
-        values.join(", ")
-      );
-      let (r, completed) = simple(self.raw(), &batch).await;
-      if r.is_err() && completed > 0 {
-        self.leaked.push(name);
-      }
-      (r, completed)
+      let inlined = text::substitute(sql, &values)?;
+      simple(self.raw(), &inlined).await.0
     };
     out
   }
@@ -390,20 +387,36 @@ impl Lease {
     text::one_statement(sql)?;
     let name = statement_name();
     let batch = format!(
-      "PREPARE {name} AS {sql}\n;SELECT parameter_types::oid[]::text AS t FROM pg_prepared_statements \
-       WHERE name = '{name}';DEALLOCATE {name}"
+      "PREPARE {name} AS {sql}\n;SELECT parameter_types::oid[]::text AS t, parameter_types::text[] AS n \
+       FROM pg_prepared_statements WHERE name = '{name}';DEALLOCATE {name}"
     );
     let (r, completed) = simple(self.raw(), &batch).await;
     if r.is_err() && completed > 0 {
       self.leaked.push(name);
     }
-    let types = match r?.rows.first().and_then(|row| row.first()) {
-      Some(crate::value::Cell::Text(t)) => parse_oids(t),
+    let r = r?;
+    let unreadable = || Error::Internal("could not read the statement's parameter types".into());
+    let row = r.rows.first().ok_or_else(unreadable)?;
+    let oids = match row.first() {
+      Some(Cell::Text(t)) => parse_oids(t),
       _ => None,
     }
-    .ok_or_else(|| Error::Internal("could not read the statement's parameter types".into()))?;
+    .ok_or_else(unreadable)?;
+    let names = match row.get(1) {
+      Some(Cell::Array(items)) => items
+        .iter()
+        .map(|c| match c {
+          Cell::Text(t) => Some(t.clone()),
+          _ => None,
+        })
+        .collect::<Option<Vec<_>>>(),
+      _ => None,
+    }
+    .filter(|n| n.len() == oids.len())
+    .ok_or_else(unreadable)?;
     let described = Arc::new(Described {
-      params: types.into_iter().map(crate::value::type_of_oid).collect(),
+      params: oids.into_iter().map(crate::value::type_of_oid).collect(),
+      names,
     });
     let mut cache = self.pool.described.lock().unwrap();
     if cache.len() >= DESCRIBED_MAX {

@@ -481,19 +481,26 @@ pub(crate) fn one_statement(sql: &str) -> Result<()> {
 /// parameters as untyped literals, which the server types by context as it types untyped
 /// parameters (node-postgres sends every parameter as untyped text).
 pub(crate) fn inline_user(sql: &str, params: &[Param]) -> Result<String> {
+  let values = params.iter().map(literal).collect::<Result<Vec<_>>>()?;
+  substitute(sql, &values)
+}
+
+/// Replace the `$n` placeholders of a user's statement (found by the lexer, so never inside a
+/// string, identifier or comment) with `values[n - 1]`; every value must be used by number.
+pub(crate) fn substitute(sql: &str, values: &[String]) -> Result<String> {
   let places = scan(sql)?;
   let highest = places.iter().map(|p| p.2).max().unwrap_or(0);
-  if highest != params.len() {
+  if highest != values.len() {
     return Err(Error::invalid(format!(
       "the statement expects {highest} parameter(s), {} given",
-      params.len()
+      values.len()
     )));
   }
-  let mut out = String::with_capacity(sql.len());
+  let mut out = String::with_capacity(sql.len() + values.iter().map(String::len).sum::<usize>());
   let mut at = 0;
   for (start, end, n) in places {
     out.push_str(&sql[at..start]);
-    out.push_str(&literal(&params[n - 1])?);
+    out.push_str(&values[n - 1]);
     at = end;
   }
   out.push_str(&sql[at..]);
