@@ -262,7 +262,15 @@ type EncodeResult = std::result::Result<Vec<u8>, String>;
 fn encode(param: &Param, ty: &PgTypeInfo) -> EncodeResult {
   let t = type_oid(ty);
   if let Some(elem) = array_element(t) {
-    return encode_array(param, elem);
+    return encode_array(param, elem, is_textual_oid(elem));
+  }
+  // An array of a described type sent as text (an enum[], a citext[]).
+  if ty.name() != "?" {
+    if let PgTypeKind::Array(elem) = ty.kind() {
+      if is_textual(elem) {
+        return encode_array(param, type_oid(elem), true);
+      }
+    }
   }
   if is_textual(ty) {
     return Ok(as_text(param)?.into_bytes());
@@ -351,7 +359,7 @@ fn encode_scalar(param: &Param, t: u32, name: &str) -> EncodeResult {
   })
 }
 
-fn encode_array(param: &Param, elem: u32) -> EncodeResult {
+fn encode_array(param: &Param, elem: u32, textual: bool) -> EncodeResult {
   let items = match param {
     Param::Array(items) => items,
     _ => return Err("expected an array".into()),
@@ -367,7 +375,7 @@ fn encode_array(param: &Param, elem: u32) -> EncodeResult {
     match item {
       Param::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
       p => {
-        let bytes = if is_textual_oid(elem) {
+        let bytes = if textual {
           as_text(p)?.into_bytes()
         } else {
           encode_scalar(p, elem, "array element")?
