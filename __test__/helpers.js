@@ -5,6 +5,10 @@
 //   IDEM_BACKEND=sqlite              every test file gets its own fresh SQLite file in /tmp
 //                                    (removed with its -wal/-shm files afterwards), verified
 //                                    through better-sqlite3. No PostgreSQL server is needed.
+//   IDEM_PG_POOLER=pgbouncer         (postgres only) every fresh database also gets a PgBouncer
+//                                    of its own (test-support/pgbouncer.js: transaction mode,
+//                                    default_pool_size IDEM_PG_POOL_SIZE, default 4), and the
+//                                    SERVICE connects through it; `db` stays direct.
 //
 // Either way the test sees the same `db.query(sql, params) -> rows` / `db.exec(sql)` verification
 // client, independent of the addon, with `$1, $2…` placeholders on both.
@@ -20,6 +24,10 @@ if (!BACKENDS.includes(backend)) {
 }
 const isPostgres = backend === 'postgres'
 const isSqlite = backend === 'sqlite'
+const pooler = process.env.IDEM_PG_POOLER || null
+if (pooler !== null && (pooler !== 'pgbouncer' || !isPostgres)) {
+  throw new Error(`IDEM_PG_POOLER must be 'pgbouncer' (with IDEM_BACKEND=postgres), got ${JSON.stringify(pooler)}`)
+}
 
 /** Choose a per-backend value (SQL text, expected code…): `pick({ postgres: a, sqlite: b })`. */
 function pick(choices) {
@@ -66,8 +74,19 @@ async function freshPostgres() {
   const { Client } = require('pg')
   const name = `idem_test_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
   await admin(`CREATE DATABASE ${name}`)
-  const url = dbUrl(name)
-  const pg = new Client({ connectionString: url })
+  const directUrl = dbUrl(name)
+  let bouncer = null
+  if (pooler) {
+    const { startPgBouncer } = require('../test-support/pgbouncer')
+    const poolSize = Number(process.env.IDEM_PG_POOL_SIZE || 4)
+    bouncer = await startPgBouncer({ database: name, poolSize }).catch(async (e) => {
+      await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {})
+      throw e
+    })
+  }
+  // The service's URL (through the pooler, if any); the verification client is always direct.
+  const url = bouncer ? bouncer.url : directUrl
+  const pg = new Client({ connectionString: directUrl })
   await pg.connect()
   const db = {
     backend,
@@ -82,8 +101,11 @@ async function freshPostgres() {
       await pg.end()
     },
   }
-  const drop = () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-  return { url, name, db, drop }
+  const drop = async () => {
+    if (bouncer) await bouncer.stop()
+    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+  }
+  return { url, directUrl, bouncer, name, db, drop }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,8 +225,11 @@ async function freshDb(options = {}) {
     await target.drop()
   }
   const out = { backend, url, name: target.name, service, db, connect, cleanup }
-  if (isPostgres) out.pg = db.pg
-  else {
+  if (isPostgres) {
+    out.pg = db.pg
+    out.directUrl = target.directUrl // = url unless IDEM_PG_POOLER
+    out.bouncer = target.bouncer // the PgBouncer instance under IDEM_PG_POOLER, else null
+  } else {
     out.sqlite = db.sqlite
     out.file = target.file
   }
@@ -285,6 +310,7 @@ module.exports = {
   backend,
   isPostgres,
   isSqlite,
+  pooler,
   pick,
   slowSql,
   freshDb,
