@@ -42,6 +42,12 @@ async function withDbPrefix(fn) {
   for (const backend of ['sqlite', 'postgres']) {
     run('node --test --test-concurrency=1 __test__/', { IDEM_BACKEND: backend, RUST_BACKTRACE: '0' })
   }
+  // And on PostgreSQL with the service behind PgBouncer in transaction mode (each fresh database
+  // gets its own, pool 4: test-support/pgbouncer.js). Direct only: connection-level tests (TLS,
+  // backend pids), the opt-in prepared mode (not pooler-safe on PgBouncer 1.18), pooler.test.js.
+  const directOnly = ['connectivity.test.js', 'statements.test.js', 'pooler.test.js']
+  const pooled = require('node:fs').readdirSync('__test__').filter((f) => f.endsWith('.test.js') && !directOnly.includes(f)).sort()
+  run(`node --test --test-concurrency=1 ${pooled.map((f) => `__test__/${f}`).join(' ')}`, { IDEM_BACKEND: 'postgres', IDEM_PG_POOLER: 'pgbouncer', RUST_BACKTRACE: '0' })
   // The stress scenarios with small counts (no PostgreSQL stop/start); `npm run stress` is the
   // full run. Memory is left to the full run: its RSS figure needs 100k stages to settle (the
   // allocator and V8 keep growing for the first ~40k), which a short run cannot give.
