@@ -227,4 +227,10 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
   )
 }
 
-module.exports = { ...native, wrapExecutor, channels }
+// One assignment per export, so Node's CommonJS lexer sees every name and an ES module can
+// import them by name (`import { IdempotencyKeyService } from 'medusa-idempotency-native'`).
+exports.IdempotencyKeyService = IdempotencyKeyService
+exports.TransactionManager = TransactionManager
+exports.__napiBindingTarget = native.__napiBindingTarget
+exports.wrapExecutor = wrapExecutor
+exports.channels = channels
