@@ -5,7 +5,7 @@
 // its failures are turned into values, so the Rust core never sees a rejected promise from it.
 const dc = require('node:diagnostics_channel')
 const { performance } = require('node:perf_hooks')
-const native = require('./native.js')
+const native = require('./binding.js') // native.js, with an error naming the missing binary
 
 const { IdempotencyKeyService, TransactionManager } = native
 const EXECUTOR = Symbol('medusa-idempotency-native.executor')
