@@ -21,10 +21,11 @@ function platformName() {
   return `${platform}-${arch}`
 }
 
-function messages(error) {
+/** What napi's loader tried, in order (its error chain has the last attempt outermost). */
+function attempts(error) {
   const seen = []
-  for (let e = error; e && seen.length < 20; e = e.cause) seen.push(String(e.message ?? e).split('\n')[0])
-  return seen
+  for (let e = error; e && seen.length < 20; e = e.cause) seen.unshift(String(e.message ?? e).split('\n')[0])
+  return seen.filter((m) => !m.startsWith('Cannot find native binding'))
 }
 
 function loadError(cause) {
@@ -41,7 +42,7 @@ function loadError(cause) {
   ]
   if (prebuilt.includes(name)) {
     lines.push(
-      `${name} is prebuilt, so its package was not installed: install without --omit=optional / --no-optional,` +
+      `A binary for ${name} is published, but its package is not installed: install without --omit=optional / --no-optional,` +
         ` and if a lockfile written on another platform left it out, delete node_modules and the lockfile and install again.`,
     )
   } else {
@@ -51,7 +52,7 @@ function loadError(cause) {
     `To build one from source: in a clone of the package's source, with a Rust toolchain (rustup) installed, run` +
       ` \`npm ci && npm run build\`; then copy ${pkg.napi.binaryName}.${name}.node beside native.js above,` +
       ` or point NAPI_RS_NATIVE_LIBRARY_PATH at it.`,
-    `The loader tried: ${messages(cause).join(' | ')}`,
+    `The loader tried: ${attempts(cause).join(' | ')}`,
   )
   const error = new Error(lines.join('\n'), { cause })
   error.code = 'NATIVE_BINDING_NOT_FOUND'
