@@ -23,12 +23,13 @@ const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm'
 
 function sh(cmd, args, cwd, env = {}) {
   console.log(`  $ ${[cmd, ...args].join(' ')}${cwd === root ? '' : `   (in ${path.relative(tmp, cwd) || '.'})`}`)
-  return execFileSync(cmd, args, { cwd, encoding: 'utf8', env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'], shell: process.platform === 'win32' })
+  // npm is npm.cmd on Windows, which only runs through a shell.
+  return execFileSync(cmd, args, { cwd, encoding: 'utf8', env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'], shell: cmd === 'npm.cmd' })
 }
 
 /** napi's platform-arch-abi for this machine (the same rule as binding.js). */
-function hostPlatform() {
-  const { platform, arch } = process
+function hostPlatform(arch = process.arch) {
+  const { platform } = process
   if (platform === 'linux') return `linux-${arch}-${process.report.getReport().header.glibcVersionRuntime ? 'gnu' : 'musl'}`
   if (platform === 'win32') return `win32-${arch}-msvc`
   return `${platform}-${arch}`
@@ -119,7 +120,7 @@ try {
   // A platform without a prebuilt binary (riscv64), in the full install.
   fs.writeFileSync(path.join(app, 'riscv64.cjs'), "Object.defineProperty(process, 'arch', { value: 'riscv64' })\n")
   const stderr = loadFails(app, ['--require', './riscv64.cjs', '-e', `require('${pkg.name}')`], 'riscv64')
-  const riscv = process.platform === 'linux' ? platform.replace(process.arch, 'riscv64') : `${process.platform}-riscv64`
+  const riscv = hostPlatform('riscv64')
   assert.match(stderr, new RegExp(`no native binary for ${riscv} could be loaded`))
   assert.match(stderr, new RegExp(`There is no prebuilt binary for ${riscv}`))
   assert.match(stderr, /npm ci && npm run build/)
