@@ -5,7 +5,7 @@
 // its failures are turned into values, so the Rust core never sees a rejected promise from it.
 const dc = require('node:diagnostics_channel')
 const { performance } = require('node:perf_hooks')
-const native = require('./native.js')
+const native = require('./binding.js') // native.js, with an error naming the missing binary
 
 const { IdempotencyKeyService, TransactionManager } = native
 const EXECUTOR = Symbol('medusa-idempotency-native.executor')
@@ -227,4 +227,10 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
   )
 }
 
-module.exports = { ...native, wrapExecutor, channels }
+// One assignment per export, so Node's CommonJS lexer sees every name and an ES module can
+// import them by name (`import { IdempotencyKeyService } from 'medusa-idempotency-native'`).
+exports.IdempotencyKeyService = IdempotencyKeyService
+exports.TransactionManager = TransactionManager
+exports.__napiBindingTarget = native.__napiBindingTarget
+exports.wrapExecutor = wrapExecutor
+exports.channels = channels

@@ -18,5 +18,11 @@ declare class IdempotencyKeyService {
   workStage(idempotencyKey: string, callback: (manager: any) => StageReturnValue | Promise<StageReturnValue>, options?: WorkStageOptions): Promise<IdempotencyKey>
 }
 
-export default IdempotencyKeyService
-export { IdempotencyKeyService }
+// medusa.js sets `module.exports` to the class (with `.default` and `.IdempotencyKeyService`
+// pointing back at it), so the types say `export =`: `require()` returns the class, a default
+// import is the class, and `import { IdempotencyKeyService }` works too.
+declare namespace IdempotencyKeyService {
+  export { IdempotencyKeyService as default, IdempotencyKeyService }
+}
+
+export = IdempotencyKeyService

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npm test`: lint, Rust tests of the core against fresh PostgreSQL databases, the addon
-// build, the type check of the README's TypeScript examples, the JS contract suite on SQLite
+// build, the type check of the README's TypeScript examples, the package as packed and
+// installed (publint, attw, scripts/test-packed.js), the JS contract suite on SQLite
 // and on PostgreSQL, the short stress run (stress/run.js --short), the bench smoke run and the
 // demo. Stops at the first failing step.
 const { execSync } = require('node:child_process')
@@ -38,6 +39,12 @@ async function withDbPrefix(fn) {
   }
   // The README's TypeScript examples against the package's declared types.
   run('npx tsc -p examples/types')
+  // The package as npm users get it: platform packages and lockfile in step, publint and attw
+  // on the packed tarball, then the packed install (scripts/test-packed.js).
+  run('node scripts/platform-packages.js --check')
+  run('npx publint --strict .')
+  run('npx attw --pack .')
+  run('node scripts/test-packed.js')
   // One contract suite, run against each backend.
   for (const backend of ['sqlite', 'postgres']) {
     run('node --test --test-concurrency=1 __test__/', { IDEM_BACKEND: backend, RUST_BACKTRACE: '0' })
