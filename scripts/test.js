@@ -58,7 +58,7 @@ async function withDbPrefix(fn) {
   // The stress scenarios with small counts (no PostgreSQL stop/start); `npm run stress` is the
   // full run. Memory is left to the full run: its RSS figure needs 100k stages to settle (the
   // allocator and V8 keep growing for the first ~40k), which a short run cannot give.
-  run('node stress/run.js --short --only=load,crash,backend-loss,pool,fuzz', { FUZZ_SEED: '20261127' })
+  run('node stress/run.js --short --only=load,crash,backend-loss,pool,fuzz,multiprocess', { FUZZ_SEED: '20261127' })
   // One small iteration of every benchmark scenario (installs bench/'s own dependencies,
   // Medusa included, the first time), so the bench cannot rot.
   run('npm run bench:smoke')
