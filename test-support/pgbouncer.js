@@ -139,10 +139,10 @@ process.on('exit', () => {
  *   poolSize      default_pool_size: server connections per (database, user); default 4
  *   poolMode      'transaction' (default), 'session' or 'statement'
  *   maxClientConn default 500
- *   ignoreStartupParameters  default PGBOUNCER_IGNORE_STARTUP_PARAMETERS, else
- *                 'extra_float_digits' (sent by sqlx and JDBC; the usual setting of hosted
- *                 poolers). PgBouncer 1.18 refuses a client that sends any other startup
- *                 parameter it does not track, `options` (-c settings) included.
+ *   ignoreStartupParameters  default PGBOUNCER_IGNORE_STARTUP_PARAMETERS, else none:
+ *                 PgBouncer 1.18 refuses a client that sends a startup parameter it does not
+ *                 track (`options` with -c settings, `extra_float_digits`), and the service
+ *                 must connect to a pooler configured that strictly.
  *   settings      further [pgbouncer] settings, { name: value }, written last (they win)
  *   timeoutMs     how long to wait until it accepts connections; default 10000
  *
@@ -158,7 +158,7 @@ async function startPgBouncer(options = {}) {
     poolSize = 4,
     poolMode = 'transaction',
     maxClientConn = 500,
-    ignoreStartupParameters = process.env.PGBOUNCER_IGNORE_STARTUP_PARAMETERS || 'extra_float_digits',
+    ignoreStartupParameters = process.env.PGBOUNCER_IGNORE_STARTUP_PARAMETERS || '',
     settings = {},
     timeoutMs = 10000,
   } = options
@@ -198,7 +198,7 @@ async function startPgBouncer(options = {}) {
       min_pool_size: 0,
       reserve_pool_size: 0,
       max_client_conn: maxClientConn,
-      ignore_startup_parameters: ignoreStartupParameters,
+      ...(ignoreStartupParameters ? { ignore_startup_parameters: ignoreStartupParameters } : {}),
       // A client waiting for a server connection fails after 30 s instead of PgBouncer's 120 s
       // default, so a starved pool shows as an error rather than as a hung test.
       query_wait_timeout: 30,
