@@ -2,6 +2,8 @@
 //! made safe under concurrency, as plain Rust over sqlx. No napi here, so `cargo test` links
 //! and runs; the Node binding only converts values and maps errors.
 
+#[doc(hidden)]
+pub mod ab;
 pub mod error;
 pub mod key;
 mod lite;
