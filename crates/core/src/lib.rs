@@ -34,6 +34,10 @@ pub const MIGRATIONS_POSTGRES: &[(&str, &str)] = &[
     "20241201000000_no_progress_index.sql",
     include_str!("../../../migrations/postgres/20241201000000_no_progress_index.sql"),
   ),
+  (
+    "20250101000000_completer_attempts.sql",
+    include_str!("../../../migrations/postgres/20250101000000_completer_attempts.sql"),
+  ),
 ];
 
 /// SQLite migrations, in order: (file name, SQL). Each is safe to run again.
@@ -49,5 +53,9 @@ pub const MIGRATIONS_SQLITE: &[(&str, &str)] = &[
   (
     "20241201000000_no_progress_index.sql",
     include_str!("../../../migrations/sqlite/20241201000000_no_progress_index.sql"),
+  ),
+  (
+    "20250101000000_completer_attempts.sql",
+    include_str!("../../../migrations/sqlite/20250101000000_completer_attempts.sql"),
   ),
 ];
