@@ -227,6 +227,10 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
   )
 }
 
+// The completer (completer.js): `service.completer(options)`, its channels beside the others.
+const completer = require('./completer.js').install(IdempotencyKeyService, { initializeRequest: nativeInitializeRequest, workStage: nativeWorkStage, isBound: (s) => executorOf(s) !== undefined })
+Object.assign(channels, completer.channels)
+
 // One assignment per export, so Node's CommonJS lexer sees every name and an ES module can
 // import them by name (`import { IdempotencyKeyService } from 'medusa-idempotency-native'`).
 exports.IdempotencyKeyService = IdempotencyKeyService

@@ -2,8 +2,10 @@
 // what index.js adds in JavaScript — the tracing channels and the executor wrapper.
 import type { Channel } from 'node:diagnostics_channel'
 import type { IdempotencyKey } from './index'
+import type { CompleterChannels } from './completer'
 
 export * from './index'
+export * from './completer'
 
 /** Published on `medusa-idempotency:stage:start` when a `workStage` call begins. */
 export interface StageStartEvent {
@@ -80,7 +82,7 @@ export interface ReapEvent {
  * `dc.subscribe('medusa-idempotency:stage:end', fn)`). Nothing is published, and no event
  * object is built, while a channel has no subscriber.
  */
-export declare const channels: {
+export declare const channels: CompleterChannels & {
   stageStart: Channel<StageStartEvent>
   stageEnd: Channel<StageEndEvent>
   stageError: Channel<StageErrorEvent>

@@ -53,7 +53,7 @@ try {
   console.log(`packing ${pkg.name} and ${platformPackage} in ${tmp}`)
   const rootTarball = pack(root, tmp)
   assert.ok(!rootTarball.files.some((f) => f.endsWith('.node')), 'the root package ships no binary')
-  for (const f of ['index.js', 'binding.js', 'native.js', 'medusa.js', 'middleware.js', 'index.d.ts', 'types.d.ts', 'medusa.d.ts', 'middleware.d.ts']) {
+  for (const f of ['index.js', 'binding.js', 'native.js', 'medusa.js', 'middleware.js', 'index.d.ts', 'types.d.ts', 'medusa.d.ts', 'middleware.d.ts', 'completer.js', 'completer.d.ts']) {
     assert.ok(rootTarball.files.includes(f), `the root package ships ${f}`)
   }
 
