@@ -4,7 +4,7 @@
 import dc from 'node:diagnostics_channel'
 import http from 'node:http'
 import express from 'express'
-import { IdempotencyKeyService, TransactionManager, channels, type IdempotencyKey, type StageEndEvent, type ConflictEvent } from 'medusa-idempotency-native'
+import { IdempotencyKeyService, TransactionManager, channels, type IdempotencyKey, type StageEndEvent, type ConflictEvent, type CompleterRoute, type CompleterStage, type CompleterPassResult, type CompleterGiveUpEvent } from 'medusa-idempotency-native'
 import { idempotency } from 'medusa-idempotency-native/middleware'
 
 export async function api(req: express.Request, res: express.Response) {
@@ -76,17 +76,63 @@ export function reaping(service: IdempotencyKeyService) {
   setInterval(() => service.reap({ olderThanMs: 24 * 3600_000 }).catch(console.error), 10 * 60_000).unref()
 }
 
-export async function completeAbandoned(service: IdempotencyKeyService, stages: Record<string, (tx: any) => Promise<object>>) {
-  for (const key of await service.listAbandoned({ idleMs: 5 * 60_000, limit: 50 })) {
-    let k: IdempotencyKey = key
+export async function completeAbandoned(service: IdempotencyKeyService, stagesFor: (key: IdempotencyKey) => Record<string, CompleterStage> | undefined) {
+  for (const listed of await service.listAbandoned({ idleMs: 5 * 60_000, limit: 50 })) {
+    const stages = stagesFor(listed) // from listed.request_method, request_path, request_params
+    if (!stages) continue // not a route this loop knows
     try {
+      // The same request again: a free lease is claimed, a fresh one refused, a finished key returned.
+      let k = await service.initializeRequest(listed.idempotency_key, listed.request_method, listed.request_params, listed.request_path)
       while (k.recovery_point !== 'finished') {
         k = await service.workStage(k.idempotency_key, stages[k.recovery_point], { recoveryPoint: k.recovery_point })
       }
     } catch (e: any) {
-      if (e.type !== 'conflict') throw e
+      if (e.type !== 'conflict') console.error(listed.idempotency_key, e) // LOCKED / STALE: someone else has it
     }
   }
+}
+
+declare const payments: { charge(o: { amount: number, idempotencyKey: string }): Promise<{ id: string }> }
+
+export async function completer(service: IdempotencyKeyService, app: express.Express) {
+  // One definition per route: the stages, built from the stored request params and the key.
+  const checkout: CompleterRoute = (params, key) => ({
+    started: async (tx) => {
+      await tx.query('INSERT INTO reservations (idem_key, cart_id) VALUES ($1, $2)', [key.idempotency_key, params.cart_id])
+      return { recovery_point: 'reserved' }
+    },
+    reserved: async (tx) => {
+      // The provider deduplicates by the key: a charge whose stage rolled back is not made twice.
+      const charge = await payments.charge({ amount: params.amount, idempotencyKey: key.idempotency_key })
+      await tx.query('INSERT INTO charges (idem_key, charge_id) VALUES ($1, $2)', [key.idempotency_key, charge.id])
+      return { recovery_point: 'charged' }
+    },
+    charged: async (tx) => {
+      const [order] = await tx.query('INSERT INTO orders (idem_key, cart_id) VALUES ($1, $2) RETURNING id', [key.idempotency_key, params.cart_id])
+      return { response_code: 201, response_body: { order_id: order.id } }
+    },
+  })
+
+  app.post('/checkout', idempotency({ service }), async (req, res, next) => {
+    try {
+      await req.idempotency!.run(checkout(req.body, req.idempotency!.key))
+      req.idempotency!.respond()
+    } catch (e) {
+      next(e)
+    }
+  })
+
+  const completer = service.completer({
+    routes: { 'POST /checkout': checkout }, // "METHOD /path" as stored in request_method / request_path
+    idleMs: 60_000, // abandoned: unfinished, no progress for idleMs (as listAbandoned)
+    intervalMs: 30_000, // for start()
+    limit: 100, // keys per pass
+    maxAttempts: 5, // per key, across passes, processes and restarts; then left for an operator
+  })
+  const { completed, skipped, failed }: CompleterPassResult = await completer.runOnce() // one pass
+  completer.start() // a pass now, then every intervalMs; the timer is unref'd
+  process.once('SIGTERM', () => completer.stop().then(() => process.exit(0))) // waits for the running pass
+  return [completed, skipped, failed, service.forTenant('acme').completer({ routes: { 'POST /store/carts/:id/complete': (params, key, match) => checkout({ ...params, cart_id: match?.pathParams.id }, key) } })] as const
 }
 
 export async function tenants(service: IdempotencyKeyService, req: express.Request & { auth: { customerId: string } }) {
@@ -98,11 +144,13 @@ export async function tenants(service: IdempotencyKeyService, req: express.Reque
 
 export function counters() {
   const counters = { stages: 0, stageMs: 0, failures: 0, retries: 0, conflicts: {} as Record<string, number>, replays: 0, reaped: 0 }
+  const alert = (message: string) => console.error(message)
   channels.stageEnd.subscribe((m) => { const e = m as StageEndEvent; counters.stages++; counters.stageMs += e.durationMs })
   channels.stageError.subscribe(() => counters.failures++)
   channels.retry.subscribe(() => counters.retries++)
   channels.conflict.subscribe((m) => { const { code } = m as ConflictEvent; counters.conflicts[code] = (counters.conflicts[code] ?? 0) + 1 })
   dc.subscribe('medusa-idempotency:replay', () => counters.replays++)
   channels.reap.subscribe((m: any) => (counters.reaped += m.removed))
+  channels.completerGiveUp.subscribe((m) => { const e = m as CompleterGiveUpEvent; alert(`completer gave up on ${e.key} after ${e.attempts} attempts`) })
   return counters
 }
