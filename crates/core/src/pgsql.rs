@@ -193,12 +193,18 @@ pub(crate) async fn initialize(
       json(&fp.params),
     ]
   };
+  // The row is locked only when it is claimable: a claim refused for a fresh lease, a finished
+  // key or another request's fingerprint must not hold the row lock, which the lease holder's
+  // next stage (`FOR UPDATE NOWAIT`) would meet as LOCKED — inside a caller's transaction for
+  // as long as that transaction lasts.
+  let claimable = "recovery_point <> 'finished' \
+     AND (locked_at IS NULL OR locked_at <= clock_timestamp() - $2::float8 * interval '1 millisecond')";
   let claim = format!(
-    "WITH k AS (SELECT id FROM idempotency_key WHERE idempotency_key = $1::varchar FOR UPDATE NOWAIT) \
+    "WITH k AS (SELECT id FROM idempotency_key WHERE idempotency_key = $1::varchar AND {claimable} \
+     AND {FP} FOR UPDATE NOWAIT) \
      UPDATE idempotency_key t SET locked_at = clock_timestamp() FROM k WHERE t.id = k.id \
-     AND t.recovery_point <> 'finished' \
-     AND (t.locked_at IS NULL OR t.locked_at <= clock_timestamp() - $2::float8 * interval '1 millisecond') \
-     AND {} RETURNING {}",
+     AND {} AND {} RETURNING {}",
+    claimable.replace("recovery_point", "t.recovery_point").replace("locked_at", "t.locked_at"),
     FP.replace("request_", "t.request_"),
     COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
   );

@@ -19,7 +19,12 @@ use sqlx::postgres::PgTypeInfo;
 /// says, so nothing depends on a session setting a pooler might not carry.
 pub(crate) fn quote(s: &str) -> Result<String> {
   if s.contains('\0') {
-    return Err(Error::invalid("strings cannot contain NUL characters"));
+    // What the server answers for a NUL in a bound text parameter, so both statement modes
+    // fail the same way.
+    return Err(Error::Database {
+      sqlstate: Some("22021".into()),
+      message: "invalid byte sequence for encoding \"UTF8\": 0x00".into(),
+    });
   }
   let mut out = String::with_capacity(s.len() + 4);
   out.push_str("E'");
@@ -379,9 +384,17 @@ fn parse_timestamp(s: &str) -> Option<Cell> {
   } else if !rest.is_empty() {
     return None;
   }
-  let unix_micros =
-    ((days * 86_400 + h * 3600 + mi * 60 + sec - offset_secs) * 1_000_000).checked_add(micros)?;
-  Some(Cell::Date(unix_micros.div_euclid(1000) as f64))
+  // Beyond i64 microseconds (after year 292277): no JS Date holds it, as in the binary decoder.
+  let unix_micros = days
+    .checked_mul(86_400)
+    .and_then(|s| s.checked_add(h * 3600 + mi * 60 + sec - offset_secs))
+    .and_then(|s| s.checked_mul(1_000_000))
+    .and_then(|us| us.checked_add(micros));
+  Some(match unix_micros {
+    Some(us) => Cell::Date(us.div_euclid(1000) as f64),
+    None if days > 0 => Cell::Number(f64::INFINITY),
+    None => Cell::Number(f64::NEG_INFINITY),
+  })
 }
 
 /// PostgreSQL's array text (`{1,2}`, `{{1,2},{3,4}}`, `{"a b",NULL}`, optionally prefixed by
@@ -654,6 +667,14 @@ mod tests {
     assert_eq!(
       parse_timestamp("2024-05-06 07:08:09.5+02:30"),
       Some(Cell::Date(1_714_970_289_500.0)) // 04:38:09.5 UTC
+    );
+  }
+
+  #[test]
+  fn timestamps_beyond_i64_micros_are_infinite() {
+    assert_eq!(
+      parse_timestamp("294276-12-31 23:59:59+00"),
+      Some(Cell::Number(f64::INFINITY))
     );
   }
 
