@@ -2,11 +2,9 @@
 //! this pool against sqlx's `PgPool`. Not an API: nothing here changes how the pool behaves.
 
 use crate::error::Result;
-use crate::value::{Cell, Param, QueryResult};
+use crate::value::{Param, QueryResult};
 use crate::StageResult;
-use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Column, Executor, Row};
 
 /// Our pool, configured as `Service::connect` configures it by default (pooler-safe mode,
 /// `Options::new`'s timeouts and lifetimes).
@@ -73,22 +71,5 @@ pub fn apply_params(id: &str, r: StageResult) -> Vec<Param> {
 
 /// A simple-protocol message on a connection, its rows decoded as the pool decodes them.
 pub async fn simple(conn: &mut PgConnection, sql: &str) -> Result<QueryResult> {
-  let mut out = QueryResult::default();
-  let mut stream = conn.fetch_many(sql);
-  while let Some(item) = stream.try_next().await? {
-    match item {
-      sqlx::Either::Left(done) => out.rows_affected += done.rows_affected(),
-      sqlx::Either::Right(row) => {
-        if out.columns.is_empty() {
-          out.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
-        }
-        let mut cells: Vec<Cell> = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-          cells.push(crate::value::decode(row.try_get_raw(i)?)?);
-        }
-        out.rows.push(cells);
-      }
-    }
-  }
-  Ok(out)
+  crate::pgpool::simple(conn, sql).await.0
 }

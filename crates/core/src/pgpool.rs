@@ -657,7 +657,7 @@ fn collect(
 
 /// Run a simple-protocol batch: its rows (text format, decoded by type) and how many of its
 /// statements completed before any error.
-async fn simple(conn: &mut PgConnection, sql: &str) -> (Result<QueryResult>, usize) {
+pub(crate) async fn simple(conn: &mut PgConnection, sql: &str) -> (Result<QueryResult>, usize) {
   let mut out = QueryResult::default();
   let mut completed = 0;
   let mut stream = conn.fetch_many(sql);
