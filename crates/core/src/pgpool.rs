@@ -12,8 +12,9 @@
 //!   where consecutive transactions of one client land on different server connections. The
 //!   service's own statements carry their parameters as escaped literals; a callback's
 //!   statement is described once per process (inside its stage transaction: PREPARE under a
-//!   random name, read `pg_prepared_statements`, DEALLOCATE, in one message), then sent with
-//!   each `$n` replaced by a literal cast to the type the server inferred for it.
+//!   random name, read `pg_prepared_statements`, DEALLOCATE, in one message), then run as
+//!   `PREPARE x AS …; EXECUTE x(<literals>); DEALLOCATE x` in one message, so values go only
+//!   into SQL of ours, never into the caller's statement.
 //! - **prepared** (opt-in, direct connections or session pooling): the stage statements are
 //!   `PREPARE`d once per connection at the SQL level and a callback's statements are cached
 //!   per connection as protocol-level named statements (sqlx's cache), so nothing is
@@ -61,8 +62,6 @@ pub(crate) struct Conn {
 /// JS value as its type.
 struct Described {
   params: Vec<PgTypeInfo>,
-  /// The same types as SQL names (`integer`, `character varying`, `public.mood`), for casts.
-  names: Vec<String>,
 }
 
 /// A statement name no other client uses: a leaked one can never be run or collided with.
@@ -104,9 +103,9 @@ pub(crate) struct Lease {
   reused: bool,
   /// A transaction of ours is open on the connection.
   in_tx: bool,
-  /// Pooler-safe mode: statements a describe PREPAREd in this transaction whose DEALLOCATE
-  /// did not run; deallocated in the message that ends the transaction, which still runs on
-  /// the same server connection.
+  /// Pooler-safe mode: statements PREPAREd in this transaction whose DEALLOCATE did not run
+  /// (their EXECUTE failed); deallocated in the message that ends the transaction, which
+  /// still runs on the same server connection.
   leaked: Vec<String>,
   pool: Arc<Inner>,
   _permit: OwnedSemaphorePermit,
@@ -350,29 +349,44 @@ impl Lease {
       return run_query(self.raw(), sql, params).await;
     }
     if !preparable(sql) {
-      // DDL, SET, SAVEPOINT, CALL…: PREPARE does not take them, and only CALL and EXPLAIN
-      // take parameters; written into the statement as untyped literals.
-      let inlined = text::inline_user(sql, params)?;
-      return simple(self.raw(), &inlined).await.0;
+      // DDL, SET, SAVEPOINT, CALL…: PREPARE does not take them. Without parameters they run
+      // as they are (once checked to be one statement); with parameters (CALL, EXPLAIN) they
+      // would need the values written into the caller's SQL, which this mode never does.
+      text::one_statement(sql)?;
+      if text::placeholders(sql)? > 0 || !params.is_empty() {
+        return Err(Error::invalid(
+          "a statement with parameters must be one PREPARE takes (SELECT, INSERT, UPDATE, DELETE, \
+           MERGE, VALUES) in the pooler-safe statement mode; call a procedure through a SELECT of \
+           a function, or connect with preparedStatements: true (no transaction-mode pooler)",
+        ));
+      }
+      return simple(self.raw(), sql).await.0;
     }
     let described = self.describe(sql).await?;
     check_count(described.params.len(), params.len())?;
-    let out = if params.is_empty() {
+    if params.is_empty() {
       // Checked to be one statement: the simple protocol runs it as is.
-      simple(self.raw(), sql).await.0
-    } else {
-      // Each placeholder becomes a literal cast to the type the server inferred for it, so the
-      // statement means what it means with typed parameters.
-      let values = params
-        .iter()
-        .zip(described.params.iter().zip(&described.names))
-        .enumerate()
-        .map(|(i, (p, (ty, name)))| Ok(format!("({}::{name})", text::typed_literal(p, ty, i)?)))
-        .collect::<Result<Vec<_>>>()?;
-      let inlined = text::substitute(sql, &values)?;
-      simple(self.raw(), &inlined).await.0
-    };
-    out
+      return simple(self.raw(), sql).await.0;
+    }
+    // The values go only into SQL of ours (EXECUTE's arguments), never into the caller's
+    // statement; EXECUTE converts each literal to its parameter's type as a bound value is.
+    let values = params
+      .iter()
+      .zip(&described.params)
+      .enumerate()
+      .map(|(i, (p, ty))| text::typed_literal(p, ty, i))
+      .collect::<Result<Vec<_>>>()?;
+    let name = statement_name();
+    let batch = format!(
+      "PREPARE {name} AS {sql}\n;EXECUTE {name}({});DEALLOCATE {name}",
+      values.join(", ")
+    );
+    let (r, completed) = simple(self.raw(), &batch).await;
+    if r.is_err() && completed > 0 {
+      // PREPARE ran, DEALLOCATE did not: deallocated when the transaction ends.
+      self.leaked.push(name);
+    }
+    r
   }
 
   /// The server's parameter types for a callback's statement: from the process cache, else
@@ -387,7 +401,7 @@ impl Lease {
     text::one_statement(sql)?;
     let name = statement_name();
     let batch = format!(
-      "PREPARE {name} AS {sql}\n;SELECT parameter_types::oid[]::text AS t, parameter_types::text[] AS n \
+      "PREPARE {name} AS {sql}\n;SELECT parameter_types::oid[]::text AS t \
        FROM pg_prepared_statements WHERE name = '{name}';DEALLOCATE {name}"
     );
     let (r, completed) = simple(self.raw(), &batch).await;
@@ -402,21 +416,8 @@ impl Lease {
       _ => None,
     }
     .ok_or_else(unreadable)?;
-    let names = match row.get(1) {
-      Some(Cell::Array(items)) => items
-        .iter()
-        .map(|c| match c {
-          Cell::Text(t) => Some(t.clone()),
-          _ => None,
-        })
-        .collect::<Option<Vec<_>>>(),
-      _ => None,
-    }
-    .filter(|n| n.len() == oids.len())
-    .ok_or_else(unreadable)?;
     let described = Arc::new(Described {
       params: oids.into_iter().map(crate::value::type_of_oid).collect(),
-      names,
     });
     let mut cache = self.pool.described.lock().unwrap();
     if cache.len() >= DESCRIBED_MAX {

@@ -256,7 +256,8 @@ pub(crate) fn strip_leading_comments(mut sql: &str) -> &str {
   loop {
     sql = sql.trim_start();
     if let Some(rest) = sql.strip_prefix("--") {
-      sql = rest.split_once('\n').map_or("", |(_, r)| r);
+      // PostgreSQL ends a `--` comment at a newline or a carriage return.
+      sql = rest.split_once(['\n', '\r']).map_or("", |(_, r)| r);
     } else if let Some(rest) = sql.strip_prefix("/*") {
       sql = rest.split_once("*/").map_or("", |(_, r)| r);
     } else {

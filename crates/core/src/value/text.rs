@@ -490,34 +490,9 @@ pub(crate) fn one_statement(sql: &str) -> Result<()> {
   scan(sql).map(|_| ())
 }
 
-/// A non-preparable statement (CALL, EXPLAIN…) with its `$n` placeholders replaced by the
-/// parameters as untyped literals, which the server types by context as it types untyped
-/// parameters (node-postgres sends every parameter as untyped text).
-pub(crate) fn inline_user(sql: &str, params: &[Param]) -> Result<String> {
-  let values = params.iter().map(literal).collect::<Result<Vec<_>>>()?;
-  substitute(sql, &values)
-}
-
-/// Replace the `$n` placeholders of a user's statement (found by the lexer, so never inside a
-/// string, identifier or comment) with `values[n - 1]`; every value must be used by number.
-pub(crate) fn substitute(sql: &str, values: &[String]) -> Result<String> {
-  let places = scan(sql)?;
-  let highest = places.iter().map(|p| p.2).max().unwrap_or(0);
-  if highest != values.len() {
-    return Err(Error::invalid(format!(
-      "the statement expects {highest} parameter(s), {} given",
-      values.len()
-    )));
-  }
-  let mut out = String::with_capacity(sql.len() + values.iter().map(String::len).sum::<usize>());
-  let mut at = 0;
-  for (start, end, n) in places {
-    out.push_str(&sql[at..start]);
-    out.push_str(&values[n - 1]);
-    at = end;
-  }
-  out.push_str(&sql[at..]);
-  Ok(out)
+/// How many `$n` placeholders the statement refers to (the highest n).
+pub(crate) fn placeholders(sql: &str) -> Result<usize> {
+  Ok(scan(sql)?.iter().map(|p| p.2).max().unwrap_or(0))
 }
 
 /// Lex `sql` as [`one_statement`] describes; the `$n` placeholders found: (start, end, n).
@@ -535,7 +510,8 @@ fn scan(sql: &str) -> Result<Vec<(usize, usize, usize)>> {
     let c = b[i];
     match c {
       b'-' if b.get(i + 1) == Some(&b'-') => {
-        i = sql[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+        // PostgreSQL ends a `--` comment at a newline or a carriage return.
+        i = sql[i..].find(['\n', '\r']).map_or(b.len(), |n| i + n + 1);
         continue;
       }
       b'/' if b.get(i + 1) == Some(&b'*') => {
@@ -635,11 +611,40 @@ fn quoted(b: &[u8], start: usize, q: u8, escapes: bool) -> Option<usize> {
       c if c == q => {
         if b.get(i + 1) == Some(&q) {
           i += 2;
+        } else if q == b'\'' {
+          // `'a'` newline `'b'` is one string constant, in the first one's escape mode.
+          match continuation(b, i + 1) {
+            Some(next) => i = next + 1,
+            None => return Some(i + 1),
+          }
         } else {
           return Some(i + 1);
         }
       }
       _ => i += 1,
+    }
+  }
+}
+
+/// Where a string constant continues after its closing quote at `from - 1`: whitespace with at
+/// least one newline (and `--` comments ending in one), then a quote; the index of that quote.
+fn continuation(b: &[u8], from: usize) -> Option<usize> {
+  let mut i = from;
+  let mut newline = false;
+  loop {
+    match *b.get(i)? {
+      b'\n' | b'\r' => {
+        newline = true;
+        i += 1;
+      }
+      b' ' | b'\t' | b'\x0c' => i += 1,
+      b'-' if newline && b.get(i + 1) == Some(&b'-') => {
+        while !matches!(*b.get(i)?, b'\n' | b'\r') {
+          i += 1;
+        }
+      }
+      b'\'' if newline => return Some(i),
+      _ => return None,
     }
   }
 }
@@ -748,6 +753,8 @@ mod tests {
       "SELECT /* a /* b */ 1",
       "SELECT $x$ open",
       "SELECT E'\\'; DROP TABLE t",
+      "SELECT 1 -- x\r; DROP TABLE t",
+      "SELECT E'a'\n'\\', 1 --'; DROP TABLE t",
       "SELECT 'a\\'; SELECT 2",
     ] {
       assert!(one_statement(bad).is_err(), "{bad}");
