@@ -26,6 +26,7 @@ const { spawn } = require('node:child_process')
 const WORKER = path.join(__dirname, 'lib', 'fuzz-worker.js')
 const PROBE = path.join(__dirname, 'lib', 'fuzz-probe.js')
 const { ADMIN_URL, admin } = require('./lib/pgadmin')
+const { onTaggedLines } = require('./lib/tagged-lines')
 const STALL_MS = 25000 // no CASE line for this long: the child's event loop is blocked
 const RSS_CAP_MB = 3072 // a child past this is killed (memory blow-up), before it hurts the machine
 const STDERR_BAD = [/panicked/, /RUST_BACKTRACE/, /fatal/i, /Abort/, /memory allocation of \d+ bytes failed/, /Segmentation fault/, /Native stack trace/]
@@ -73,31 +74,18 @@ function watchChild(script, config, { timeoutMs, stallMs = STALL_MS, rssCapMb = 
     delete env.DATABASE_URL
     const child = spawn(process.execPath, [script, JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'pipe'], env })
     const res = { code: null, signal: null, killedFor: null, stderr: '', lastCase: null, lines: {}, stderrCases: [], maxRssMb: 0 }
-    let buf = ''
     let lastData = Date.now()
     const kill = (why) => {
       if (res.killedFor) return
       res.killedFor = why
       child.kill('SIGKILL')
     }
-    child.stdout.on('data', (d) => {
+    child.stdout.on('data', () => {
       lastData = Date.now()
-      buf += d
-      let nl
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl)
-        buf = buf.slice(nl + 1)
-        const sp = line.indexOf(' ')
-        const tag = line.slice(0, sp)
-        let obj
-        try {
-          obj = JSON.parse(line.slice(sp + 1))
-        } catch {
-          continue
-        }
-        if (tag === 'CASE') res.lastCase = obj
-        else (res.lines[tag] = res.lines[tag] || []).push(obj)
-      }
+    })
+    onTaggedLines(child.stdout, (tag, obj) => {
+      if (tag === 'CASE') res.lastCase = obj
+      else (res.lines[tag] = res.lines[tag] || []).push(obj)
     })
     child.stderr.on('data', (d) => {
       const text = String(d)

@@ -11,6 +11,7 @@ const { spawn } = require('node:child_process')
 
 const WORKER = path.join(__dirname, 'lib', 'memory-worker.js')
 const { ADMIN_URL, admin } = require('./lib/pgadmin')
+const { onTaggedLines } = require('./lib/tagged-lines')
 const MAX_GROWTH = 0.1
 // V8 sizes its young generation adaptively (semi-spaces of 1 MB up to 16 MB, grown and released
 // at its discretion; gc() does not shrink it), so its size must be fixed for RSS samples to
@@ -34,22 +35,9 @@ function runWorker(cfg, timeoutMs) {
     delete env.DATABASE_URL
     const child = spawn(process.execPath, ['--expose-gc', ...SEMI_SPACE, WORKER, JSON.stringify(cfg)], { stdio: ['ignore', 'pipe', 'pipe'], env })
     const res = { lines: [], stderr: '', code: null, signal: null, timedOut: false }
-    let buf = ''
-    child.stdout.on('data', (d) => {
-      buf += d
-      let nl
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl)
-        buf = buf.slice(nl + 1)
-        const sp = line.indexOf(' ')
-        try {
-          const obj = JSON.parse(line.slice(sp + 1))
-          res.lines.push({ tag: line.slice(0, sp), obj })
-          if (line.startsWith('MEM ')) console.log(`  [${cfg.label}] ${obj.label} after ${obj.done} stages: RSS ${obj.rssMb} MB (V8 heap ${obj.heapUsedMb}/${obj.heapTotalMb} MB, external ${obj.externalMb} MB) at ${obj.seconds} s`)
-        } catch {
-          // not one of ours
-        }
-      }
+    onTaggedLines(child.stdout, (tag, obj) => {
+      res.lines.push({ tag, obj })
+      if (tag === 'MEM') console.log(`  [${cfg.label}] ${obj.label} after ${obj.done} stages: RSS ${obj.rssMb} MB (V8 heap ${obj.heapUsedMb}/${obj.heapTotalMb} MB, external ${obj.externalMb} MB) at ${obj.seconds} s`)
     })
     child.stderr.on('data', (d) => {
       if (res.stderr.length < 100000) res.stderr += d

@@ -21,6 +21,7 @@ const path = require('node:path')
 const assert = require('node:assert/strict')
 const { spawn } = require('node:child_process')
 const { freshDatabase, assertExactlyOnce, percentile, figures, log, sleep, STAGE_NAMES } = require('./lib/common')
+const { onTaggedLines } = require('./lib/tagged-lines')
 const { startPgBouncer, pgbouncerVersion } = require('../test-support/pgbouncer')
 
 const WORKER = path.join(__dirname, 'lib', 'multiprocess-worker.js')
@@ -35,25 +36,10 @@ function startWorker(cfg, timeoutMs) {
   const res = { result: null, error: null, stderr: '', code: null, signal: null, timedOut: false }
   let onReady
   const ready = new Promise((r) => (onReady = r))
-  let buf = ''
-  child.stdout.on('data', (d) => {
-    buf += d
-    let nl
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl)
-      buf = buf.slice(nl + 1)
-      const sp = line.indexOf(' ')
-      const tag = line.slice(0, sp)
-      let obj
-      try {
-        obj = JSON.parse(line.slice(sp + 1))
-      } catch {
-        continue // not one of ours
-      }
-      if (tag === 'READY') onReady(true)
-      else if (tag === 'RESULT') res.result = obj
-      else if (tag === 'ERROR') res.error = obj
-    }
+  onTaggedLines(child.stdout, (tag, obj) => {
+    if (tag === 'READY') onReady(true)
+    else if (tag === 'RESULT') res.result = obj
+    else if (tag === 'ERROR') res.error = obj
   })
   child.stderr.on('data', (d) => {
     if (res.stderr.length < 20000) res.stderr += d
