@@ -207,29 +207,36 @@ unsafe fn connect_options_object(env: sys::napi_env, arg: Raw, url: String) -> J
   if !js::is_nullish(env, iso) {
     o.isolation = Isolation::parse(&js::get_string(env, iso, "isolationLevel")?)?;
   }
-  if let Some(n) = opt_u32(env, arg, "lockTimeoutMs")? {
-    o.lock_timeout = Duration::from_millis(n as u64);
-  }
   if let Some(n) = opt_u32(env, arg, "maxRetries")? {
     o.max_retries = n;
   }
-  if let Some(n) = opt_u32(env, arg, "stageTimeoutMs")? {
-    o.stage_timeout = (n > 0).then(|| Duration::from_millis(n as u64));
+  // Durations in ms; `Some(None)` is 0 where 0 means "never".
+  let ms = |name: &str| -> JsResult<Option<Duration>> {
+    Ok(opt_u32(env, arg, name)?.map(|n| Duration::from_millis(u64::from(n))))
+  };
+  let ms_or_never = |name: &str| -> JsResult<Option<Option<Duration>>> {
+    Ok(ms(name)?.map(|d| (!d.is_zero()).then_some(d)))
+  };
+  if let Some(d) = ms("lockTimeoutMs")? {
+    o.lock_timeout = d;
   }
-  if let Some(n) = opt_u32(env, arg, "acquireTimeoutMs")? {
-    o.acquire_timeout = Duration::from_millis(n as u64);
+  if let Some(d) = ms("acquireTimeoutMs")? {
+    o.acquire_timeout = d;
   }
-  if let Some(n) = opt_u32(env, arg, "busyTimeoutMs")? {
-    o.busy_timeout = Duration::from_millis(n as u64);
+  if let Some(d) = ms("busyTimeoutMs")? {
+    o.busy_timeout = d;
   }
-  if let Some(n) = opt_u32(env, arg, "connectTimeoutMs")? {
-    o.connect_timeout = Some(Duration::from_millis(n as u64));
+  if let Some(d) = ms("connectTimeoutMs")? {
+    o.connect_timeout = Some(d);
   }
-  if let Some(n) = opt_u32(env, arg, "maxLifetimeMs")? {
-    o.max_lifetime = (n > 0).then(|| Duration::from_millis(n as u64));
+  if let Some(d) = ms_or_never("stageTimeoutMs")? {
+    o.stage_timeout = d;
   }
-  if let Some(n) = opt_u32(env, arg, "idleTimeoutMs")? {
-    o.idle_timeout = (n > 0).then(|| Duration::from_millis(n as u64));
+  if let Some(d) = ms_or_never("maxLifetimeMs")? {
+    o.max_lifetime = d;
+  }
+  if let Some(d) = ms_or_never("idleTimeoutMs")? {
+    o.idle_timeout = d;
   }
   if let Some(b) = js::opt_bool(env, arg, "preparedStatements")? {
     o.prepared_statements = b;
@@ -247,7 +254,7 @@ unsafe fn ssl_option(env: sys::napi_env, arg: Raw) -> JsResult<Option<Ssl>> {
   }
   match js::type_of(env, v) {
     sys::ValueType::napi_boolean => Ok(Some(Ssl {
-      disable: !js::opt_bool(env, arg, "ssl")?.unwrap_or(false),
+      disable: js::opt_bool(env, arg, "ssl")? == Some(false),
       verify: true,
       ..Ssl::default()
     })),

@@ -69,15 +69,6 @@ fn statement_name() -> String {
   format!("medusa_ikey_q{:016x}", rand::random::<u64>())
 }
 
-/// `{23,25}` (an `oid[]` as text).
-fn parse_oids(t: &str) -> Option<Vec<u32>> {
-  let inner = t.strip_prefix('{')?.strip_suffix('}')?;
-  if inner.is_empty() {
-    return Some(Vec::new());
-  }
-  inner.split(',').map(|n| n.parse().ok()).collect()
-}
-
 /// Statements described per process, by SQL text; cleared when it reaches this size.
 const DESCRIBED_MAX: usize = 1024;
 
@@ -247,11 +238,6 @@ impl PgPool {
   }
 }
 
-/// The row lock of a stage (the service's statement, also used in bound mode).
-fn lock_sql() -> String {
-  crate::pgsql::lock_row_sql()
-}
-
 impl Lease {
   pub(crate) fn raw(&mut self) -> &mut PgConnection {
     &mut self
@@ -352,7 +338,6 @@ impl Lease {
       // DDL, SET, SAVEPOINT, CALL…: PREPARE does not take them. Without parameters they run
       // as they are (once checked to be one statement); with parameters (CALL, EXPLAIN) they
       // would need the values written into the caller's SQL, which this mode never does.
-      text::one_statement(sql)?;
       if text::placeholders(sql)? > 0 || !params.is_empty() {
         return Err(Error::invalid(
           "a statement with parameters must be one PREPARE takes (SELECT, INSERT, UPDATE, DELETE, \
@@ -382,7 +367,7 @@ impl Lease {
       values.join(", ")
     );
     let (r, completed) = simple(self.raw(), &batch).await;
-    if r.is_err() && completed > 0 {
+    if r.is_err() && left_prepared(completed) {
       // PREPARE ran, DEALLOCATE did not: deallocated when the transaction ends.
       self.leaked.push(name);
     }
@@ -401,18 +386,24 @@ impl Lease {
     text::one_statement(sql)?;
     let name = statement_name();
     let batch = format!(
-      "PREPARE {name} AS {sql}\n;SELECT parameter_types::oid[]::text AS t \
+      "PREPARE {name} AS {sql}\n;SELECT parameter_types::oid[] AS t \
        FROM pg_prepared_statements WHERE name = '{name}';DEALLOCATE {name}"
     );
     let (r, completed) = simple(self.raw(), &batch).await;
-    if r.is_err() && completed > 0 {
+    if r.is_err() && left_prepared(completed) {
       self.leaked.push(name);
     }
     let r = r?;
     let unreadable = || Error::Internal("could not read the statement's parameter types".into());
     let row = r.rows.first().ok_or_else(unreadable)?;
     let oids = match row.first() {
-      Some(Cell::Text(t)) => parse_oids(t),
+      Some(Cell::Array(items)) => items
+        .iter()
+        .map(|c| match c {
+          Cell::Number(n) => u32::try_from(*n as i64).ok(),
+          _ => None,
+        })
+        .collect::<Option<Vec<u32>>>(),
       _ => None,
     }
     .ok_or_else(unreadable)?;
@@ -434,7 +425,7 @@ impl Lease {
     }
     let sql = format!(
       "PREPARE medusa_ikey_lock(varchar) AS {}; PREPARE medusa_ikey_apply(varchar, varchar, boolean, int4, boolean, jsonb) AS {}",
-      lock_sql(),
+      crate::pgsql::lock_row_sql(),
       crate::pgsql::apply_sql()
     );
     self.raw().execute(sql.as_str()).await?;
@@ -474,7 +465,10 @@ impl Lease {
         text::literal(&key[0])?
       )
     } else {
-      format!("{begin}; {}", text::inline(&lock_sql(), key)?)
+      format!(
+        "{begin}; {}",
+        text::inline(&crate::pgsql::lock_row_sql(), key)?
+      )
     };
     simple(self.raw(), &sql).await.0
   }
@@ -567,6 +561,12 @@ impl Drop for Lease {
   }
 }
 
+/// Of `PREPARE; <statement>; DEALLOCATE` in one message, with this many completed on the server:
+/// whether the statement stayed prepared.
+fn left_prepared(completed: usize) -> bool {
+  (1..3).contains(&completed)
+}
+
 fn check_count(expected: usize, given: usize) -> Result<()> {
   if expected != given {
     return Err(Error::invalid(format!(
@@ -657,9 +657,10 @@ fn collect(
 }
 
 /// Run a simple-protocol batch: its rows (text format, decoded by type) and how many of its
-/// statements completed before any error.
+/// statements completed on the server. A row that fails to decode here fails the batch, but
+/// the rest is still read, so the count says what the server ran.
 pub(crate) async fn simple(conn: &mut PgConnection, sql: &str) -> (Result<QueryResult>, usize) {
-  let mut out = QueryResult::default();
+  let mut out = Ok(QueryResult::default());
   let mut completed = 0;
   let mut stream = conn.fetch_many(sql);
   loop {
@@ -668,11 +669,13 @@ pub(crate) async fn simple(conn: &mut PgConnection, sql: &str) -> (Result<QueryR
         if matches!(item, sqlx::Either::Left(_)) {
           completed += 1;
         }
-        if let Err(e) = collect(&mut out, item) {
-          return (Err(e), completed);
+        if let Ok(r) = &mut out {
+          if let Err(e) = collect(r, item) {
+            out = Err(e);
+          }
         }
       }
-      Ok(None) => return (Ok(out), completed),
+      Ok(None) => return (out, completed),
       Err(e) => return (Err(e.into()), completed),
     }
   }

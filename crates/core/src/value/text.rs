@@ -490,7 +490,8 @@ pub(crate) fn one_statement(sql: &str) -> Result<()> {
   scan(sql).map(|_| ())
 }
 
-/// How many `$n` placeholders the statement refers to (the highest n).
+/// How many `$n` placeholders the statement refers to (the highest n), once checked to be one
+/// statement as [`one_statement`] checks it.
 pub(crate) fn placeholders(sql: &str) -> Result<usize> {
   Ok(scan(sql)?.iter().map(|p| p.2).max().unwrap_or(0))
 }
