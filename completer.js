@@ -83,11 +83,10 @@ function describe(e) {
 const HELD = new Set(['IDEMPOTENCY_KEY_LOCKED', 'DATABASE_BUSY'])
 
 /**
- * Waits before retrying a stage refused with IDEMPOTENCY_KEY_LOCKED while the completer holds the
- * key's lease. On PostgreSQL a claim refused because the lease is fresh still takes the row lock
- * for the moment its UPDATE runs (another completer probing the key, the client retrying), and a
- * stage that starts in that moment is refused; the refusal comes before the callback, so a retry
- * is safe. Short enough (155 ms in all) to stay inside the lease.
+ * Waits before retrying the failure record of an attempt refused with IDEMPOTENCY_KEY_LOCKED: the
+ * failed stage released the key's lease, so the client or another completer may hold its row for
+ * a moment. The refusal comes before the callback, so a retry is safe. (A stage of a key the
+ * completer holds is not retried: a refused claim no longer locks the row, see pgsql.rs.)
  */
 const LOCKED_RETRY_MS = [5, 10, 20, 40, 80]
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -389,7 +388,7 @@ function install(IdempotencyKeyService, native) {
       const from = key.recovery_point
       let gate
       try {
-        gate = await retryLocked(() => this.#countAttempt(key))
+        gate = await this.#countAttempt(key)
       } catch (e) {
         const code = field(e, 'code')
         if (HELD.has(code)) return 'locked'
@@ -414,8 +413,7 @@ function install(IdempotencyKeyService, native) {
           if (typeof stage !== 'function') {
             throw Object.assign(new Error(`completer: route "${route.name}" has no stage for recovery point "${at}"`), { type: 'unexpected_state', code: 'COMPLETER_NO_STAGE' })
           }
-          const expected = key
-          key = await retryLocked(() => service.workStage(expected.idempotency_key, stage, { recoveryPoint: at }))
+          key = await service.workStage(key.idempotency_key, stage, { recoveryPoint: at })
         }
       } catch (e) {
         const code = field(e, 'code')
