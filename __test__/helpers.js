@@ -291,6 +291,16 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
  * workStage promise. The gate is shared by every attempt, so a stage re-run after a
  * serialization failure is released too.
  */
+/** Run `fn(tx)` inside a native stage on `key` that must commit (moving it to `recoveryPoint`); resolve to what `fn` returned. */
+async function inStage(service, key, fn, recoveryPoint = 'in-stage') {
+  let out
+  await service.workStage(key, async (tx) => {
+    out = await fn(tx)
+    return { recovery_point: recoveryPoint }
+  })
+  return out
+}
+
 function holdStage(service, key, result = { recovery_point: 'held' }) {
   let release
   const gate = new Promise((r) => (release = r))
@@ -307,6 +317,7 @@ function holdStage(service, key, result = { recovery_point: 'held' }) {
 module.exports = {
   ageKey,
   holdStage,
+  inStage,
   backend,
   isPostgres,
   isSqlite,

@@ -4,7 +4,8 @@
 // leaked statement; each runs in both statement modes and must give the same answer.
 const { test, describe, before, after } = require('node:test')
 const assert = require('node:assert/strict')
-const { freshDb, rejects, isPostgres } = require('./helpers')
+const helpers = require('./helpers')
+const { freshDb, rejects, isPostgres } = helpers
 
 const skip = isPostgres ? false : 'PostgreSQL only: the statement modes are PostgreSQL\'s'
 
@@ -28,14 +29,7 @@ for (const preparedStatements of [false, true]) {
       if (fx) await fx.cleanup()
     })
 
-    async function inStage(fn) {
-      let out
-      await service.workStage(KEY, async (tx) => {
-        out = await fn(tx)
-        return { recovery_point: 'stmts' }
-      })
-      return out
-    }
+    const inStage = (fn) => helpers.inStage(service, KEY, fn, 'stmts')
 
     test('a $n inside a string, a quoted identifier, a dollar quote or a comment is not a parameter', async () => {
       const [row] = await inStage((tx) =>

@@ -6,7 +6,8 @@
 const { test, describe, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const util = require('node:util')
-const { freshDb, rejects, pick, isPostgres } = require('./helpers')
+const helpers = require('./helpers')
+const { freshDb, rejects, pick, isPostgres } = helpers
 
 let fx // the fresh database: service, connect(), cleanup()
 let db // its verification client
@@ -22,14 +23,7 @@ function assertErr(e, type, code) {
 }
 
 /** Run `fn(tx)` inside a native stage that must commit; return what `fn` returned. */
-async function inStage(fn) {
-  let out
-  await service.workStage(KEY, async (tx) => {
-    out = await fn(tx)
-    return { recovery_point: 'values' }
-  })
-  return out
-}
+const inStage = (fn) => helpers.inStage(service, KEY, fn, 'values')
 
 /**
  * Run `fn(tx)` inside a stage whose own outcome is not under test (a rejected query may or
