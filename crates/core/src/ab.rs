@@ -2,20 +2,20 @@
 //! this pool against sqlx's `PgPool`. Not an API: nothing here changes how the pool behaves.
 
 use crate::error::Result;
+use crate::model::StageResult;
 use crate::value::{Param, QueryResult};
-use crate::StageResult;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 /// Our pool, configured as `Service::connect` configures it by default (pooler-safe mode,
 /// `Options::new`'s timeouts and lifetimes).
-pub struct Pool(crate::pgpool::PgPool);
+pub struct Pool(crate::pg::pool::PgPool);
 
 /// A connection on loan from [`Pool`]: returned on drop only after [`Lease::done`].
-pub struct Lease(crate::pgpool::Lease);
+pub struct Lease(crate::pg::pool::Lease);
 
 pub async fn connect(options: PgConnectOptions, size: u32) -> Result<Pool> {
-  let d = crate::service::Options::new("");
-  let cfg = crate::pgpool::PoolConfig {
+  let d = crate::Options::new("");
+  let cfg = crate::pg::pool::PoolConfig {
     size,
     acquire_timeout: d.acquire_timeout,
     connect_timeout: d.acquire_timeout,
@@ -23,7 +23,9 @@ pub async fn connect(options: PgConnectOptions, size: u32) -> Result<Pool> {
     idle_timeout: d.idle_timeout,
     prepared: false,
   };
-  crate::pgpool::PgPool::connect(options, cfg).await.map(Pool)
+  crate::pg::pool::PgPool::connect(options, cfg)
+    .await
+    .map(Pool)
 }
 
 impl Pool {
@@ -52,24 +54,24 @@ impl Lease {
 
 /// `sql` with each `$n` replaced by its escaped literal, as pooler-safe mode sends it.
 pub fn inline(sql: &str, params: &[Param]) -> Result<String> {
-  crate::value::text::inline(sql, params)
+  crate::pg::text::inline(sql, params)
 }
 
 /// A stage's row lock (`SELECT … FOR UPDATE NOWAIT`, parameter `$1` the key).
 pub fn lock_row_sql() -> String {
-  crate::pgsql::lock_row_sql()
+  crate::pg::sql::lock_row_sql()
 }
 
 /// A stage's `UPDATE … RETURNING …` and its parameters.
 pub fn apply_sql() -> String {
-  crate::pgsql::apply_sql()
+  crate::pg::sql::apply_sql()
 }
 
 pub fn apply_params(id: &str, r: StageResult) -> Vec<Param> {
-  crate::pgsql::apply_params(id, r)
+  crate::pg::sql::apply_params(id, r)
 }
 
 /// A simple-protocol message on a connection, its rows decoded as the pool decodes them.
 pub async fn simple(conn: &mut PgConnection, sql: &str) -> Result<QueryResult> {
-  crate::pgpool::simple(conn, sql).await.0
+  crate::pg::pool::simple(conn, sql).await.0
 }

@@ -162,6 +162,15 @@ impl Error {
     ))
   }
 
+  /// The row is held by another stage's transaction: PostgreSQL's `lock_not_available`, which
+  /// `FOR UPDATE NOWAIT` raises; SQLite's working set reports the same.
+  pub(crate) fn row_locked() -> Self {
+    Error::Database {
+      sqlstate: Some("55P03".into()),
+      message: "the row is locked by another stage".into(),
+    }
+  }
+
   pub(crate) fn invalid(msg: impl fmt::Display) -> Self {
     Error::InvalidArgument(msg.to_string())
   }

@@ -2,21 +2,27 @@
 //! made safe under concurrency, as plain Rust over sqlx. No napi here, so `cargo test` links
 //! and runs; the Node binding only converts values and maps errors.
 
+// The layers, each importing only those above it: `error` and `model` (the shared types),
+// `value` (values as JS sees them), `options`, `backend` (the traits), `stage` (the callback's
+// handle), then `pg` and `sqlite` (each implements `backend`), and `service`, which
+// orchestrates over `dyn Backend`.
 #[doc(hidden)]
 pub mod ab;
+mod backend;
 pub mod error;
-pub mod key;
-mod lite;
-mod pgpool;
-pub mod pgsql;
+pub mod model;
+mod options;
+mod pg;
 pub mod service;
+mod sqlite;
 pub mod stage;
 pub mod value;
 
 pub use error::{Error, Kind, Result};
-pub use key::{Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED};
-pub use pgsql::SharedExec;
-pub use service::{Isolation, Options, Service, Ssl, StageError, StageResult, Target};
+pub use model::{Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue, FINISHED};
+pub use options::{Isolation, Options, Ssl};
+pub use pg::SharedExec;
+pub use service::{Service, StageError, Target};
 pub use stage::StageTx;
 pub use value::{iso_string, Cell, Param, QueryResult};
 

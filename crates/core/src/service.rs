@@ -1,148 +1,23 @@
-//! Medusa's `IdempotencyKeyService`: the orchestration of every method over three kinds of
-//! connection — our PostgreSQL pool, our SQLite pool, or a caller's transaction (a stage
-//! handle of ours, or a JS executor such as TypeORM's `EntityManager`). The statements live
-//! in `pgsql` (PostgreSQL, both native and through a caller's executor) and `lite` (SQLite);
-//! this module decides which runs where, owns stage transactions, retries and leases.
+//! Medusa's `IdempotencyKeyService`: the orchestration of every method over a [`Backend`]
+//! (PostgreSQL or SQLite, `backend.rs` has the boundary) or a caller's transaction (a stage
+//! handle of ours, or a JS executor such as TypeORM's `EntityManager`). This module decides
+//! which connection runs what, owns stage transactions, retries, leases and tenants; the
+//! statements live with each backend.
 
+use crate::backend::{Backend, Conn, Transaction};
 use crate::error::{Error, Result};
-use crate::key::{
-  validate_key, Claim, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, FINISHED,
+use crate::model::{
+  column_cast, validate_key, Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult,
+  UpdateValue, COLUMNS, FINISHED,
 };
-use crate::lite;
-use crate::pgpool::{PgPool, PoolConfig};
-use crate::pgsql::{self, Exec, Shared, SharedExec};
-use crate::stage::{ConnRef, StageTx, TxConn};
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use crate::options::Options;
+use crate::pg::{self, PgBackend, PgConn, Shared, SharedExec};
+use crate::sqlite::LiteBackend;
+use crate::stage::StageTx;
 use serde_json::Value;
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Transaction isolation of native stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-  ReadCommitted,
-  RepeatableRead,
-  Serializable,
-}
-
-impl Isolation {
-  pub fn parse(s: &str) -> Result<Self> {
-    match s.to_ascii_uppercase().replace(['_', '-'], " ").as_str() {
-      "READ COMMITTED" => Ok(Isolation::ReadCommitted),
-      "REPEATABLE READ" => Ok(Isolation::RepeatableRead),
-      "SERIALIZABLE" => Ok(Isolation::Serializable),
-      _ => Err(Error::invalid(
-        "isolationLevel must be READ COMMITTED, REPEATABLE READ or SERIALIZABLE",
-      )),
-    }
-  }
-
-  fn begin_sql(self) -> &'static str {
-    match self {
-      Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
-      Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
-      Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-    }
-  }
-}
-
-/// How a service connects and how its stages behave.
-#[derive(Debug, Clone)]
-pub struct Options {
-  pub url: String,
-  pub max_connections: u32,
-  pub isolation: Isolation,
-  /// How long a request lease (and `lock()`) holds without progress.
-  pub lock_timeout: Duration,
-  /// Re-runs of a stage after 40001 / 40P01 / 53200.
-  pub max_retries: u32,
-  /// A stage whose callback has not settled by then is rolled back; `None` waits forever.
-  pub stage_timeout: Option<Duration>,
-  /// How long a caller waits for a pooled connection.
-  pub acquire_timeout: Duration,
-  /// SQLite: how long a writer waits for the database's write lock.
-  pub busy_timeout: Duration,
-  /// PostgreSQL: one connection attempt (TCP, TLS, authentication); `None`: the URL's
-  /// `connect_timeout` (seconds, as libpq reads it), else `acquire_timeout`.
-  pub connect_timeout: Option<Duration>,
-  /// PostgreSQL: a connection older than this is closed instead of reused; `None` keeps it.
-  pub max_lifetime: Option<Duration>,
-  /// PostgreSQL: a connection unused for this long is closed, so an idle pool shrinks.
-  pub idle_timeout: Option<Duration>,
-  /// PostgreSQL: keep statements prepared on the server across transactions (direct
-  /// connections and session pooling only); the default is pooler-safe.
-  pub prepared_statements: bool,
-  /// PostgreSQL: TLS given in code, overriding the URL's `sslmode`.
-  pub ssl: Option<Ssl>,
-}
-
-/// TLS for PostgreSQL, as node-postgres' `ssl` option takes it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ssl {
-  /// Off: a plain connection (`sslmode=disable`).
-  pub disable: bool,
-  /// PEM certificates to trust instead of the bundled web roots.
-  pub ca: Option<String>,
-  /// PEM client certificate and key.
-  pub cert: Option<String>,
-  pub key: Option<String>,
-  /// Verify the chain and the host name (`verify-full`, the default); false encrypts without
-  /// verifying (`require`).
-  pub verify: bool,
-}
-
-impl Options {
-  pub fn new(url: impl Into<String>) -> Self {
-    Options {
-      url: url.into(),
-      max_connections: 10,
-      isolation: Isolation::Serializable,
-      lock_timeout: Duration::from_millis(1000),
-      max_retries: 3,
-      stage_timeout: Some(Duration::from_secs(60)),
-      acquire_timeout: Duration::from_secs(10),
-      busy_timeout: Duration::from_secs(5),
-      connect_timeout: None,
-      // sqlx's pool defaults: connections live 30 min, idle ones go after 10 min.
-      max_lifetime: Some(Duration::from_secs(30 * 60)),
-      idle_timeout: Some(Duration::from_secs(10 * 60)),
-      prepared_statements: false,
-      ssl: None,
-    }
-  }
-}
-
-/// What a stage callback returned, as Medusa applies it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StageResult {
-  /// Truthy: only the recovery point moves.
-  pub recovery_point: Option<String>,
-  /// Otherwise the key is finished with these (`None` leaves the column alone).
-  pub response_code: Option<Option<i32>>,
-  pub response_body: Option<Option<Value>>,
-}
-
-impl StageResult {
-  /// As Medusa applies it: with a recovery point the response fields are ignored (and never
-  /// sent to the database).
-  fn normalized(self) -> Self {
-    if self.recovery_point.is_some() {
-      StageResult {
-        recovery_point: self.recovery_point,
-        response_code: None,
-        response_body: None,
-      }
-    } else {
-      self
-    }
-  }
-}
 
 /// Why a stage failed: the callback's own error (passed back untouched) or ours.
 #[derive(Debug)]
@@ -166,159 +41,30 @@ pub enum Target<'a> {
   Exec(&'a dyn SharedExec),
 }
 
-/// sqlx's options from the URL (which reads libpq's `sslmode`, `sslrootcert`, `sslcert`,
-/// `sslkey`), with TLS given in code applied over them. No startup parameter beyond the ones
-/// a transaction-mode pooler passes through (PgBouncer refuses `options` and
-/// `extra_float_digits` unless told to ignore them).
-fn pg_connect_options(url: &str, ssl: Option<&Ssl>) -> Result<PgConnectOptions> {
-  use sqlx::postgres::PgSslMode;
-  let mut o = PgConnectOptions::from_str(url)
-    .map_err(|_| Error::invalid("invalid PostgreSQL connection URL"))?
-    .extra_float_digits(None);
-  // sqlx reads these files at connect time and reports a missing one as a bare "entity not
-  // found"; name it here (a path, never a credential).
-  for name in ["sslrootcert", "sslcert", "sslkey"] {
-    if let Some(path) = url_param(url, name) {
-      let path = percent_decode(path);
-      if !std::path::Path::new(&path).is_file() {
-        return Err(Error::invalid(format!("{name} file not found: {path}")));
-      }
-    }
-  }
-  if let Some(ssl) = ssl {
-    o = if ssl.disable {
-      o.ssl_mode(PgSslMode::Disable)
-    } else {
-      o.ssl_mode(if ssl.verify {
-        PgSslMode::VerifyFull
-      } else {
-        PgSslMode::Require
-      })
-    };
-    if let Some(ca) = &ssl.ca {
-      o = o.ssl_root_cert_from_pem(ca.as_bytes().to_vec());
-    }
-    if let Some(cert) = &ssl.cert {
-      o = o.ssl_client_cert_from_pem(cert.as_bytes());
-    }
-    if let Some(key) = &ssl.key {
-      o = o.ssl_client_key_from_pem(key.as_bytes());
-    }
-  }
-  Ok(o)
-}
-
-/// libpq's `connect_timeout` (whole seconds; 0 or less waits forever, which we leave to the
-/// other bounds; 1 is taken as 2, as libpq does).
-fn url_connect_timeout(url: &str) -> Option<Duration> {
-  let secs: u64 = url_param(url, "connect_timeout")?
-    .trim()
-    .parse()
-    .ok()
-    .filter(|s| *s > 0)?;
-  Some(Duration::from_secs(secs.max(2)))
-}
-
-/// `%2F` → `/` and the like (an invalid escape stays as it is).
-fn percent_decode(s: &str) -> String {
-  let b = s.as_bytes();
-  let mut out = Vec::with_capacity(b.len());
-  let mut i = 0;
-  while i < b.len() {
-    let hex = b
-      .get(i + 1..i + 3)
-      .and_then(|h| std::str::from_utf8(h).ok())
-      .and_then(|h| u8::from_str_radix(h, 16).ok());
-    match (b[i], hex) {
-      (b'%', Some(x)) => {
-        out.push(x);
-        i += 3;
-      }
-      (b'+', _) => {
-        out.push(b' ');
-        i += 1;
-      }
-      (c, _) => {
-        out.push(c);
-        i += 1;
-      }
-    }
-  }
-  String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A query parameter of a connection URL, as given (not percent-decoded).
-fn url_param<'u>(url: &'u str, name: &str) -> Option<&'u str> {
-  url
-    .split_once('?')?
-    .1
-    .split('&')
-    .filter_map(|kv| kv.split_once('='))
-    .find(|(k, _)| *k == name)
-    .map(|(_, v)| v)
-}
-
 /// PostgreSQL's own default `max_connections` is 100; a pool far beyond that is a mistake.
 const MAX_CONNECTIONS: u32 = 1000;
 
 pub struct Service {
-  backend: Backend,
+  backend: Arc<dyn Backend>,
   opts: Options,
   /// Set by `for_tenant`: this copy sees only the tenant's keys, stored as `<tenant>/<key>`.
   tenant: Option<Arc<str>>,
 }
 
-#[derive(Clone)]
-enum Backend {
-  Pg(PgPool),
-  Lite {
-    pool: SqlitePool,
-    file: Arc<lite::FileState>,
-  },
-  /// No pool of our own: everything runs through callers' executors; unbound statements (the
-  /// lease release after a failed stage) through this one, in autocommit.
-  Detached(Arc<dyn SharedExec>),
-}
-
-/// Removes a key from the working set when its SQLite stage ends, however it ends.
-struct Working(Arc<lite::FileState>, String);
-
-impl Drop for Working {
-  fn drop(&mut self) {
-    self.0.working.lock().unwrap().remove(&self.1);
-  }
-}
-
-/// One operation's connection, by dialect.
-enum Dialect<'c> {
-  Pg(&'c mut dyn Exec),
-  Lite(&'c mut sqlx::SqliteConnection),
-}
-
-/// A connection held for one operation.
+/// A connection held for one operation: one of the backend's, a caller's executor, or the
+/// connection of one of our stage transactions (held under its lock).
 enum Held<'a> {
-  Pg(crate::pgpool::Lease),
-  Lite(PoolConnection<sqlx::Sqlite>),
-  Shared(Shared<'a>),
-  Tx(tokio::sync::MappedMutexGuard<'a, TxConn>),
+  Own(Box<dyn Conn + 'a>),
+  Tx(tokio::sync::MappedMutexGuard<'a, Box<dyn Transaction>>),
 }
 
 impl Held<'_> {
-  fn dialect(&mut self) -> Dialect<'_> {
+  fn conn(&mut self) -> &mut dyn Conn {
     match self {
-      Held::Pg(lease) => Dialect::Pg(lease),
-      Held::Lite(c) => Dialect::Lite(c),
-      Held::Shared(s) => Dialect::Pg(s),
-      Held::Tx(t) => match t.conn() {
-        ConnRef::Pg(c) => Dialect::Pg(c),
-        ConnRef::Lite(c) => Dialect::Lite(c),
-      },
+      Held::Own(c) => &mut **c,
+      Held::Tx(t) => t.conn(),
     }
   }
-}
-
-fn boxed<'c, T: 'c>(f: impl Future<Output = Result<T>> + Send + 'c) -> BoxFuture<'c, Result<T>> {
-  f.boxed()
 }
 
 impl Service {
@@ -333,56 +79,16 @@ impl Service {
       )));
     }
     let url = opts.url.as_str();
-    let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-      let connect = pg_connect_options(url, opts.ssl.as_ref())?;
-      let cfg = PoolConfig {
-        size: opts.max_connections,
-        acquire_timeout: opts.acquire_timeout,
-        connect_timeout: opts
-          .connect_timeout
-          .or_else(|| url_connect_timeout(url))
-          .unwrap_or(opts.acquire_timeout),
-        max_lifetime: opts.max_lifetime,
-        idle_timeout: opts.idle_timeout,
-        prepared: opts.prepared_statements,
-      };
-      Backend::Pg(PgPool::connect(connect, cfg).await?)
-    } else if url.starts_with("sqlite:") {
-      let memory = url.contains(":memory:") || url.contains("mode=memory");
-      let connect = SqliteConnectOptions::from_str(url)
-        .map_err(|_| Error::invalid("invalid SQLite URL"))?
-        .create_if_missing(true)
-        // SQLite takes the busy timeout as an int of ms (sqlx panics beyond): 24.8 days
-        // is as good as forever for a larger value.
-        .busy_timeout(
-          opts
-            .busy_timeout
-            .min(Duration::from_millis(i32::MAX as u64)),
-        )
-        .foreign_keys(true);
-      let connect = if memory {
-        connect
+    let backend: Arc<dyn Backend> =
+      if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(PgBackend::connect(&opts).await?)
+      } else if url.starts_with("sqlite:") {
+        Arc::new(LiteBackend::connect(&opts).await?)
       } else {
-        connect.journal_mode(SqliteJournalMode::Wal)
+        return Err(Error::invalid(
+          "unsupported database URL: use postgres://… or sqlite://…",
+        ));
       };
-      let path = (!memory).then(|| connect.get_filename().to_path_buf());
-      // Every connection to `sqlite::memory:` is a separate database: one connection only.
-      let size = if memory { 1 } else { opts.max_connections };
-      let pool = SqlitePoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(opts.acquire_timeout)
-        .test_before_acquire(false)
-        .connect_with(connect)
-        .await?;
-      Backend::Lite {
-        pool,
-        file: lite::FileState::for_path(path),
-      }
-    } else {
-      return Err(Error::invalid(
-        "unsupported database URL: use postgres://… or sqlite://…",
-      ));
-    };
     Ok(Service {
       backend,
       opts,
@@ -395,7 +101,7 @@ impl Service {
   pub fn detached(opts: Options, release: Arc<dyn SharedExec>) -> Self {
     Service {
       tenant: None,
-      backend: Backend::Detached(release),
+      backend: Arc::new(pg::Detached(release)),
       opts,
     }
   }
@@ -475,78 +181,26 @@ impl Service {
 
   /// "postgres" or "sqlite".
   pub fn backend_name(&self) -> &'static str {
-    match self.backend {
-      Backend::Pg(_) | Backend::Detached(_) => "postgres",
-      Backend::Lite { .. } => "sqlite",
-    }
+    self.backend.name()
   }
 
   pub async fn close(&self) {
-    match &self.backend {
-      Backend::Pg(p) => p.close().await,
-      Backend::Lite { pool, .. } => pool.close().await,
-      Backend::Detached(_) => {}
-    }
-  }
-
-  fn lite_working(&self, key: &str) -> bool {
-    match &self.backend {
-      Backend::Lite { file, .. } => file.working.lock().unwrap().contains(key),
-      _ => false,
-    }
+    self.backend.close().await
   }
 
   /// The connection `target` names, held for one operation.
   async fn acquire<'a>(&'a self, target: Target<'a>) -> Result<Held<'a>> {
-    Ok(match (target, &self.backend) {
-      (Target::Exec(ex), _) => Held::Shared(Shared(ex)),
-      (Target::Tx(tx), _) => Held::Tx(tx.conn().await?),
-      (Target::Pool, Backend::Pg(pool)) => {
-        let mut lease = pool.acquire().await?;
-        lease.done();
-        Held::Pg(lease)
-      }
-      (Target::Pool, Backend::Lite { pool, .. }) => Held::Lite(pool.acquire().await?),
-      (Target::Pool, Backend::Detached(ex)) => Held::Shared(Shared(ex.as_ref())),
+    Ok(match target {
+      Target::Pool => Held::Own(self.backend.acquire().await?),
+      Target::Tx(tx) => Held::Tx(tx.conn().await?),
+      // A caller's executor speaks PostgreSQL.
+      Target::Exec(ex) => Held::Own(Box::new(PgConn(Shared(ex)))),
     })
   }
 
   /// Create Medusa's table when missing; a no-op on a Medusa database and when run twice.
   pub async fn migrate(&self) -> Result<()> {
-    match &self.backend {
-      Backend::Pg(pool) => {
-        let mut lease = pool.acquire().await?;
-        // Serialise concurrent migrations (two processes starting at once would otherwise
-        // race on CREATE TABLE IF NOT EXISTS and fail with 23505 on pg_type).
-        let mut script = String::from("BEGIN; SELECT pg_advisory_xact_lock(8245017791);\n");
-        for (_, sql) in crate::MIGRATIONS_POSTGRES {
-          script += sql;
-          script += "\n";
-        }
-        // Simple protocol: a migration file may hold several statements.
-        let ran = sqlx::Executor::execute(lease.raw(), script.as_str()).await;
-        match ran {
-          Ok(_) => lease.commit().await?,
-          Err(e) => {
-            lease.rollback().await;
-            return Err(e.into());
-          }
-        }
-      }
-      Backend::Lite { pool, .. } => {
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        for (_, sql) in crate::MIGRATIONS_SQLITE {
-          sqlx::Executor::execute(&mut *tx, *sql).await?;
-        }
-        tx.commit().await?;
-      }
-      Backend::Detached(_) => {
-        return Err(Error::invalid(
-          "run migrate() on a connected service, or Medusa's migrations",
-        ))
-      }
-    }
-    Ok(())
+    self.backend.migrate().await
   }
 
   /// Medusa's `initializeRequest`, with client keys honoured, a fingerprint check and the
@@ -567,16 +221,14 @@ impl Service {
     let shown = key;
     let key = self.db_key(&shown);
     let lease_ms = self.opts.lock_timeout.as_millis() as f64;
-    let id = crate::key::new_id();
-    // A key a stage of this process is working (SQLite) is leased whatever `locked_at` says.
-    let may_claim = !self.lite_working(&key);
+    let id = crate::model::new_id();
     let in_tx = matches!(target, Target::Tx(_) | Target::Exec(_));
     let claim = {
       let mut held = self.acquire(target).await?;
-      match held.dialect() {
-        Dialect::Pg(ex) => pgsql::initialize(ex, &id, &key, &fp, lease_ms, in_tx).await,
-        Dialect::Lite(c) => lite::insert_or_claim(c, &id, &key, &fp, lease_ms, may_claim).await,
-      }
+      held
+        .conn()
+        .initialize(&id, &key, &fp, lease_ms, in_tx)
+        .await
     }?;
     match claim {
       Claim::Got(k) => Ok(self.shown(k)),
@@ -611,14 +263,11 @@ impl Service {
       }
       None => uuid::Uuid::new_v4().to_string(),
     };
-    let id = crate::key::new_id();
+    let id = crate::model::new_id();
     let stored = self.db_key(&key);
     {
       let mut held = self.acquire(target).await?;
-      match held.dialect() {
-        Dialect::Pg(ex) => pgsql::create(ex, &id, &stored, &fp, recovery_point).await,
-        Dialect::Lite(c) => lite::create(c, &id, &stored, &fp, recovery_point).await,
-      }
+      held.conn().create(&id, &stored, &fp, recovery_point).await
     }
     .map(|k| self.shown(k))
     .map_err(|e| match e {
@@ -648,7 +297,7 @@ impl Service {
   ) -> Result<IdempotencyKey> {
     let mut checked: Vec<(&'static str, UpdateValue)> = Vec::with_capacity(selector.len());
     for (name, value) in selector {
-      let col = crate::key::COLUMNS
+      let col = COLUMNS
         .split(", ")
         .find(|c| *c == name)
         .ok_or_else(|| Error::invalid(format!("'{name}' is not a column of idempotency_key")))?;
@@ -662,10 +311,7 @@ impl Service {
     let prefix = self.tenant.as_deref();
     let mut rows = {
       let mut held = self.acquire(target).await?;
-      match held.dialect() {
-        Dialect::Pg(ex) => pgsql::select_by(ex, &checked, prefix).await,
-        Dialect::Lite(c) => lite::select_by(c, &checked, prefix).await,
-      }
+      held.conn().select_by(&checked, prefix).await
     }?;
     match rows.len() {
       0 => Err(Error::not_found(shown)),
@@ -692,15 +338,10 @@ impl Service {
     let stored = self.db_key(key);
     {
       let mut held = self.acquire(target).await?;
-      let (won, exists) = match held.dialect() {
-        Dialect::Pg(ex) => match pgsql::lock(ex, &stored, lease_ms).await? {
-          Some(k) => (Some(k), true),
-          None => (None, pgsql::select_key(ex, &stored).await?.is_some()),
-        },
-        Dialect::Lite(c) => match lite::lock(c, &stored, lease_ms).await? {
-          Some(k) => (Some(k), true),
-          None => (None, lite::select_key(c, &stored).await?.is_some()),
-        },
+      let conn = held.conn();
+      let (won, exists) = match conn.lock(&stored, lease_ms).await? {
+        Some(k) => (Some(k), true),
+        None => (None, conn.select_key(&stored).await?.is_some()),
       };
       match (won, exists) {
         (Some(k), _) => Ok(self.shown(k)),
@@ -724,10 +365,7 @@ impl Service {
     let stored = self.db_key(key);
     {
       let mut held = self.acquire(target).await?;
-      match held.dialect() {
-        Dialect::Pg(ex) => pgsql::update(ex, &stored, u).await,
-        Dialect::Lite(c) => lite::update(c, &stored, u).await,
-      }
+      held.conn().update(&stored, u).await
     }?
     .map(|k| self.shown(k))
     .ok_or_else(|| Error::not_found(key))
@@ -746,18 +384,12 @@ impl Service {
     let prefix = self.tenant.as_deref();
     let mut total = 0;
     loop {
-      let working: Vec<String> = match &self.backend {
-        Backend::Lite { file, .. } => file.working.lock().unwrap().iter().cloned().collect(),
-        _ => Vec::new(),
-      };
       let removed = {
         let mut held = self.acquire(target).await?;
-        match held.dialect() {
-          Dialect::Pg(ex) => pgsql::reap_batch(ex, older_ms, batch, lease_ms, prefix).await?,
-          Dialect::Lite(c) => {
-            lite::reap_batch(c, older_ms, batch, lease_ms, &working, prefix).await?
-          }
-        }
+        held
+          .conn()
+          .reap_batch(older_ms, batch, lease_ms, prefix)
+          .await?
       };
       total += removed;
       if removed < batch as u64 {
@@ -778,95 +410,28 @@ impl Service {
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let prefix = self.tenant.as_deref();
     let mut held = self.acquire(target).await?;
-    let keys = match held.dialect() {
-      Dialect::Pg(ex) => pgsql::abandoned(ex, idle_ms, limit, prefix).await,
-      Dialect::Lite(c) => lite::abandoned(c, idle_ms, limit, prefix).await,
-    }?;
+    let keys = held.conn().abandoned(idle_ms, limit, prefix).await?;
     Ok(keys.into_iter().map(|k| self.shown(k)).collect())
   }
 
-  /// Release the lease of a key whose stage failed after its callback ran, on our own
-  /// connections (never the caller's transaction, which may still hold the row lock).
-  fn release_task(&self, key: String) -> BoxFuture<'static, ()> {
-    match &self.backend {
-      Backend::Pg(pool) => {
-        let pool = pool.clone();
-        async move {
-          if let Ok(mut lease) = pool.acquire().await {
-            let _ = pgsql::release(&mut lease, &key).await;
-          }
-        }
-        .boxed()
-      }
-      Backend::Lite { pool, .. } => {
-        let pool = pool.clone();
-        async move {
-          let _ = sqlx::query(lite::RELEASE_SQL)
-            .bind(key)
-            .execute(&pool)
-            .await;
-        }
-        .boxed()
-      }
-      Backend::Detached(ex) => {
-        let ex = ex.clone();
-        async move {
-          let _ = pgsql::release(&mut Shared(ex.as_ref()), &key).await;
-        }
-        .boxed()
-      }
-    }
-  }
-
-  /// Open a stage transaction with the key's row claimed for this stage. On SQLite the write
-  /// lock is taken up front and a key another stage of this process is working is refused
-  /// at once, like `FOR UPDATE NOWAIT` on PostgreSQL.
+  /// Open a stage transaction with the key's row claimed for this stage, checked against the
+  /// caller's expected recovery point.
   async fn begin_stage(
     &self,
     key: &str,
     expected: Option<&str>,
-  ) -> Result<(TxConn, IdempotencyKey, Option<Working>)> {
-    match &self.backend {
-      Backend::Pg(pool) => {
-        let mut lease = pool.acquire().await?;
-        let found = match lease
-          .begin_and_lock(self.opts.isolation.begin_sql(), key)
-          .await
-        {
-          Ok(rows) => pgsql::first(rows),
-          Err(e) => Err(self.busy_is_locked(key, e)),
-        };
-        match found.and_then(|k| check_expected(k, self.client_key(key), expected)) {
-          Ok(k) => Ok((TxConn::Pg(lease), k, None)),
-          Err(e) => {
-            // begin_and_lock rolled back on its own failures; a stale key is still open.
-            lease.rollback().await;
-            Err(e)
-          }
-        }
+  ) -> Result<(Box<dyn Transaction>, IdempotencyKey)> {
+    let (tx, found) = self
+      .backend
+      .begin_stage(self.opts.isolation, key)
+      .await
+      .map_err(|e| self.busy_is_locked(key, e))?;
+    match check_expected(found, self.client_key(key), expected) {
+      Ok(k) => Ok((tx, k)),
+      Err(e) => {
+        tx.rollback().await;
+        Err(e)
       }
-      Backend::Lite { pool, file } => {
-        if !file.working.lock().unwrap().insert(key.to_owned()) {
-          return Err(Error::locked(self.client_key(key)));
-        }
-        let guard = Working(file.clone(), key.to_owned());
-        let gate = tokio::time::timeout(self.opts.busy_timeout, file.writer.lock())
-          .await
-          .map_err(|_| Error::Busy)?;
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        drop(gate); // SQLite's own write lock now serialises writers.
-        let found = lite::select_key(&mut tx, key).await;
-        match found.and_then(|k| check_expected(k, self.client_key(key), expected)) {
-          Ok(k) => Ok((TxConn::Lite(None, tx), k, Some(guard))),
-          Err(e) => {
-            let _ = tx.rollback().await;
-            Err(e)
-          }
-        }
-      }
-      Backend::Detached(_) => Err(Error::invalid(
-        "this service has no connection of its own: call withTransaction(manager) first",
-      )),
     }
   }
 
@@ -902,7 +467,7 @@ impl Service {
     }
     let mut attempt = 0;
     loop {
-      let (tx, locked, working) = match self.begin_stage(key, expected).await {
+      let (tx, locked) = match self.begin_stage(key, expected).await {
         Ok(t) => t,
         Err(e) if e.is_retryable() && attempt < self.opts.max_retries => {
           attempt += 1;
@@ -920,7 +485,7 @@ impl Service {
       };
       let result = match outcome {
         Err(StageError::Core(e @ Error::StageTimeout { .. })) => {
-          let release = self.release_task(key.to_owned());
+          let release = self.backend.release(key.to_owned());
           if in_flight == 0 {
             tx.rollback().await;
             release.await;
@@ -943,12 +508,11 @@ impl Service {
           Err(StageError::Core(caught(failure.clone().unwrap())))
         }
         // Rolls back by itself when the write or the commit fails.
-        Ok(r) => match tx.apply_and_commit(&locked.id, r).await {
+        Ok(r) => match tx.apply_and_commit(locked.id, r).await {
           Ok(updated) => return Ok(self.shown(updated)),
           Err(e) => Err(StageError::Core(e)),
         },
       };
-      drop(working);
       let retryable = match (&result, &failure) {
         (_, Some(f)) if f.is_retryable() => true,
         (Err(StageError::Core(e)), _) => e.is_retryable(),
@@ -959,7 +523,7 @@ impl Service {
         backoff(attempt).await;
         continue;
       }
-      self.release_task(key.to_owned()).await;
+      self.backend.release(key.to_owned()).await;
       return result;
     }
   }
@@ -1019,43 +583,41 @@ impl Service {
     const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT medusa_idempotency_stage";
     const RELEASE: &str = "RELEASE SAVEPOINT medusa_idempotency_stage";
     let before = parent.failure();
-    parent.with_conn(|c| boxed(plain(c, SAVEPOINT))).await?;
     let locked = {
       let mut held = self.acquire(Target::Tx(parent)).await?;
-      match held.dialect() {
-        Dialect::Pg(ex) => pgsql::lock_row(ex, key).await,
-        Dialect::Lite(c) => lite::select_key(c, key).await,
+      let conn = held.conn();
+      conn.plain(SAVEPOINT).await?;
+      let locked = conn
+        .lock_row(key)
+        .await
+        .map_err(|e| self.busy_is_locked(key, e))
+        .and_then(|k| check_expected(k, self.client_key(key), expected));
+      if locked.is_err() {
+        let _ = conn.plain(ROLLBACK_TO).await;
       }
-    }
-    .map_err(|e| self.busy_is_locked(key, e))
-    .and_then(|k| check_expected(k, self.client_key(key), expected));
-    let locked = match locked {
-      Ok(k) => k,
-      Err(e) => {
-        let _ = parent.with_conn(|c| boxed(plain(c, ROLLBACK_TO))).await;
-        return Err(StageError::Core(e));
-      }
+      locked?
     };
     let outcome = self.run_callback(parent, key, callback).await;
     let failed_inside = parent.failure().is_some() && before.is_none();
     let result = match outcome {
-      Ok(r) if !failed_inside => parent
-        .with_conn(|mut c| {
-          boxed(async move {
-            let updated = apply(reborrow(&mut c), &locked.id, r).await?;
-            plain(c, RELEASE).await?;
-            Ok(updated)
-          })
-        })
-        .await
-        .map_err(StageError::Core),
+      Ok(r) if !failed_inside => async {
+        let mut held = self.acquire(Target::Tx(parent)).await?;
+        let conn = held.conn();
+        let updated = conn.apply(&locked.id, r).await?;
+        conn.plain(RELEASE).await?;
+        Ok(updated)
+      }
+      .await
+      .map_err(StageError::Core),
       Ok(_) => Err(StageError::Core(caught(parent.failure().unwrap()))),
       Err(e) => Err(e),
     };
     if result.is_err() {
-      let _ = parent.with_conn(|c| boxed(plain(c, ROLLBACK_TO))).await;
+      if let Ok(mut held) = self.acquire(Target::Tx(parent)).await {
+        let _ = held.conn().plain(ROLLBACK_TO).await;
+      }
       parent.set_failure(before);
-      tokio::spawn(self.release_task(key.to_owned()));
+      tokio::spawn(self.backend.release(key.to_owned()));
     }
     result
   }
@@ -1077,56 +639,28 @@ impl Service {
   {
     let stored = self.db_key(key);
     let key = stored.as_str();
-    let mut conn = Shared(ex);
-    let locked = pgsql::lock_row(&mut conn, key)
+    let mut conn = PgConn(Shared(ex));
+    let locked = conn
+      .lock_row(key)
       .await
       .map_err(|e| self.busy_is_locked(key, e))
       .and_then(|k| check_expected(k, self.client_key(key), expected))
       .map_err(StageError::Core)?;
     let outcome = self.within_stage_timeout(key, callback()).await;
     let result = match outcome {
-      Ok(r) => pgsql::apply(&mut conn, &locked.id, r)
-        .await
-        .map_err(StageError::Core),
+      Ok(r) => conn.apply(&locked.id, r).await.map_err(StageError::Core),
       Err(e) => Err(e),
     };
     if result.is_err() {
-      tokio::spawn(self.release_task(key.to_owned()));
+      tokio::spawn(self.backend.release(key.to_owned()));
     }
     result.map(|k| self.shown(k))
   }
 }
 
-fn reborrow<'a>(c: &'a mut ConnRef<'_>) -> ConnRef<'a> {
-  match c {
-    ConnRef::Pg(c) => ConnRef::Pg(c),
-    ConnRef::Lite(c) => ConnRef::Lite(c),
-  }
-}
-
-/// A statement without parameters or rows (savepoints).
-async fn plain(c: ConnRef<'_>, sql: &'static str) -> Result<()> {
-  match c {
-    // The simple protocol: no statement is prepared on the server.
-    ConnRef::Pg(c) => c.plain(sql).await,
-    ConnRef::Lite(c) => sqlx::query(sql)
-      .execute(c)
-      .await
-      .map(|_| ())
-      .map_err(Error::from),
-  }
-}
-
-async fn apply(c: ConnRef<'_>, id: &str, r: StageResult) -> Result<IdempotencyKey> {
-  match c {
-    ConnRef::Pg(c) => pgsql::apply(c, id, r).await,
-    ConnRef::Lite(c) => lite::apply(c, id, r).await,
-  }
-}
-
 /// A selector value must be of its column's type (or an array of them, meaning IN).
 fn check_selector_value(col: &str, value: &UpdateValue) -> Result<()> {
-  let cast = pgsql::column_cast(col).unwrap_or("varchar");
+  let cast = column_cast(col).unwrap_or("varchar");
   let scalar_ok = |v: &Value| match (cast, v) {
     ("varchar", Value::String(_)) => true,
     ("int4", Value::Number(n)) => n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),

@@ -4,75 +4,12 @@
 //! sqlx reports COMMIT of an aborted transaction as success), and once the stage ends the
 //! handle refuses every further query.
 
+use crate::backend::Transaction;
 use crate::error::{Error, Result};
-use crate::key::IdempotencyKey;
-use crate::lite::LiteTx;
-use crate::pgpool::Lease;
-use crate::service::StageResult;
 use crate::value::{Param, QueryResult};
-use sqlx::sqlite::SqliteConnection;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
-use tokio::sync::{Mutex, Notify};
-
-/// A stage transaction on either backend: on PostgreSQL a connection of our pool with the
-/// transaction open on it, on SQLite an sqlx transaction and, once the callback has run a
-/// statement, the stage authorizer armed on its connection (declared first, so it is disarmed
-/// before a dropped transaction's rollback).
-pub(crate) enum TxConn {
-  Pg(Lease),
-  Lite(Option<crate::lite::Armed>, LiteTx),
-}
-
-/// A connection of either backend, borrowed for one operation.
-pub(crate) enum ConnRef<'c> {
-  Pg(&'c mut Lease),
-  Lite(&'c mut SqliteConnection),
-}
-
-impl TxConn {
-  pub(crate) fn conn(&mut self) -> ConnRef<'_> {
-    match self {
-      TxConn::Pg(l) => ConnRef::Pg(l),
-      TxConn::Lite(_, t) => ConnRef::Lite(t),
-    }
-  }
-
-  /// Write the stage's result and commit, in one round trip on PostgreSQL. Rolls back on
-  /// failure.
-  pub(crate) async fn apply_and_commit(self, id: &str, r: StageResult) -> Result<IdempotencyKey> {
-    match self {
-      TxConn::Pg(mut lease) => {
-        let rows = lease
-          .apply_and_commit(&crate::pgsql::apply_params(id, r))
-          .await?;
-        crate::pgsql::first(rows)?.ok_or_else(|| Error::not_found(id))
-      }
-      TxConn::Lite(armed, mut tx) => match crate::lite::apply(&mut tx, id, r).await {
-        Ok(k) => {
-          drop(armed); // COMMIT is transaction control: ours, not the callback's
-          tx.commit().await?;
-          Ok(k)
-        }
-        Err(e) => {
-          drop(armed);
-          let _ = tx.rollback().await;
-          Err(e)
-        }
-      },
-    }
-  }
-
-  pub(crate) async fn rollback(self) {
-    match self {
-      TxConn::Pg(mut lease) => lease.rollback().await,
-      TxConn::Lite(armed, t) => {
-        drop(armed);
-        let _ = t.rollback().await;
-      }
-    }
-  }
-}
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, Notify};
 
 /// A live stage transaction, shared between the stage driver and the JS handle.
 #[derive(Clone)]
@@ -81,7 +18,7 @@ pub struct StageTx {
 }
 
 struct Inner {
-  tx: Mutex<Option<TxConn>>,
+  tx: Mutex<Option<Box<dyn Transaction>>>,
   pending: AtomicUsize,
   idle: Notify,
   closed: AtomicBool,
@@ -101,7 +38,7 @@ impl Drop for Pending {
 }
 
 impl StageTx {
-  pub(crate) fn new(tx: TxConn) -> Self {
+  pub(crate) fn new(tx: Box<dyn Transaction>) -> Self {
     StageTx {
       inner: Arc::new(Inner {
         tx: Mutex::new(Some(tx)),
@@ -138,19 +75,7 @@ impl StageTx {
     if self.inner.closed.load(Ordering::SeqCst) {
       return Err(Error::TransactionClosed);
     }
-    let run = async {
-      match tx {
-        TxConn::Pg(l) => l.user_query(sql, params).await,
-        TxConn::Lite(armed, t) => {
-          // Armed at the callback's first statement (a worker round trip), not at BEGIN:
-          // stages that run no statement of their own never pay for it.
-          if armed.is_none() {
-            *armed = Some(crate::lite::arm(t).await?);
-          }
-          crate::lite::run_query(t, sql, params).await
-        }
-      }
-    };
+    let run = async { tx.query(sql, params).await };
     let run = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
     let result = tokio::select! {
       r = run => r.unwrap_or_else(|p| Err(Error::from_panic(p))),
@@ -165,20 +90,10 @@ impl StageTx {
     result
   }
 
-  /// Run a statement of the service itself (not counted, not cancelled).
-  pub(crate) async fn with_conn<T>(
-    &self,
-    f: impl for<'c> FnOnce(ConnRef<'c>) -> futures_util::future::BoxFuture<'c, Result<T>>,
-  ) -> Result<T> {
-    let mut guard = self.inner.tx.lock().await;
-    let tx = guard.as_mut().ok_or(Error::TransactionClosed)?;
-    f(tx.conn()).await
-  }
-
   /// The transaction's connection, for a statement of the service itself.
-  pub(crate) async fn conn(&self) -> Result<tokio::sync::MappedMutexGuard<'_, TxConn>> {
+  pub(crate) async fn conn(&self) -> Result<MappedMutexGuard<'_, Box<dyn Transaction>>> {
     let guard = self.inner.tx.lock().await;
-    tokio::sync::MutexGuard::try_map(guard, |o| o.as_mut()).map_err(|_| Error::TransactionClosed)
+    MutexGuard::try_map(guard, |o| o.as_mut()).map_err(|_| Error::TransactionClosed)
   }
 
   /// Wait until no query the callback started is running; returns how many were running
@@ -214,7 +129,7 @@ impl StageTx {
   }
 
   /// Close the handle and take the transaction out to commit or roll back.
-  pub(crate) async fn take(&self) -> Option<TxConn> {
+  pub(crate) async fn take(&self) -> Option<Box<dyn Transaction>> {
     self.close();
     self.inner.tx.lock().await.take()
   }
@@ -223,7 +138,7 @@ impl StageTx {
 /// Statements a stage callback may not run: a NUL byte (SQLite would spin on it), and
 /// transaction control, which would commit or discard the stage's work behind its back
 /// (`ROLLBACK TO SAVEPOINT` is allowed). PostgreSQL prepares one statement per string; on
-/// SQLite the authorizer in `lite` also refuses it (and pragma setters, ATTACH/DETACH) in any
+/// SQLite the authorizer in `sqlite` also refuses it (and pragma setters, ATTACH/DETACH) in any
 /// statement of the string, however spelled.
 fn check_statement(sql: &str) -> Result<()> {
   if sql.contains('\0') {

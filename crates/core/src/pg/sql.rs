@@ -3,54 +3,14 @@
 //! node-postgres client). One copy of the SQL serves both, so it casts every parameter: a
 //! caller's executor sends untyped text and the server must not have to guess.
 
+use super::exec::Exec;
 use crate::error::{Error, Result};
-use crate::key::{Claim, Fingerprint, IdempotencyKey, KeyUpdate, UpdateValue, COLUMNS};
-use crate::service::StageResult;
+use crate::model::{
+  column_cast, Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue, COLUMNS,
+};
 use crate::value::{Cell, Param, QueryResult};
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use serde_json::Value;
-
-/// Runs one statement with `$n` parameters and returns its rows.
-pub trait Exec: Send {
-  fn query<'a>(
-    &'a mut self,
-    sql: &'a str,
-    params: Vec<Param>,
-  ) -> BoxFuture<'a, Result<QueryResult>>;
-}
-
-/// A pooled connection: outside a transaction, while a statement runs the lease is busy, so a
-/// dropped future or a broken connection closes it instead of returning it to the pool.
-impl Exec for crate::pgpool::Lease {
-  fn query<'a>(
-    &'a mut self,
-    sql: &'a str,
-    params: Vec<Param>,
-  ) -> BoxFuture<'a, Result<QueryResult>> {
-    async move { self.service_query(sql, &params).await }.boxed()
-  }
-}
-
-/// A caller's executor, shared: `query` may be called concurrently (the binding serialises
-/// nothing; the caller's executor does what it does).
-pub trait SharedExec: Send + Sync {
-  fn query(&self, sql: String, params: Vec<Param>) -> BoxFuture<'static, Result<QueryResult>>;
-}
-
-/// [`Exec`] over a shared executor.
-pub(crate) struct Shared<'a>(pub &'a dyn SharedExec);
-
-impl Exec for Shared<'_> {
-  fn query<'a>(
-    &'a mut self,
-    sql: &'a str,
-    params: Vec<Param>,
-  ) -> BoxFuture<'a, Result<QueryResult>> {
-    self.0.query(sql.to_owned(), params)
-  }
-}
 
 fn text(v: &Option<String>) -> Param {
   v.as_ref().map_or(Param::Null, |s| Param::Text(s.clone()))
@@ -278,17 +238,6 @@ pub(crate) async fn create(
     )
     .await?;
   first(r)?.ok_or_else(|| bad_row("INSERT returned no row".into()))
-}
-
-/// The SQL type of each selectable column, for its parameter cast.
-pub(crate) fn column_cast(col: &str) -> Option<&'static str> {
-  Some(match col {
-    "id" | "idempotency_key" | "request_method" | "request_path" | "recovery_point" => "varchar",
-    "response_code" => "int4",
-    "created_at" | "locked_at" => "timestamptz",
-    "request_params" | "response_body" => "jsonb",
-    _ => return None,
-  })
 }
 
 pub(crate) async fn select_by(

@@ -1,4 +1,6 @@
-//! The idempotency key row as Medusa's entity has it, and the checks on what callers pass in.
+//! The model every other module shares: the idempotency key row as Medusa's entity has it, what
+//! a stage returned, the request fingerprint, updates and claims, and the checks on what callers
+//! pass in. It imports no module of this crate but `error`.
 
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -7,6 +9,18 @@ use serde_json::Value;
 /// Column list in entity order; every statement that returns a key selects exactly this.
 pub(crate) const COLUMNS: &str = "id, idempotency_key, created_at, locked_at, request_method, \
    request_params, request_path, response_code, response_body, recovery_point";
+
+/// The PostgreSQL type of each selectable column: its parameter cast, and what a selector
+/// value for it must be.
+pub(crate) fn column_cast(col: &str) -> Option<&'static str> {
+  Some(match col {
+    "id" | "idempotency_key" | "request_method" | "request_path" | "recovery_point" => "varchar",
+    "response_code" => "int4",
+    "created_at" | "locked_at" => "timestamptz",
+    "request_params" | "response_body" => "jsonb",
+    _ => return None,
+  })
+}
 
 /// One row of `idempotency_key`, every field present.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,4 +176,30 @@ pub(crate) enum Claim {
   },
   /// Deleted between the claim and the look at it (a reap): the caller may simply retry.
   Vanished,
+}
+
+/// What a stage callback returned, as Medusa applies it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageResult {
+  /// Truthy: only the recovery point moves.
+  pub recovery_point: Option<String>,
+  /// Otherwise the key is finished with these (`None` leaves the column alone).
+  pub response_code: Option<Option<i32>>,
+  pub response_body: Option<Option<Value>>,
+}
+
+impl StageResult {
+  /// As Medusa applies it: with a recovery point the response fields are ignored (and never
+  /// sent to the database).
+  pub(crate) fn normalized(self) -> Self {
+    if self.recovery_point.is_some() {
+      StageResult {
+        recovery_point: self.recovery_point,
+        response_code: None,
+        response_body: None,
+      }
+    } else {
+      self
+    }
+  }
 }

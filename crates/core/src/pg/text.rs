@@ -7,12 +7,12 @@
 //! same values are accepted and refused, with the same messages, in both modes), then written
 //! as the text PostgreSQL's input function reads back to that same value.
 
-use super::{
-  array_element, as_json, as_text, civil, decode_numeric, encode, encode_scalar, format_number,
-  is_textual, is_textual_oid, iso_string, oid, type_name, type_oid, Cell, Param, PG_EPOCH_DAYS,
-  PG_EPOCH_MICROS,
+use super::codec::{
+  array_element, as_json, as_text, decode_numeric, encode, encode_scalar, is_known_oid, is_textual,
+  is_textual_oid, oid, type_name, type_oid, PG_EPOCH_DAYS, PG_EPOCH_MICROS,
 };
 use crate::error::{Error, Result};
+use crate::value::{civil, format_number, iso_string, Cell, Param};
 use sqlx::postgres::PgTypeInfo;
 
 /// An escape-string literal (`E'…'`): read the same whatever `standard_conforming_strings`
@@ -117,7 +117,7 @@ pub(crate) fn typed_literal(p: &Param, ty: &PgTypeInfo, index: usize) -> Result<
         }
       })
     })?
-  } else if let (Param::Array(items), false) = (p, super::is_known_oid(t)) {
+  } else if let (Param::Array(items), false) = (p, is_known_oid(t)) {
     // An array of a type we do not know (an enum[]…): its elements as text.
     array_literal(items, &|item| {
       Ok(match item {

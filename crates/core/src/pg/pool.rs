@@ -24,9 +24,14 @@
 //! closed instead of returned, so the next caller gets a fresh one. Connections are replaced
 //! after `max_lifetime` and closed after `idle_timeout` unused, so an idle pool shrinks.
 
+use super::codec::{bind, decode, type_of_oid};
+use super::exec::Exec;
+use super::{sql, text};
 use crate::error::{Error, Result};
-use crate::value::{bind, text, Cell, Param, QueryResult};
-use futures_util::TryStreamExt;
+use crate::stage::strip_leading_comments;
+use crate::value::{Cell, Param, QueryResult};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, TryStreamExt};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgTypeInfo};
 use sqlx::{Column, Connection, Executor, Postgres, Row, Statement};
 use std::collections::HashMap;
@@ -408,7 +413,7 @@ impl Lease {
     }
     .ok_or_else(unreadable)?;
     let described = Arc::new(Described {
-      params: oids.into_iter().map(crate::value::type_of_oid).collect(),
+      params: oids.into_iter().map(type_of_oid).collect(),
     });
     let mut cache = self.pool.described.lock().unwrap();
     if cache.len() >= DESCRIBED_MAX {
@@ -425,8 +430,8 @@ impl Lease {
     }
     let sql = format!(
       "PREPARE medusa_ikey_lock(varchar) AS {}; PREPARE medusa_ikey_apply(varchar, varchar, boolean, int4, boolean, jsonb) AS {}",
-      crate::pgsql::lock_row_sql(),
-      crate::pgsql::apply_sql()
+      sql::lock_row_sql(),
+      sql::apply_sql()
     );
     self.raw().execute(sql.as_str()).await?;
     if let Some(c) = self.conn.as_mut() {
@@ -465,10 +470,7 @@ impl Lease {
         text::literal(&key[0])?
       )
     } else {
-      format!(
-        "{begin}; {}",
-        text::inline(&crate::pgsql::lock_row_sql(), key)?
-      )
+      format!("{begin}; {}", text::inline(&sql::lock_row_sql(), key)?)
     };
     simple(self.raw(), &sql).await.0
   }
@@ -501,7 +503,7 @@ impl Lease {
         .collect::<Result<Vec<_>>>()?;
       format!("EXECUTE medusa_ikey_apply({})", args.join(", "))
     } else {
-      text::inline(&crate::pgsql::apply_sql(), params)?
+      text::inline(&sql::apply_sql(), params)?
     };
     let sql = format!("{apply}; {}", self.ending("COMMIT"));
     match simple(self.raw(), &sql).await.0 {
@@ -537,6 +539,23 @@ impl Lease {
     if self.raw().execute(sql.as_str()).await.is_ok() {
       self.ended();
     }
+  }
+}
+
+/// A pooled connection: outside a transaction, while a statement runs the lease is busy, so a
+/// dropped future or a broken connection closes it instead of returning it to the pool.
+impl Exec for Lease {
+  fn query<'a>(
+    &'a mut self,
+    sql: &'a str,
+    params: Vec<Param>,
+  ) -> BoxFuture<'a, Result<QueryResult>> {
+    async move { self.service_query(sql, &params).await }.boxed()
+  }
+
+  /// In the simple protocol: no statement is prepared on the server.
+  fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
+    Lease::plain(self, sql).boxed()
   }
 }
 
@@ -579,9 +598,9 @@ fn check_count(expected: usize, given: usize) -> Result<()> {
 /// Statements `PREPARE` takes: SELECT, INSERT, UPDATE, DELETE, MERGE, VALUES (and WITH or a
 /// parenthesised query leading to them).
 fn preparable(sql: &str) -> bool {
-  let mut rest = crate::stage::strip_leading_comments(sql);
+  let mut rest = strip_leading_comments(sql);
   while let Some(r) = rest.strip_prefix('(') {
-    rest = crate::stage::strip_leading_comments(r);
+    rest = strip_leading_comments(r);
   }
   let word: String = rest
     .chars()
@@ -648,7 +667,7 @@ fn collect(
       }
       let mut cells = Vec::with_capacity(row.len());
       for i in 0..row.len() {
-        cells.push(crate::value::decode(row.try_get_raw(i)?)?);
+        cells.push(decode(row.try_get_raw(i)?)?);
       }
       out.rows.push(cells);
     }
