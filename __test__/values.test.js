@@ -801,6 +801,13 @@ describe('JSON columns', () => {
     assert.deepStrictEqual(rows, [{ v: pick({ postgres: far, sqlite: far.toISOString() }), t: far.toISOString() }])
   })
 
+  test('an invalid Date as a parameter → invalid_data, never the epoch', async () => {
+    // It used to bind as 1970-01-01 for timestamptz (a NaN time value read as 0 ms).
+    const sql = pick({ postgres: 'SELECT $1::timestamptz AS v', sqlite: 'SELECT $1 AS v' })
+    const e = await inStageLoose((tx) => rejects(tx.query(sql, [new Date(NaN)])))
+    assertErr(e, 'invalid_data', 'INVALID_ARGUMENT')
+  })
+
   test('a "__proto__" key in stored JSON comes back as an own property, as JSON.parse makes it, never as the prototype', async () => {
     const params = JSON.parse('{"__proto__": {"isAdmin": true}, "cart": {"__proto__": [1]}}')
     const key = await service.create({ request_params: params })

@@ -317,7 +317,7 @@ async fn slice(
         cycle(&pools, &format!("{tag}-{n}"), &retries).await?;
         let t1 = Instant::now();
         if t1 >= w0 && t1 < w1 {
-          lats.push(t1.duration_since(t0).as_micros().min(u32::MAX as u128) as u32);
+          lats.push(u32::try_from(t1.duration_since(t0).as_micros()).unwrap_or(u32::MAX));
         }
       }
       Ok::<_, Error>(lats)
@@ -495,7 +495,7 @@ async fn proxy(listener: tokio::net::TcpListener, upstream: String, counts: Arc<
 
 // ---- setup -------------------------------------------------------------------------------
 
-fn env_num(name: &str, default: u64) -> u64 {
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
   std::env::var(name)
     .ok()
     .and_then(|v| v.parse().ok())
@@ -572,11 +572,12 @@ fn range(v: &[f64]) -> (f64, f64) {
     })
 }
 
-fn pct(sorted: &[u32], p: f64) -> f64 {
+/// The `p`th percentile (nearest rank, rounded) of sorted values, in ms.
+fn pct(sorted: &[u32], p: usize) -> f64 {
   if sorted.is_empty() {
     return f64::NAN;
   }
-  let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+  let i = ((sorted.len() - 1) * p + 50) / 100;
   f64::from(sorted[i]) / 1000.0
 }
 
@@ -598,8 +599,8 @@ fn rate(c: u64, s: f64) -> f64 {
 }
 
 async fn bench(base: &str, db: &str) -> Res<()> {
-  let runs = env_num("AB_RUNS", 5) as usize;
-  let slices = env_num("AB_SLICES", 4) as usize;
+  let runs: usize = env_num("AB_RUNS", 5);
+  let slices: usize = env_num("AB_SLICES", 4);
   let window = Duration::from_millis(env_num("AB_SLICE_MS", 2000));
   let url = format!("{base}/{db}?sslmode=disable");
   prepare(&url).await?;
@@ -770,10 +771,10 @@ async fn bench(base: &str, db: &str) -> Res<()> {
       med(xa),
       med(xb),
       median(&ratios[ci]),
-      pct(&xa.lats_us, 50.0),
-      pct(&xa.lats_us, 99.0),
-      pct(&xb.lats_us, 50.0),
-      pct(&xb.lats_us, 99.0),
+      pct(&xa.lats_us, 50),
+      pct(&xa.lats_us, 99),
+      pct(&xb.lats_us, 50),
+      pct(&xb.lats_us, 99),
       1000.0 * xa.client_cpu / cycles(xa),
       1000.0 * xb.client_cpu / cycles(xb),
       1000.0 * xa.server_cpu / cycles(xa),

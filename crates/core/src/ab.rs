@@ -14,7 +14,7 @@ pub struct Pool(crate::pg::pool::PgPool);
 pub struct Lease(crate::pg::pool::Lease);
 
 pub async fn connect(options: PgConnectOptions, size: u32) -> Result<Pool> {
-  let d = crate::Options::new("");
+  let d = crate::options::Options::new("");
   let cfg = crate::pg::pool::PoolConfig {
     size,
     acquire_timeout: d.acquire_timeout,

@@ -392,7 +392,7 @@ impl Service {
           .await?
       };
       total += removed;
-      if removed < batch as u64 {
+      if removed < u64::from(batch.unsigned_abs()) {
         return Ok(total);
       }
     }
@@ -559,7 +559,7 @@ impl Service {
       Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
         Err(StageError::Core(Error::StageTimeout {
           key: self.client_key(key).to_owned(),
-          ms: limit.as_millis() as u64,
+          ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
         }))
       }),
     };

@@ -44,10 +44,29 @@ pub struct QueryResult {
   pub rows_affected: u64,
 }
 
+/// `n` as an integer when it is one exactly (no fraction, within i64): the checked `n as i64`.
+pub(crate) fn exact_i64(n: f64) -> Option<i64> {
+  // 2^63 is exact as an f64; every integral f64 below it in magnitude fits.
+  if n.fract() != 0.0 || !n.is_finite() || n.abs() >= 9_223_372_036_854_775_808.0 {
+    return None;
+  }
+  #[expect(
+    clippy::cast_possible_truncation,
+    reason = "integral and within i64, checked above"
+  )]
+  Some(n as i64)
+}
+
+/// A JS safe integer (|n| ≤ 2^53) as an i64.
+pub(crate) fn safe_integer(n: f64) -> Option<i64> {
+  exact_i64(n).filter(|i| i.unsigned_abs() <= 1 << 53)
+}
+
 /// Like JS `String(n)` for the values we meet: integers without a fraction.
 pub(crate) fn format_number(n: f64) -> String {
   if n.fract() == 0.0 && n.abs() < 1e21 {
-    format!("{}", n as i128)
+    // Integral and below 1e21: printed exactly, without a fraction (and -0 as 0, as JS does).
+    format!("{:.0}", if n == 0.0 { 0.0 } else { n })
   } else {
     format!("{n}")
   }
@@ -73,7 +92,7 @@ pub fn iso_string(ms: f64) -> Option<String> {
   if !ms.is_finite() || ms.abs() > 8.64e15 {
     return None;
   }
-  let ms = ms as i64;
+  let ms = exact_i64(ms.trunc())?;
   let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
   let (year, month, day) = civil(days);
   let year = if (0..=9999).contains(&year) {
@@ -99,13 +118,7 @@ pub fn to_json(param: &Param) -> serde_json::Value {
     Param::Null => Value::Null,
     Param::Bool(b) => Value::Bool(*b),
     Param::Number(n) => serde_json::Number::from_f64(*n)
-      .map(|num| {
-        if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_992e15 {
-          Value::from(*n as i64)
-        } else {
-          Value::Number(num)
-        }
-      })
+      .map(|num| safe_integer(*n).map_or(Value::Number(num), Value::from))
       .unwrap_or(Value::Null),
     Param::BigInt(s) | Param::Text(s) => Value::String(s.clone()),
     Param::Bytes(b) => Value::Array(b.iter().map(|x| Value::from(*x)).collect()),

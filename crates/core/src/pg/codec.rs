@@ -8,12 +8,12 @@
 //! and are decoded by column type OID into [`Cell`]s, which the binding turns into JS values.
 
 use crate::error::{Error, Result};
-use crate::value::{format_number, iso_string, to_json, Cell, Param};
+use crate::value::{exact_i64, format_number, iso_string, safe_integer, to_json, Cell, Param};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use sqlx::encode::IsNull;
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgTypeKind, PgValueRef};
-use sqlx::{Postgres, TypeInfo, ValueRef};
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgTypeKind};
+use sqlx::{Postgres, TypeInfo};
 
 pub(crate) mod oid {
   pub const BOOL: u32 = 16;
@@ -217,6 +217,20 @@ pub(crate) fn bind(param: &Param, ty: &PgTypeInfo, index: usize) -> Result<Bound
 
 type EncodeResult = std::result::Result<Vec<u8>, String>;
 
+/// A length as the wire's int4.
+fn len_i32(n: usize) -> std::result::Result<i32, String> {
+  i32::try_from(n).map_err(|_| "too long for PostgreSQL (more than 2^31 - 1)".to_owned())
+}
+
+/// A float4 parameter: the nearest f32, as PostgreSQL's own float4 input rounds.
+#[expect(
+  clippy::cast_possible_truncation,
+  reason = "rounding to the nearest f32 is float4's conversion"
+)]
+fn to_float4(n: f64) -> f32 {
+  n as f32
+}
+
 pub(crate) fn encode(param: &Param, ty: &PgTypeInfo) -> EncodeResult {
   let t = type_oid(ty);
   if let Some(elem) = array_element(t) {
@@ -261,7 +275,7 @@ pub(crate) fn encode_scalar(param: &Param, t: u32, name: &str) -> EncodeResult {
       .to_be_bytes()
       .to_vec(),
     oid::INT8 => as_int(param)?.to_be_bytes().to_vec(),
-    oid::FLOAT4 => (as_float(param)? as f32).to_be_bytes().to_vec(),
+    oid::FLOAT4 => to_float4(as_float(param)?).to_be_bytes().to_vec(),
     oid::FLOAT8 => as_float(param)?.to_be_bytes().to_vec(),
     oid::NUMERIC => encode_numeric(&match param {
       Param::Number(n) if n.is_finite() => format_number(*n),
@@ -291,7 +305,9 @@ pub(crate) fn encode_scalar(param: &Param, t: u32, name: &str) -> EncodeResult {
       let micros = match param {
         // Straight from the time value: every valid JS Date, also beyond chrono's years
         // (PostgreSQL itself refuses those before 4713 BC).
-        Param::Date(ms) if ms.is_finite() && ms.abs() <= 8.64e15 => *ms as i64 * 1000,
+        Param::Date(ms) if ms.is_finite() && ms.abs() <= 8.64e15 => {
+          exact_i64(ms.trunc()).ok_or("invalid Date")? * 1000
+        }
         other => as_datetime(other)?.timestamp_micros(),
       } - PG_EPOCH_MICROS;
       micros.to_be_bytes().to_vec()
@@ -327,7 +343,7 @@ fn encode_array(param: &Param, elem: u32, textual: bool) -> EncodeResult {
   out.extend_from_slice(&1i32.to_be_bytes()); // dimensions
   out.extend_from_slice(&(has_null as i32).to_be_bytes());
   out.extend_from_slice(&elem.to_be_bytes());
-  out.extend_from_slice(&(items.len() as i32).to_be_bytes());
+  out.extend_from_slice(&len_i32(items.len())?.to_be_bytes());
   out.extend_from_slice(&1i32.to_be_bytes()); // lower bound
   for item in items {
     match item {
@@ -338,7 +354,7 @@ fn encode_array(param: &Param, elem: u32, textual: bool) -> EncodeResult {
         } else {
           encode_scalar(p, elem, "array element")?
         };
-        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(&len_i32(bytes.len())?.to_be_bytes());
         out.extend_from_slice(&bytes);
       }
     }
@@ -362,8 +378,8 @@ pub(crate) fn as_text(param: &Param) -> std::result::Result<String, String> {
 
 fn as_int(param: &Param) -> std::result::Result<i64, String> {
   match param {
-    Param::Number(n) if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_992e15 => Ok(*n as i64),
-    Param::Number(_) => Err("not an integer (or beyond 2^53; pass a string or BigInt)".into()),
+    Param::Number(n) => safe_integer(*n)
+      .ok_or_else(|| "not an integer (or beyond 2^53; pass a string or BigInt)".into()),
     Param::BigInt(s) | Param::Text(s) => {
       s.trim().parse::<i64>().map_err(|_| "not an integer".into())
     }
@@ -390,12 +406,12 @@ pub(crate) fn as_json(param: &Param) -> std::result::Result<String, String> {
 
 fn as_datetime(param: &Param) -> std::result::Result<DateTime<Utc>, String> {
   match param {
-    Param::Date(ms) => {
-      DateTime::from_timestamp_millis(*ms as i64).ok_or_else(|| "invalid Date".into())
-    }
-    Param::Number(ms) => {
-      DateTime::from_timestamp_millis(*ms as i64).ok_or_else(|| "invalid time".into())
-    }
+    Param::Date(ms) => exact_i64(ms.trunc())
+      .and_then(DateTime::from_timestamp_millis)
+      .ok_or_else(|| "invalid Date".into()),
+    Param::Number(ms) => exact_i64(ms.trunc())
+      .and_then(DateTime::from_timestamp_millis)
+      .ok_or_else(|| "invalid time".into()),
     Param::Text(s) => parse_timestamp(s.trim()).ok_or_else(|| "not a timestamp".into()),
     _ => Err("expected a Date or an ISO 8601 string".into()),
   }
@@ -451,16 +467,19 @@ fn encode_numeric(s: &str) -> EncodeResult {
     return Err(bad());
   }
   let mut digits: String = format!("{int_part}{frac_part}");
-  let mut point = int_part.len() as i32 + exp; // position of the decimal point in `digits`
-  if point < 0 {
-    digits = "0".repeat((-point) as usize) + &digits;
-    point = 0;
+  // The position of the decimal point in `digits`.
+  let point = i64::try_from(int_part.len()).map_err(|_| bad())? + i64::from(exp);
+  let point = if point < 0 {
+    digits = "0".repeat(usize::try_from(-point).map_err(|_| bad())?) + &digits;
+    0
+  } else {
+    usize::try_from(point).map_err(|_| bad())?
+  };
+  if point > digits.len() {
+    digits += &"0".repeat(point - digits.len());
   }
-  if point as usize > digits.len() {
-    digits += &"0".repeat(point as usize - digits.len());
-  }
-  let dscale = (digits.len() as i32 - point).max(0) as u16;
-  let (ip, fp) = digits.split_at(point as usize);
+  let dscale = u16::try_from(digits.len().saturating_sub(point)).map_err(|_| bad())?;
+  let (ip, fp) = digits.split_at(point);
   // Pad to whole base-10000 groups around the decimal point.
   let ip_pad = (4 - ip.len() % 4) % 4;
   let fp_pad = (4 - fp.len() % 4) % 4;
@@ -470,7 +489,7 @@ fn encode_numeric(s: &str) -> EncodeResult {
     .chunks(4)
     .map(|c| std::str::from_utf8(c).unwrap().parse::<i16>().unwrap())
     .collect();
-  let mut weight = ((ip.len() + ip_pad) / 4) as i16 - 1;
+  let mut weight = i16::try_from((ip.len() + ip_pad) / 4).map_err(|_| bad())? - 1;
   // Strip leading and trailing zero groups.
   let mut start = 0;
   while start < groups.len() && groups[start] == 0 {
@@ -486,7 +505,7 @@ fn encode_numeric(s: &str) -> EncodeResult {
     weight = 0;
   }
   let mut out = Vec::with_capacity(8 + used.len() * 2);
-  out.extend_from_slice(&(used.len() as i16).to_be_bytes());
+  out.extend_from_slice(&i16::try_from(used.len()).map_err(|_| bad())?.to_be_bytes());
   out.extend_from_slice(&weight.to_be_bytes());
   out.extend_from_slice(
     &(if neg && !used.is_empty() {
@@ -506,10 +525,11 @@ fn encode_numeric(s: &str) -> EncodeResult {
 pub(crate) fn decode_numeric(b: &[u8]) -> Option<String> {
   let rd =
     |i: usize| -> Option<i16> { Some(i16::from_be_bytes(b.get(i..i + 2)?.try_into().ok()?)) };
-  let ndigits = rd(0)? as usize;
-  let weight = rd(2)? as i32;
-  let sign = rd(4)? as u16;
-  let dscale = rd(6)? as usize;
+  let ndigits = usize::try_from(rd(0)?).ok()?;
+  let weight = i32::from(rd(2)?);
+  let sign = rd(4)?.to_be_bytes();
+  let sign = u16::from_be_bytes(sign);
+  let dscale = usize::try_from(rd(6)?).ok()?;
   match sign {
     0xC000 => return Some("NaN".into()),
     0xD000 => return Some("Infinity".into()),
@@ -519,7 +539,10 @@ pub(crate) fn decode_numeric(b: &[u8]) -> Option<String> {
   let groups: Vec<i16> = (0..ndigits).map(|i| rd(8 + i * 2)).collect::<Option<_>>()?;
   let mut int_part = String::new();
   for w in 0..=weight.max(-1) {
-    let g = groups.get(w as usize).copied().unwrap_or(0);
+    let g = usize::try_from(w)
+      .ok()
+      .and_then(|w| groups.get(w).copied())
+      .unwrap_or(0);
     if int_part.is_empty() {
       if g != 0 {
         int_part = g.to_string();
@@ -535,11 +558,10 @@ pub(crate) fn decode_numeric(b: &[u8]) -> Option<String> {
   if dscale > 0 {
     let mut idx = weight + 1; // first group after the point
     while frac.len() < dscale {
-      let g = if idx < 0 {
-        0
-      } else {
-        groups.get(idx as usize).copied().unwrap_or(0)
-      };
+      let g = usize::try_from(idx)
+        .ok()
+        .and_then(|i| groups.get(i).copied())
+        .unwrap_or(0);
       frac += &format!("{g:04}");
       idx += 1;
     }
@@ -557,29 +579,7 @@ pub(crate) fn decode_numeric(b: &[u8]) -> Option<String> {
   Some(s)
 }
 
-/// Decode one column value (binary format) by its type OID.
-pub(crate) fn decode(value: PgValueRef<'_>) -> Result<Cell> {
-  if value.is_null() {
-    return Ok(Cell::Null);
-  }
-  let ty = value.type_info().into_owned();
-  let bytes = value.as_bytes().map_err(|e| Error::Database {
-    sqlstate: None,
-    message: e.to_string(),
-  })?;
-  if value.format() == sqlx::postgres::PgValueFormat::Text {
-    // The simple query protocol: text, decoded by type OID only (a type the server did not
-    // describe has no name or kind to ask for).
-    let s = std::str::from_utf8(bytes).map_err(|_| Error::Database {
-      sqlstate: None,
-      message: "a text-format value is not UTF-8".into(),
-    })?;
-    return super::text::decode(s, type_oid(&ty));
-  }
-  decode_bytes(bytes, &ty)
-}
-
-fn decode_bytes(b: &[u8], ty: &PgTypeInfo) -> Result<Cell> {
+pub(crate) fn decode_bytes(b: &[u8], ty: &PgTypeInfo) -> Result<Cell> {
   if is_textual(ty) {
     return Ok(Cell::Text(String::from_utf8_lossy(b).into_owned()));
   }
@@ -672,8 +672,8 @@ fn decode_array(b: &[u8], elem: u32) -> Option<Cell> {
   if ndim == 0 {
     return Some(Cell::Array(vec![]));
   }
-  let dims: Vec<usize> = (0..ndim as usize)
-    .map(|d| i32_at(12 + d * 8).map(|n| n as usize))
+  let dims: Vec<usize> = (0..usize::try_from(ndim).ok()?)
+    .map(|d| i32_at(12 + d * 8).and_then(|n| usize::try_from(n).ok()))
     .collect::<Option<_>>()?;
   let mut pos = 12 + dims.len() * 8;
   let total: usize = dims.iter().product();
@@ -681,17 +681,17 @@ fn decode_array(b: &[u8], elem: u32) -> Option<Cell> {
   for _ in 0..total {
     let n = i32_at(pos)?;
     pos += 4;
-    if n < 0 {
-      items.push(Cell::Null);
-    } else {
-      let slice = b.get(pos..pos + n as usize)?;
-      pos += n as usize;
+    if let Ok(n) = usize::try_from(n) {
+      let slice = b.get(pos..pos + n)?;
+      pos += n;
       let cell = match decode_oid(slice, elem).ok()? {
         // node-postgres parses numeric[] elements with parseFloat (unlike a numeric column).
         Cell::Text(t) if elem == oid::NUMERIC => Cell::Number(t.parse().unwrap_or(f64::NAN)),
         other => other,
       };
       items.push(cell);
+    } else {
+      items.push(Cell::Null);
     }
   }
   // Nest row-major, innermost dimension first, as node-postgres does.

@@ -100,7 +100,7 @@ impl Backend for PgBackend {
       // Serialise concurrent migrations (two processes starting at once would otherwise
       // race on CREATE TABLE IF NOT EXISTS and fail with 23505 on pg_type).
       let mut script = String::from("BEGIN; SELECT pg_advisory_xact_lock(8245017791);\n");
-      for (_, sql) in crate::MIGRATIONS_POSTGRES {
+      for (_, sql) in crate::migrations::MIGRATIONS_POSTGRES {
         script += sql;
         script += "\n";
       }

@@ -24,16 +24,16 @@
 //! closed instead of returned, so the next caller gets a fresh one. Connections are replaced
 //! after `max_lifetime` and closed after `idle_timeout` unused, so an idle pool shrinks.
 
-use super::codec::{bind, decode, type_of_oid};
+use super::codec::{bind, decode_bytes, type_of_oid, type_oid};
 use super::exec::Exec;
 use super::{sql, text};
 use crate::error::{Error, Result};
 use crate::stage::strip_leading_comments;
-use crate::value::{Cell, Param, QueryResult};
+use crate::value::{exact_i64, Cell, Param, QueryResult};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, TryStreamExt};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgTypeInfo};
-use sqlx::{Column, Connection, Executor, Postgres, Row, Statement};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgTypeInfo, PgValueRef};
+use sqlx::{Column, Connection, Executor, Postgres, Row, Statement, ValueRef};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -405,7 +405,7 @@ impl Lease {
       Some(Cell::Array(items)) => items
         .iter()
         .map(|c| match c {
-          Cell::Number(n) => u32::try_from(*n as i64).ok(),
+          Cell::Number(n) => exact_i64(*n).and_then(|i| u32::try_from(i).ok()),
           _ => None,
         })
         .collect::<Option<Vec<u32>>>(),
@@ -677,6 +677,29 @@ fn collect(
 
 /// Run a simple-protocol batch: its rows (text format, decoded by type) and how many of its
 /// statements completed on the server. A row that fails to decode here fails the batch, but
+/// Decode one column value by its type OID: binary (the extended protocol) or text (the simple
+/// protocol).
+fn decode(value: PgValueRef<'_>) -> Result<Cell> {
+  if value.is_null() {
+    return Ok(Cell::Null);
+  }
+  let ty = value.type_info().into_owned();
+  let bytes = value.as_bytes().map_err(|e| Error::Database {
+    sqlstate: None,
+    message: e.to_string(),
+  })?;
+  if value.format() == sqlx::postgres::PgValueFormat::Text {
+    // The simple query protocol: text, decoded by type OID only (a type the server did not
+    // describe has no name or kind to ask for).
+    let s = std::str::from_utf8(bytes).map_err(|_| Error::Database {
+      sqlstate: None,
+      message: "a text-format value is not UTF-8".into(),
+    })?;
+    return text::decode(s, type_oid(&ty));
+  }
+  decode_bytes(bytes, &ty)
+}
+
 /// the rest is still read, so the count says what the server ran.
 pub(crate) async fn simple(conn: &mut PgConnection, sql: &str) -> (Result<QueryResult>, usize) {
   let mut out = Ok(QueryResult::default());

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::model::{
   column_cast, Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue, COLUMNS,
 };
-use crate::value::{Cell, Param, QueryResult};
+use crate::value::{exact_i64, Cell, Param, QueryResult};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -48,7 +48,7 @@ pub(crate) fn key_at(r: &QueryResult, i: usize) -> Result<IdempotencyKey> {
   let opt_date = |name: &str| -> Result<Option<DateTime<Utc>>> {
     Ok(match get(name)? {
       Cell::Null => None,
-      Cell::Date(ms) => DateTime::from_timestamp_millis(*ms as i64),
+      Cell::Date(ms) => exact_i64(ms.trunc()).and_then(DateTime::from_timestamp_millis),
       // ISO 8601 from an executor, or PostgreSQL's text output (simple protocol).
       Cell::Text(s) => Some(
         DateTime::parse_from_rfc3339(s)
@@ -84,7 +84,11 @@ pub(crate) fn key_at(r: &QueryResult, i: usize) -> Result<IdempotencyKey> {
     request_path: opt_text("request_path")?,
     response_code: match get("response_code")? {
       Cell::Null => None,
-      Cell::Number(n) => Some(*n as i32),
+      Cell::Number(n) => Some(
+        exact_i64(*n)
+          .and_then(|i| i32::try_from(i).ok())
+          .ok_or_else(|| bad_row("response_code".into()))?,
+      ),
       Cell::Text(s) => Some(s.parse().map_err(|_| bad_row("response_code".into()))?),
       other => return Err(bad_row(format!("response_code is not a number: {other:?}"))),
     },

@@ -369,7 +369,7 @@ fn parse_timestamp(s: &str) -> Option<Cell> {
   if let Some(frac) = rest.strip_prefix('.') {
     let n = frac.bytes().take_while(u8::is_ascii_digit).count();
     let digits = &frac[..n.min(6)];
-    micros = digits.parse::<i64>().ok()? * 10i64.pow(6 - digits.len() as u32);
+    micros = digits.parse::<i64>().ok()? * 10i64.pow(u32::try_from(6 - digits.len()).ok()?);
     rest = &frac[n..];
   }
   let mut offset_secs = 0i64;

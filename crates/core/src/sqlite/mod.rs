@@ -129,7 +129,7 @@ impl Backend for LiteBackend {
   fn migrate(&self) -> BoxFuture<'_, Result<()>> {
     async move {
       let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-      for (_, sql) in crate::MIGRATIONS_SQLITE {
+      for (_, sql) in crate::migrations::MIGRATIONS_SQLITE {
         sqlx::Executor::execute(&mut *tx, *sql).await?;
       }
       tx.commit().await?;

@@ -9,7 +9,7 @@ use super::sql;
 use crate::backend::{Conn, Transaction};
 use crate::error::{Error, Result};
 use crate::model::{IdempotencyKey, StageResult};
-use crate::value::{iso_string, to_json, Cell, Param, QueryResult};
+use crate::value::{iso_string, safe_integer, to_json, Cell, Param, QueryResult};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, TryStreamExt};
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
@@ -144,11 +144,11 @@ pub(crate) fn placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
 fn bind_param<'q>(q: LiteQuery<'q>, p: &'q Param) -> Result<LiteQuery<'q>> {
   Ok(match p {
     Param::Null => q.bind(None::<i64>),
-    Param::Bool(b) => q.bind(*b as i64),
-    Param::Number(n) if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_992e15 => {
-      q.bind(*n as i64)
-    }
-    Param::Number(n) => q.bind(*n),
+    Param::Bool(b) => q.bind(i64::from(*b)),
+    Param::Number(n) => match safe_integer(*n) {
+      Some(i) => q.bind(i),
+      None => q.bind(*n),
+    },
     Param::BigInt(s) => match s.parse::<i64>() {
       Ok(i) => q.bind(i),
       Err(_) => q.bind(s.as_str()),
