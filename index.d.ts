@@ -172,7 +172,7 @@ export interface IdempotencyKey {
 
 /** Options of {@link IdempotencyKeyService.listAbandoned}. */
 export interface ListAbandonedOptions {
-  /** How long a key must have made no progress, in ms (default 60000). */
+  /** How long a key must have made no progress (no stage commit, else no creation), in ms (default 60000). */
   idleMs?: number
   /** At most this many keys (default 100). */
   limit?: number
@@ -188,9 +188,9 @@ export interface QueryExecutor {
 
 /** Options of {@link IdempotencyKeyService.reap}. */
 export interface ReapOptions {
-  /** Keys created (or last moved) longer ago than this many ms are removed (default 86400000, 24 h). */
+  /** Keys created more than this many ms ago are removed (default 86400000, 24 h). */
   olderThanMs?: number
-  /** Keys deleted per statement (default 1000). */
+  /** Keys deleted per statement, each batch its own short statement (default 1000). */
   batchSize?: number
 }
 

@@ -4,16 +4,17 @@
 
 use crate::args::{self, By};
 use crate::executor::JsExecutor;
-use crate::js;
+use crate::js::{self, JsResult};
 use crate::options::{
   options_object, ConnectOptions, ListAbandonedOptions, ReapOptions, WorkStageOptions,
 };
-use crate::reply::{args, convert, reject, spawn, RawValue, Reply};
+use crate::reply::{args, convert, reject, spawn, IntoJs, Raw, RawValue, Reply};
 use crate::transaction::{settle, stage_reply, BoundCallback, StageCallback, TransactionManager};
 use idempotency_core::{Error, IdempotencyKey, KeyUpdate, Options, Service, StageTx, Target};
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
+use std::future::Future;
 use std::sync::Arc;
 
 /// Anything that runs SQL in the caller's transaction: a TypeORM `EntityManager`, a
@@ -72,9 +73,24 @@ fn target(bound: &Option<Bound>) -> Target<'_> {
   }
 }
 
-impl crate::reply::IntoJs for IdempotencyKeyService {
-  unsafe fn into_js(self, env: sys::napi_env) -> Result<crate::reply::Raw> {
+impl IntoJs for IdempotencyKeyService {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
     ToNapiValue::to_napi_value(env, self)
+  }
+}
+
+impl IdempotencyKeyService {
+  /// Run one core call for this copy (its pool or tenant, and its binding) as a promise.
+  fn run<'env, T, F>(
+    &self,
+    env: &'env Env,
+    call: impl FnOnce(Arc<Service>, Option<Bound>) -> F,
+  ) -> Result<PromiseRaw<'env, Reply<T>>>
+  where
+    T: IntoJs + Send + 'static,
+    F: Future<Output = JsResult<T>> + Send + 'static,
+  {
+    spawn(env, call(self.core.clone(), self.bound.clone()))
   }
 }
 
@@ -152,10 +168,10 @@ impl IdempotencyKeyService {
         args::fingerprint(e, method.raw(), params.raw(), path.raw())?,
       ))
     });
-    let (core, bound) = (self.core.clone(), self.bound.clone());
-    spawn(env, async move {
-      let target = target(&bound);
-      core.initialize_request(target, key.as_deref(), fp).await
+    self.run(env, |core, bound| async move {
+      core
+        .initialize_request(target(&bound), key.as_deref(), fp)
+        .await
     })
   }
 
@@ -171,10 +187,8 @@ impl IdempotencyKeyService {
     payload: Unknown,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
     let (key, fp, rp) = args!(env, args::create_payload(env.raw(), payload.raw()));
-    let (core, bound) = (self.core.clone(), self.bound.clone());
-    spawn(env, async move {
-      let target = target(&bound);
-      core.create(target, key.as_deref(), fp, rp).await
+    self.run(env, |core, bound| async move {
+      core.create(target(&bound), key.as_deref(), fp, rp).await
     })
   }
 
@@ -190,8 +204,7 @@ impl IdempotencyKeyService {
     arg: Unknown,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
     let by = args!(env, args::retrieve_by(env.raw(), arg.raw()));
-    let (core, bound) = (self.core.clone(), self.bound.clone());
-    spawn(env, async move {
+    self.run(env, |core, bound| async move {
       let target = target(&bound);
       match by {
         By::Key(k) => core.retrieve(target, &k).await,
@@ -212,10 +225,8 @@ impl IdempotencyKeyService {
     key: Unknown,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
     let key = args!(env, args::key_arg(env.raw(), key.raw()));
-    let (core, bound) = (self.core.clone(), self.bound.clone());
-    spawn(env, async move {
-      let target = target(&bound);
-      core.lock(target, &key).await
+    self.run(env, |core, bound| async move {
+      core.lock(target(&bound), &key).await
     })
   }
 
@@ -239,10 +250,8 @@ impl IdempotencyKeyService {
         KeyUpdate::from_fields(args::fields(e, update.raw(), "update")?)?,
       ))
     });
-    let (core, bound) = (self.core.clone(), self.bound.clone());
-    spawn(env, async move {
-      let target = target(&bound);
-      core.update(target, &key, u).await
+    self.run(env, |core, bound| async move {
+      core.update(target(&bound), &key, u).await
     })
   }
 
@@ -433,8 +442,7 @@ impl IdempotencyKeyService {
     options: Unknown,
   ) -> Result<PromiseRaw<'env, Reply<u64>>> {
     let o = args!(env, ReapOptions::from_js(env.raw(), options.raw()));
-    let (core, bound) = (self.core.clone(), self.bound.clone());
-    spawn(env, async move {
+    self.run(env, |core, bound| async move {
       core
         .reap(target(&bound), o.older_than(), o.batch_size())
         .await
@@ -454,8 +462,7 @@ impl IdempotencyKeyService {
     options: Unknown,
   ) -> Result<PromiseRaw<'env, Reply<Vec<IdempotencyKey>>>> {
     let o = args!(env, ListAbandonedOptions::from_js(env.raw(), options.raw()));
-    let (core, bound) = (self.core.clone(), self.bound.clone());
-    spawn(env, async move {
+    self.run(env, |core, bound| async move {
       core
         .list_abandoned(target(&bound), o.idle(), o.limit())
         .await
