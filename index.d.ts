@@ -96,13 +96,13 @@ export declare class IdempotencyKeyService {
    * fresh. Resolves to how many were removed. Defaults: `olderThanMs` 24 h (Stripe's
    * retention), `batchSize` 1000.
    */
-  reap(options?: { olderThanMs?: number, batchSize?: number }): Promise<number>
+  reap(options?: ReapOptions): Promise<number>
   /**
    * Unfinished keys with no progress (no stage commit, else no creation) for `idleMs`
    * (default 60000), least recent first, at most `limit` (default 100): requests a client
    * abandoned half-way, for the application to drive forward.
    */
-  listAbandoned(options?: { idleMs?: number, limit?: number }): Promise<IdempotencyKey[]>
+  listAbandoned(options?: ListAbandonedOptions): Promise<IdempotencyKey[]>
   /** Close the pool, waiting for connections in use to be returned. */
   close(): Promise<void>
 }
@@ -170,12 +170,28 @@ export interface IdempotencyKey {
   recovery_point: string
 }
 
+/** Options of {@link IdempotencyKeyService.listAbandoned}. */
+export interface ListAbandonedOptions {
+  /** How long a key must have made no progress (no stage commit, else no creation), in ms (default 60000). */
+  idleMs?: number
+  /** At most this many keys (default 100). */
+  limit?: number
+}
+
 /**
  * Anything that runs SQL in the caller's transaction: a TypeORM `EntityManager`, a
  * node-postgres `Client`/`PoolClient`, or a `TransactionManager`.
  */
 export interface QueryExecutor {
   query: (sql: string, params?: unknown[]) => Promise<unknown>
+}
+
+/** Options of {@link IdempotencyKeyService.reap}. */
+export interface ReapOptions {
+  /** Keys created more than this many ms ago are removed (default 86400000, 24 h). */
+  olderThanMs?: number
+  /** Keys deleted per statement, each batch its own short statement (default 1000). */
+  batchSize?: number
 }
 
 /** TLS given in code (node-postgres' `ssl` object): PEM strings, e.g. your provider's CA bundle. */

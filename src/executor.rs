@@ -25,14 +25,7 @@ unsafe fn param_to_js(env: sys::napi_env, p: &Param) -> Result<Raw> {
     Param::Bytes(b) => ToNapiValue::to_napi_value(env, Buffer::from(b.clone())),
     Param::Date(ms) => js::js_date(env, *ms),
     Param::Json(v) => js::js_string(env, &v.to_string()),
-    Param::Array(items) => {
-      let mut arr = std::ptr::null_mut();
-      sys::napi_create_array_with_length(env, items.len(), &mut arr);
-      for (i, item) in items.iter().enumerate() {
-        sys::napi_set_element(env, arr, i as u32, param_to_js(env, item)?);
-      }
-      Ok(arr)
-    }
+    Param::Array(items) => js::js_array(env, items.iter().map(|i| param_to_js(env, i))),
   }
 }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use idempotency_core::{Cell, Error, IdempotencyKey, Param, QueryResult, UpdateValue};
 use napi::bindgen_prelude::*;
 use napi::sys;
+use num_traits::ToPrimitive;
 use serde_json::Value;
 use std::ptr;
 
@@ -101,7 +102,7 @@ pub(crate) unsafe fn opt_string(env: Env_, obj: Raw, name: &str) -> JsResult<Opt
   get_string(env, v, name).map(Some)
 }
 
-unsafe fn get_bool(env: Env_, v: Raw) -> bool {
+pub(crate) unsafe fn get_bool(env: Env_, v: Raw) -> bool {
   let mut b = false;
   sys::napi_get_value_bool(env, v, &mut b);
   b
@@ -267,13 +268,33 @@ unsafe fn to_json_at(env: Env_, v: Raw, what: &str, depth: usize) -> JsResult<Op
   }))
 }
 
-fn number_json(n: f64) -> Value {
-  if n.fract() == 0.0 && n.abs() <= 9.007_199_254_740_992e15 {
-    Value::from(n as i64)
+/// `n` as a `u32` if it is one exactly: finite, integral, within `0..=u32::MAX`.
+pub(crate) fn integral_u32(n: f64) -> Option<u32> {
+  if n.fract() == 0.0 {
+    n.to_u32()
   } else {
-    serde_json::Number::from_f64(n)
+    None
+  }
+}
+
+/// `n` as an `i32` if it is one exactly.
+pub(crate) fn integral_i32(n: f64) -> Option<i32> {
+  if n.fract() == 0.0 {
+    n.to_i32()
+  } else {
+    None
+  }
+}
+
+/// Largest integer an f64 holds exactly (2^53).
+const MAX_SAFE: f64 = 9.007_199_254_740_992e15;
+
+fn number_json(n: f64) -> Value {
+  match n.to_i64() {
+    Some(i) if n.fract() == 0.0 && n.abs() <= MAX_SAFE => Value::from(i),
+    _ => serde_json::Number::from_f64(n)
       .map(Value::Number)
-      .unwrap_or(Value::Null)
+      .unwrap_or(Value::Null),
   }
 }
 
@@ -323,8 +344,10 @@ pub(crate) unsafe fn to_update_value(
   }
   if type_of(env, v) == sys::ValueType::napi_object && is(env, v, sys::napi_is_date) {
     let ms = date_ms(env, v);
-    return DateTime::from_timestamp_millis(ms as i64)
-      .filter(|_| ms.is_finite())
+    // Truncated toward zero like `as`; NaN, infinities and out-of-range values are refused.
+    return ms
+      .to_i64()
+      .and_then(DateTime::from_timestamp_millis)
       .map(|d| Some(UpdateValue::Date(d)))
       .ok_or_else(|| invalid(format!("{what} is an invalid Date")));
   }
@@ -345,6 +368,11 @@ macro_rules! napi_try {
   }};
 }
 
+/// A value JS cannot hold (a string over isize::MAX bytes, an array over 2^32 - 1 elements).
+fn too_big() -> napi::Error {
+  napi::Error::new(Status::GenericFailure, "value too large for JS")
+}
+
 pub(crate) unsafe fn js_null(env: Env_) -> Result<Raw> {
   let mut v = ptr::null_mut();
   napi_try!(sys::napi_get_null(env, &mut v));
@@ -353,10 +381,12 @@ pub(crate) unsafe fn js_null(env: Env_) -> Result<Raw> {
 
 pub(crate) unsafe fn js_string(env: Env_, s: &str) -> Result<Raw> {
   let mut v = ptr::null_mut();
+  // A Rust string is at most isize::MAX bytes long, so this never fails.
+  let len = isize::try_from(s.len()).map_err(|_| too_big())?;
   napi_try!(sys::napi_create_string_utf8(
     env,
     s.as_ptr().cast(),
-    s.len() as isize,
+    len,
     &mut v
   ));
   Ok(v)
@@ -405,7 +435,10 @@ pub(crate) unsafe fn set(env: Env_, obj: Raw, name: &str, val: Raw) -> Result<()
   Ok(())
 }
 
-unsafe fn js_array(env: Env_, items: impl ExactSizeIterator<Item = Result<Raw>>) -> Result<Raw> {
+pub(crate) unsafe fn js_array(
+  env: Env_,
+  items: impl ExactSizeIterator<Item = Result<Raw>>,
+) -> Result<Raw> {
   let mut arr = ptr::null_mut();
   napi_try!(sys::napi_create_array_with_length(
     env,
@@ -413,7 +446,8 @@ unsafe fn js_array(env: Env_, items: impl ExactSizeIterator<Item = Result<Raw>>)
     &mut arr
   ));
   for (i, item) in items.enumerate() {
-    napi_try!(sys::napi_set_element(env, arr, i as u32, item?));
+    let i = u32::try_from(i).map_err(|_| too_big())?;
+    napi_try!(sys::napi_set_element(env, arr, i, item?));
   }
   Ok(arr)
 }
@@ -527,7 +561,7 @@ pub(crate) unsafe fn key_to_js(env: Env_, k: &IdempotencyKey) -> Result<Raw> {
     env,
     o,
     "response_code",
-    opt(env, &k.response_code, |n| js_number(env, *n as f64))?,
+    opt(env, &k.response_code, |n| js_number(env, f64::from(*n)))?,
   )?;
   set(
     env,

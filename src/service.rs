@@ -1,0 +1,481 @@
+//! The `IdempotencyKeyService` class: Medusa's methods, each converting its arguments (raw, so
+//! hostile values reject typed; see `args` and `options`), calling the core, and replying
+//! through `reply`. A service copy may be bound to a caller's transaction or scoped to a tenant.
+
+use crate::args::{self, By};
+use crate::executor::JsExecutor;
+use crate::js::{self, JsResult};
+use crate::options::{
+  options_object, ConnectOptions, ListAbandonedOptions, ReapOptions, WorkStageOptions,
+};
+use crate::reply::{args, convert, reject, spawn, IntoJs, Raw, RawValue, Reply};
+use crate::transaction::{settle, stage_reply, BoundCallback, StageCallback, TransactionManager};
+use idempotency_core::{Error, IdempotencyKey, KeyUpdate, Options, Service, StageTx, Target};
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi_derive::napi;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Anything that runs SQL in the caller's transaction: a TypeORM `EntityManager`, a
+/// node-postgres `Client`/`PoolClient`, or a `TransactionManager`.
+#[napi(object)]
+pub struct QueryExecutor {
+  #[napi(ts_type = "(sql: string, params?: unknown[]) => Promise<unknown>")]
+  pub query: Unknown<'static>,
+}
+
+/// A row of Medusa's `idempotency_key` table, every field present.
+#[napi(object, js_name = "IdempotencyKey")]
+pub struct IdempotencyKeyObject {
+  pub id: String,
+  #[napi(js_name = "idempotency_key")]
+  pub idempotency_key: String,
+  #[napi(js_name = "created_at", ts_type = "Date")]
+  pub created_at: String,
+  #[napi(js_name = "locked_at", ts_type = "Date | null")]
+  pub locked_at: Null,
+  #[napi(js_name = "request_method", ts_type = "string | null")]
+  pub request_method: Null,
+  #[napi(js_name = "request_params", ts_type = "any")]
+  pub request_params: Null,
+  #[napi(js_name = "request_path", ts_type = "string | null")]
+  pub request_path: Null,
+  #[napi(js_name = "response_code", ts_type = "number | null")]
+  pub response_code: Null,
+  #[napi(js_name = "response_body", ts_type = "any")]
+  pub response_body: Null,
+  #[napi(js_name = "recovery_point")]
+  pub recovery_point: String,
+}
+
+/// Medusa's `IdempotencyKeyService`, backed by Rust and a connection pool.
+#[napi]
+pub struct IdempotencyKeyService {
+  core: Arc<Service>,
+  bound: Option<Bound>,
+}
+
+/// The caller's transaction a service copy is bound to.
+#[derive(Clone)]
+enum Bound {
+  /// One of our stage handles (`withTransaction(tx)` inside a native stage).
+  Tx(StageTx),
+  /// A caller's executor: TypeORM `EntityManager`, node-postgres client…
+  Exec(JsExecutor),
+}
+
+fn target(bound: &Option<Bound>) -> Target<'_> {
+  match bound {
+    None => Target::Pool,
+    Some(Bound::Tx(tx)) => Target::Tx(tx),
+    Some(Bound::Exec(ex)) => Target::Exec(ex),
+  }
+}
+
+impl IntoJs for IdempotencyKeyService {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
+    ToNapiValue::to_napi_value(env, self)
+  }
+}
+
+impl IdempotencyKeyService {
+  /// Run one core call for this copy (its pool or tenant, and its binding) as a promise.
+  fn run<'env, T, F>(
+    &self,
+    env: &'env Env,
+    call: impl FnOnce(Arc<Service>, Option<Bound>) -> F,
+  ) -> Result<PromiseRaw<'env, Reply<T>>>
+  where
+    T: IntoJs + Send + 'static,
+    F: Future<Output = JsResult<T>> + Send + 'static,
+  {
+    spawn(env, call(self.core.clone(), self.bound.clone()))
+  }
+}
+
+/// A new service object for a sync method to return.
+fn service_to_js(env: &Env, core: Arc<Service>, bound: Option<Bound>) -> Result<RawValue> {
+  let service = IdempotencyKeyService { core, bound };
+  // SAFETY: called on the JS thread during a napi callback, with that callback's env.
+  Ok(RawValue(unsafe {
+    ToNapiValue::to_napi_value(env.raw(), service)?
+  }))
+}
+
+/// Throw `e` as a typed JS error from a sync method.
+fn throw(env: &Env, e: &Error) -> napi::Error {
+  // SAFETY: called on the JS thread during a napi callback, with that callback's env.
+  unsafe { reject(env.raw(), e) }
+}
+
+#[napi]
+impl IdempotencyKeyService {
+  /// Connect to PostgreSQL (`postgres://postgres@127.0.0.1:5432/app`) or SQLite
+  /// (`sqlite://./idempotency.db`, `sqlite::memory:`). Takes a URL or {@link ConnectOptions};
+  /// with neither, `DATABASE_URL`, else the embedded SQLite file `./idempotency.db`.
+  /// Does not migrate: call `migrate()`.
+  #[napi(
+    ts_args_type = "urlOrOptions?: string | ConnectOptions",
+    ts_return_type = "Promise<IdempotencyKeyService>"
+  )]
+  pub fn connect<'env>(
+    env: &'env Env,
+    arg: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKeyService>>> {
+    let opts = args!(env, {
+      Options::try_from(ConnectOptions::from_arg(env.raw(), arg.raw())?)
+    });
+    spawn(env, async move {
+      let core = Service::connect(opts).await?;
+      Ok(IdempotencyKeyService {
+        core: Arc::new(core),
+        bound: None,
+      })
+    })
+  }
+
+  /// Create Medusa's `idempotency_key` table (same columns, constraint and index names) if it
+  /// is missing. A no-op on a Medusa database and when run twice.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn migrate<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Reply<()>>> {
+    let core = self.core.clone();
+    spawn(env, async move { core.migrate().await })
+  }
+
+  /// Execute the initial step of an idempotent request: return the key (creating it with the
+  /// client's value, or a fresh UUID when `headerKey` is empty) and claim it for this request.
+  /// Fails with `IDEMPOTENCY_KEY_LOCKED` while another request holds an unfinished key, and
+  /// `IDEMPOTENCY_KEY_REUSED` when the key was created for a different request. A finished key
+  /// is returned to everyone (replay).
+  #[napi(
+    ts_args_type = "headerKey: string | undefined | null, reqMethod?: string | null, reqParams?: unknown, reqPath?: string | null",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn initialize_request<'env>(
+    &self,
+    env: &'env Env,
+    header_key: Unknown,
+    method: Unknown,
+    params: Unknown,
+    path: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let e = env.raw();
+    let (key, fp) = args!(env, {
+      let key = args::header_key(e, header_key.raw())?;
+      Ok((
+        key,
+        args::fingerprint(e, method.raw(), params.raw(), path.raw())?,
+      ))
+    });
+    self.run(env, |core, bound| async move {
+      core
+        .initialize_request(target(&bound), key.as_deref(), fp)
+        .await
+    })
+  }
+
+  /// Create a key. `payload.idempotency_key` is used when given, else a UUID v4. A duplicate
+  /// key fails with type `duplicate_error`, code `23505`.
+  #[napi(
+    ts_args_type = "payload: { idempotency_key?: string | null, request_method?: string | null, request_params?: unknown, request_path?: string | null, recovery_point?: string }",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn create<'env>(
+    &self,
+    env: &'env Env,
+    payload: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let (key, fp, rp) = args!(env, args::create_payload(env.raw(), payload.raw()));
+    self.run(env, |core, bound| async move {
+      core.create(target(&bound), key.as_deref(), fp, rp).await
+    })
+  }
+
+  /// Retrieve a key by its value, or by a selector of column equalities (`null` is IS NULL,
+  /// an array is IN), as Medusa's Stripe plugin does with `{ request_path, idempotency_key }`.
+  #[napi(
+    ts_args_type = "idempotencyKeyOrSelector: string | Partial<Record<keyof IdempotencyKey, unknown>>",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn retrieve<'env>(
+    &self,
+    env: &'env Env,
+    arg: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let by = args!(env, args::retrieve_by(env.raw(), arg.raw()));
+    self.run(env, |core, bound| async move {
+      let target = target(&bound);
+      match by {
+        By::Key(k) => core.retrieve(target, &k).await,
+        By::Selector(f, shown) => core.retrieve_by(target, f, &shown).await,
+      }
+    })
+  }
+
+  /// Lock a key: atomically set `locked_at` unless another caller locked it within
+  /// `lockTimeoutMs`. Of N concurrent callers exactly one wins; the others get `conflict`.
+  #[napi(
+    ts_args_type = "idempotencyKey: string",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn lock<'env>(
+    &self,
+    env: &'env Env,
+    key: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let key = args!(env, args::key_arg(env.raw(), key.raw()));
+    self.run(env, |core, bound| async move {
+      core.lock(target(&bound), &key).await
+    })
+  }
+
+  /// Set the given columns of a key (`undefined` leaves a column alone, `null` writes NULL).
+  /// Setting `recovery_point: "finished"` also releases the request lease.
+  #[napi(
+    ts_args_type = "idempotencyKey: string, update: Partial<Omit<IdempotencyKey, 'id' | 'idempotency_key' | 'created_at'>>",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn update<'env>(
+    &self,
+    env: &'env Env,
+    key: Unknown,
+    update: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let e = env.raw();
+    let (key, u) = args!(env, {
+      let key = args::key_arg(e, key.raw())?;
+      Ok((
+        key,
+        KeyUpdate::from_fields(args::fields(e, update.raw(), "update")?)?,
+      ))
+    });
+    self.run(env, |core, bound| async move {
+      core.update(target(&bound), &key, u).await
+    })
+  }
+
+  /// Run `callback` inside a database transaction with the key's row locked (`FOR UPDATE
+  /// NOWAIT`: a key another stage is working fails at once with `IDEMPOTENCY_KEY_LOCKED`, before
+  /// the callback runs). What the callback writes through `tx` and the key's new state commit
+  /// together. The callback returns `{ recovery_point }` to move on, or `{ response_code,
+  /// response_body }` to finish. If it throws, everything rolls back and the same error value is
+  /// rethrown. Pass `{ recoveryPoint }` to refuse a stale stage (`IDEMPOTENCY_KEY_STALE`).
+  #[napi(
+    ts_args_type = "idempotencyKey: string, callback: (tx: TransactionManager | any) => StageReturnValue | Promise<StageReturnValue>, options?: WorkStageOptions",
+    ts_return_type = "Promise<IdempotencyKey>"
+  )]
+  pub fn work_stage<'env>(
+    &self,
+    env: &'env Env,
+    key: Unknown,
+    callback: Unknown,
+    options: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
+    let e = env.raw();
+    let (key, expected) = args!(env, {
+      let key = args::key_arg(e, key.raw())?;
+      if js::type_of(e, callback.raw()) != sys::ValueType::napi_function {
+        return Err(Error::InvalidArgument("callback must be a function".into()));
+      }
+      Ok((
+        key,
+        WorkStageOptions::from_js(e, options.raw())?.recovery_point,
+      ))
+    });
+    let (core, bound) = (self.core.clone(), self.bound.clone());
+    if let Some(Bound::Exec(ex)) = bound {
+      // Bound to a caller's executor: index.js hands the callback that executor itself.
+      // SAFETY: `callback` is this call's argument, checked to be a function, on the JS thread.
+      let tsfn: BoundCallback = unsafe { BoundCallback::from_napi_value(e, callback.raw())? };
+      return env.spawn_future(async move {
+        let result = core
+          .work_stage_bound(&ex, &key, expected.as_deref(), || async {
+            settle(tsfn.call_async_catch(()).await).await
+          })
+          .await;
+        stage_reply(result)
+      });
+    }
+    // SAFETY: `callback` is this call's argument, checked to be a function, on the JS thread.
+    let tsfn: StageCallback = unsafe { StageCallback::from_napi_value(e, callback.raw())? };
+    env.spawn_future(async move {
+      let tsfn = &tsfn;
+      let result = core
+        .work_stage(target(&bound), &key, expected.as_deref(), |tx| async move {
+          settle(tsfn.call_async_catch(TransactionManager { tx }).await).await
+        })
+        .await;
+      stage_reply(result)
+    })
+  }
+
+  /// Return a copy of the service whose every statement runs in `manager`'s transaction: a
+  /// `TransactionManager` from a native stage, or any executor with `query(sql, params)` — a
+  /// TypeORM `EntityManager` inside `manager.transaction(...)`, a node-postgres client inside
+  /// `BEGIN … COMMIT`. Stages of the copy lock the key's row there, hand the callback that same
+  /// executor, and commit or roll back with the caller. No argument returns the service itself.
+  #[napi(
+    ts_args_type = "manager?: TransactionManager | QueryExecutor",
+    ts_return_type = "IdempotencyKeyService"
+  )]
+  pub fn with_transaction(
+    &self,
+    env: &Env,
+    this: This,
+    manager: Option<Either<&TransactionManager, Unknown>>,
+  ) -> Result<RawValue> {
+    let tm = match manager {
+      Some(Either::A(tm)) => tm,
+      // SAFETY: `other` is this call's argument, read on the JS thread.
+      Some(Either::B(other)) if unsafe { !js::is_nullish(env.raw(), other.raw()) } => {
+        let why = "withTransaction() takes a TransactionManager";
+        return Err(throw(env, &Error::InvalidArgument(why.into())));
+      }
+      _ => return Ok(RawValue(this.object.raw())),
+    };
+    service_to_js(env, self.core.clone(), Some(Bound::Tx(tm.tx.clone())))
+  }
+
+  /// A copy of the service that sees only `tenant`'s keys (a customer, an API client): the
+  /// same client key from two tenants names two keys, and no method of the copy reads, locks,
+  /// lists or reaps another tenant's. Keys are stored as `<tenant>/<key>` in Medusa's table;
+  /// the copy shares the pool and any transaction binding. Tenant ids are 1–128 printable
+  /// ASCII characters without `/`.
+  // Raw `tenant`: a non-string throws a typed INVALID_ARGUMENT, not napi's StringExpected.
+  #[napi(
+    ts_args_type = "tenant: string",
+    ts_return_type = "IdempotencyKeyService"
+  )]
+  pub fn for_tenant(&self, env: &Env, tenant: Unknown) -> Result<RawValue> {
+    let e = env.raw();
+    // SAFETY: `tenant` is this call's argument, read on the JS thread.
+    let t = unsafe {
+      if js::type_of(e, tenant.raw()) == sys::ValueType::napi_string {
+        js::get_string(e, tenant.raw(), "tenant")
+      } else {
+        Err(Error::InvalidArgument("tenant must be a string".into()))
+      }
+    };
+    let scoped = t
+      .and_then(|t| self.core.for_tenant(&t))
+      .map_err(|err| throw(env, &err))?;
+    service_to_js(env, Arc::new(scoped), self.bound.clone())
+  }
+
+  /// The tenant this copy is scoped to (`forTenant`), or null.
+  #[napi(getter)]
+  pub fn tenant(&self) -> Option<String> {
+    self.core.tenant().map(str::to_owned)
+  }
+
+  /// Bound mode, used by `withTransaction(executor)` in index.js: a copy of the service whose
+  /// every statement goes through `query`, the executor's `query` wrapped so that it resolves
+  /// to `{ rows }` or `{ error: { code, message } }`.
+  // Raw `query`: a non-function throws a typed INVALID_ARGUMENT, not napi's FunctionExpected.
+  #[napi(
+    ts_args_type = "query: (sql: string, params: unknown[]) => Promise<unknown>",
+    ts_return_type = "IdempotencyKeyService"
+  )]
+  pub fn bind_executor(&self, env: &Env, query: Unknown) -> Result<RawValue> {
+    let e = env.raw();
+    // SAFETY: `query` is this call's argument, read on the JS thread.
+    if unsafe { js::type_of(e, query.raw()) } != sys::ValueType::napi_function {
+      return Err(throw(
+        env,
+        &Error::InvalidArgument("query must be a function".into()),
+      ));
+    }
+    if self.core.backend_name() == "sqlite" {
+      // A caller's executor speaks PostgreSQL; on SQLite bind to a native stage handle instead.
+      let why =
+        "withTransaction(executor) needs a PostgreSQL service; on SQLite pass a TransactionManager";
+      return Err(throw(env, &Error::InvalidArgument(why.into())));
+    }
+    // SAFETY: `query` is this call's argument, checked to be a function, on the JS thread.
+    let ex = unsafe { JsExecutor::from_function(e, query.raw())? };
+    service_to_js(env, self.core.clone(), Some(Bound::Exec(ex)))
+  }
+
+  /// A service with no pool of its own, for the Medusa container class: every call is bound
+  /// to a caller's executor with `bindExecutor`; `release` (a wrapped executor outside any
+  /// transaction, Medusa's `cradle.manager`) releases leases after failed stages.
+  // Raw arguments: a non-function `release` or bad options throw a typed INVALID_ARGUMENT.
+  #[napi(
+    ts_args_type = "release: (sql: string, params: unknown[]) => Promise<unknown>, options?: Omit<ConnectOptions, 'url' | 'maxConnections'>",
+    ts_return_type = "IdempotencyKeyService"
+  )]
+  pub fn detached(env: &Env, release: Unknown, options: Unknown) -> Result<RawValue> {
+    let e = env.raw();
+    let built = convert(|| {
+      // SAFETY: `release` and `options` are this call's arguments, read on the JS thread.
+      unsafe {
+        if js::type_of(e, release.raw()) != sys::ValueType::napi_function {
+          return Err(Error::InvalidArgument("release must be a function".into()));
+        }
+        let given = options_object(e, options.raw(), "options must be an object", |o| {
+          ConnectOptions::tuning_from_js(e, o)
+        })?;
+        Options::try_from(ConnectOptions {
+          url: Some(String::new()),
+          ..given
+        })
+      }
+    });
+    let opts = built.map_err(|err| throw(env, &err))?;
+    // SAFETY: `release` is this call's argument, checked to be a function, on the JS thread.
+    let ex = unsafe { JsExecutor::from_function(e, release.raw())? };
+    service_to_js(env, Arc::new(Service::detached(opts, Arc::new(ex))), None)
+  }
+
+  /// Delete keys past their retention, in batches (each a short statement, so the table is
+  /// never locked for long), never a key a stage is working on or whose request lease is
+  /// fresh. Resolves to how many were removed. Defaults: `olderThanMs` 24 h (Stripe's
+  /// retention), `batchSize` 1000.
+  #[napi(
+    ts_args_type = "options?: ReapOptions",
+    ts_return_type = "Promise<number>"
+  )]
+  pub fn reap<'env>(
+    &self,
+    env: &'env Env,
+    options: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<u64>>> {
+    let o = args!(env, ReapOptions::from_js(env.raw(), options.raw()));
+    self.run(env, |core, bound| async move {
+      core
+        .reap(target(&bound), o.older_than(), o.batch_size())
+        .await
+    })
+  }
+
+  /// Unfinished keys with no progress (no stage commit, else no creation) for `idleMs`
+  /// (default 60000), least recent first, at most `limit` (default 100): requests a client
+  /// abandoned half-way, for the application to drive forward.
+  #[napi(
+    ts_args_type = "options?: ListAbandonedOptions",
+    ts_return_type = "Promise<IdempotencyKey[]>"
+  )]
+  pub fn list_abandoned<'env>(
+    &self,
+    env: &'env Env,
+    options: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<Vec<IdempotencyKey>>>> {
+    let o = args!(env, ListAbandonedOptions::from_js(env.raw(), options.raw()));
+    self.run(env, |core, bound| async move {
+      core
+        .list_abandoned(target(&bound), o.idle(), o.limit())
+        .await
+    })
+  }
+
+  /// Close the pool, waiting for connections in use to be returned.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn close<'env>(&self, env: &'env Env) -> Result<PromiseRaw<'env, Reply<()>>> {
+    let core = self.core.clone();
+    spawn(env, async move {
+      core.close().await;
+      Ok(())
+    })
+  }
+}
