@@ -95,7 +95,7 @@ if (!isSqlite) definePostgresTests()
 function definePostgresTests() {
   const { Client, Pool } = require('pg')
   const { DataSource } = require('typeorm')
-  const Medusa = require('../medusa.js')
+  const Medusa = require('medusa-idempotency-native/medusa')
 
   let dbName
   let url

@@ -41,7 +41,7 @@ const forever = () => new Promise(() => setInterval(() => {}, 1 << 30))
 
 async function server(url, tenant) {
   const { IdempotencyKeyService } = require('..')
-  const { idempotency } = require('../middleware')
+  const { idempotency } = require('medusa-idempotency-native/middleware')
   const service = await IdempotencyKeyService.connect({ url, lockTimeoutMs: LOCK_TIMEOUT_MS })
   const mw = idempotency({ service, tenant: () => tenant, reap: false })
   const srv = http.createServer((req, res) =>

@@ -8,7 +8,7 @@ const http = require('node:http')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { channels } = require('..')
-const { idempotency } = require('../middleware')
+const { idempotency } = require('medusa-idempotency-native/middleware')
 const { freshDb, holdStage, isPostgres, rejects, sleep } = require('./helpers')
 const { checkout, LOCK_TIMEOUT_MS, IDLE_MS } = require('./completer-child')
 

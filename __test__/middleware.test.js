@@ -7,7 +7,7 @@ const assert = require('node:assert/strict')
 const http = require('node:http')
 const express5 = require('express')
 const express4 = require('express4')
-const { idempotency, parseIdempotencyKey } = require('../middleware')
+const { idempotency, parseIdempotencyKey } = require('medusa-idempotency-native/middleware')
 const { freshDb, sleep } = require('./helpers')
 
 const KINDS = ['express5', 'express4', 'node']

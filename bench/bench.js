@@ -6,7 +6,7 @@
 // measured.
 //
 //   node bench.js                 full run (release build of the addon, median of --runs=5)
-//   node bench.js --smoke         one small iteration of every scenario, the root's build
+//   node bench.js --smoke         one small iteration of every scenario, the local build in lib/
 //
 // Options: --runs=N  --pool=N (pool size of every implementation, default 10)
 //          --pg-prepared (named statements for the floor)  --no-build  --out=FILE
@@ -68,7 +68,7 @@ const log = (...a) => console.error(...a)
 // ---------------------------------------------------------------------------------------------
 
 const build = require('./lib/build')
-const addon = SMOKE || flag('no-build') ? (SMOKE ? build.useRootBuild() : build.useReleaseBuild({ build: false })) : build.useReleaseBuild()
+const addon = SMOKE || flag('no-build') ? (SMOKE ? build.useLocalBuild() : build.useReleaseBuild({ build: false })) : build.useReleaseBuild()
 
 const { Client } = require('pg')
 const { measure, mergeSlices, pgBackendProbe } = require('./lib/measure')
@@ -97,7 +97,7 @@ function machine(pgVersion) {
   let commit = 'an unknown commit'
   try {
     const git = (...a) => execFileSync('git', a, { cwd: build.ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
-    const dirty = git('status', '--porcelain', '--', 'src', 'crates', 'migrations', 'Cargo.toml', 'Cargo.lock', 'index.js', 'medusa.js') !== ''
+    const dirty = git('status', '--porcelain', '--', 'src', 'crates', 'migrations', 'Cargo.toml', 'Cargo.lock', 'lib') !== ''
     commit = `commit ${git('rev-parse', '--short', 'HEAD')}${dirty ? ' + uncommitted changes' : ''}`
   } catch {}
   return {

@@ -17,8 +17,8 @@
 // exactly once.
 const http = require('node:http')
 const dc = require('node:diagnostics_channel')
-const { IdempotencyKeyService } = require('..')
-const { idempotency } = require('../middleware')
+const { IdempotencyKeyService } = require('medusa-idempotency-native')
+const { idempotency } = require('medusa-idempotency-native/middleware')
 
 const run = Date.now().toString(36)
 const failOnce = new Set() // keys whose first charge attempt "times out" at the card network

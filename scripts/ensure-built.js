@@ -6,7 +6,8 @@ const fs = require('node:fs')
 const path = require('node:path')
 
 const root = path.join(__dirname, '..')
-const addon = fs.readdirSync(root).find((f) => f.endsWith('.node'))
+const lib = path.join(root, 'lib') // where `npm run build:debug` puts the addon, beside native.js
+const addon = fs.readdirSync(lib).find((f) => f.endsWith('.node'))
 
 function newest(dir) {
   let t = 0
@@ -18,7 +19,7 @@ function newest(dir) {
 }
 
 const sources = Math.max(newest(path.join(root, 'src')), newest(path.join(root, 'crates')), newest(path.join(root, 'migrations')))
-if (!addon || fs.statSync(path.join(root, addon)).mtimeMs < sources) {
+if (!addon || fs.statSync(path.join(lib, addon)).mtimeMs < sources) {
   console.log('building the addon (debug profile)…')
-  execSync('npx napi build --platform --js native.js', { cwd: root, stdio: 'inherit' })
+  execSync('npm run build:debug', { cwd: root, stdio: 'inherit' })
 }

@@ -46,14 +46,17 @@ const target = pkg.napi.targets.find((t) => parseTriple(t).platformArchABI === p
 const platformPackage = `${pkg.name}-${platform}`
 const addonFile = `${pkg.napi.binaryName}.${platform}.node`
 if (!target) throw new Error(`no napi target for this platform (${platform}) in package.json`)
-if (!fs.existsSync(path.join(root, addonFile))) throw new Error(`${addonFile} is not built: npx napi build --platform --js native.js`)
+// A local build puts the addon in lib/, beside the generated loader (native.js).
+const addonPath = path.join(root, 'lib', addonFile)
+if (!fs.existsSync(addonPath)) throw new Error(`lib/${addonFile} is not built: npm run build:debug`)
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'idem-packed-'))
 try {
   console.log(`packing ${pkg.name} and ${platformPackage} in ${tmp}`)
   const rootTarball = pack(root, tmp)
   assert.ok(!rootTarball.files.some((f) => f.endsWith('.node')), 'the root package ships no binary')
-  for (const f of ['index.js', 'binding.js', 'native.js', 'medusa.js', 'middleware.js', 'index.d.ts', 'types.d.ts', 'medusa.d.ts', 'middleware.d.ts', 'completer.js', 'completer.d.ts']) {
+  const lib = ['index.js', 'binding.js', 'native.js', 'medusa.js', 'middleware.js', 'completer.js', 'types.d.ts', 'medusa.d.ts', 'middleware.d.ts', 'completer.d.ts']
+  for (const f of ['index.d.ts', ...lib.map((f) => `lib/${f}`)]) {
     assert.ok(rootTarball.files.includes(f), `the root package ships ${f}`)
   }
 
@@ -64,7 +67,7 @@ try {
   fs.mkdirSync(path.join(stage, 'artifacts', `bindings-${target}`), { recursive: true })
   fs.writeFileSync(path.join(stage, 'package.json'), JSON.stringify(staged, null, 2))
   fs.cpSync(path.join(root, 'npm', platform), path.join(stage, 'npm', platform), { recursive: true })
-  fs.copyFileSync(path.join(root, addonFile), path.join(stage, 'artifacts', `bindings-${target}`, addonFile))
+  fs.copyFileSync(addonPath, path.join(stage, 'artifacts', `bindings-${target}`, addonFile))
   sh(process.execPath, [require.resolve('@napi-rs/cli/package.json').replace('package.json', 'dist/cli.js'), 'artifacts', '--cwd', stage], root)
   const platformTarball = pack(path.join(stage, 'npm', platform), tmp)
   assert.deepEqual(platformTarball.files.sort(), [addonFile, 'README.md', 'package.json'].sort())

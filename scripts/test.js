@@ -34,8 +34,8 @@ async function withDbPrefix(fn) {
     run('cargo fmt --all -- --check')
     run('cargo clippy --all-targets -- -D warnings')
     await withDbPrefix((prefix) => run('cargo test -p idempotency-core', { TEST_DB_PREFIX: prefix }))
-    run('npx napi build --platform --js native.js')
-    run('git diff --exit-code -- index.d.ts native.js')
+    run('npm run build:debug')
+    run('git diff --exit-code -- index.d.ts lib/native.js')
   }
   // The README's TypeScript examples against the package's declared types.
   run('npx tsc -p examples/types')

@@ -1,14 +1,15 @@
 'use strict'
 // The addon the bench measures. Real runs use a release build of their own in bench/.addon/
 // (built here when missing or older than the Rust sources), loaded through the generated
-// loader's NAPI_RS_NATIVE_LIBRARY_PATH override, so a debug build in the package root (what
-// `npm test` makes) never ends up in the numbers. `--smoke` measures whatever the root has.
+// loader's NAPI_RS_NATIVE_LIBRARY_PATH override, so a debug build in lib/ (what `npm test`
+// makes, beside the loader) never ends up in the numbers. `--smoke` measures whatever lib/ has.
 const fs = require('node:fs')
 const path = require('node:path')
 const { execSync } = require('node:child_process')
 
 const ROOT = path.join(__dirname, '..', '..')
 const OUT = path.join(ROOT, 'bench', '.addon')
+const LIB = path.join(ROOT, 'lib')
 
 function newest(p) {
   let st
@@ -79,15 +80,15 @@ function useReleaseBuild({ build = true } = {}) {
   return { file, profile: profileOf(file), stale: stale && !build, bytes: fs.statSync(file).size }
 }
 
-/** Smoke runs: the root's build, whatever profile; built (debug) only when missing. */
-function useRootBuild() {
-  let file = findNode(ROOT)
+/** Smoke runs: the local build in lib/, whatever profile; built (debug) only when missing. */
+function useLocalBuild() {
+  let file = findNode(LIB)
   if (!file) {
     run('node scripts/ensure-built.js', ROOT)
-    file = findNode(ROOT)
+    file = findNode(LIB)
   }
   delete process.env.NAPI_RS_NATIVE_LIBRARY_PATH
   return { file, profile: profileOf(file), stale: false, bytes: fs.statSync(file).size }
 }
 
-module.exports = { useReleaseBuild, useRootBuild, ROOT }
+module.exports = { useReleaseBuild, useLocalBuild, ROOT }

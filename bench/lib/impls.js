@@ -64,7 +64,7 @@ async function typeormImpls(url, poolSize) {
   const medusa = await buildMedusa(url, poolSize)
   const manager = medusa.dataSource.manager
   const Original = require('@medusajs/medusa/dist/services/idempotency-key').default
-  const Ours = require(path.join(ROOT, 'medusa.js'))
+  const Ours = require(path.join(ROOT, 'lib', 'medusa.js'))
   const make = (name, service, passRecoveryPoint) => ({
     name,
     initializeRequest: (headerKey) =>

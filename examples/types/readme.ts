@@ -1,6 +1,6 @@
 // The README's TypeScript examples, compiled by `npm test` (tsc --noEmit against the package's
-// own types: types.d.ts, index.d.ts, middleware.d.ts), so the documented API cannot drift from
-// the declared one. Never run.
+// own types: lib/types.d.ts, index.d.ts, lib/middleware.d.ts), so the documented API cannot
+// drift from the declared one. Never run.
 import dc from 'node:diagnostics_channel'
 import http from 'node:http'
 import express from 'express'

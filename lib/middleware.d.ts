@@ -1,6 +1,6 @@
 /* HTTP middleware for IdempotencyKeyService (middleware.js): Express 4, Express 5, node:http. */
 import type { IncomingMessage, ServerResponse } from 'http'
-import type { IdempotencyKey, IdempotencyKeyService, StageReturnValue, TransactionManager } from './index'
+import type { IdempotencyKey, IdempotencyKeyService, StageReturnValue, TransactionManager } from '../index'
 
 /** Options of {@link idempotency}. */
 export interface IdempotencyOptions {

@@ -1,7 +1,7 @@
 // Types of the completer (completer.js): `service.completer(options)` and its diagnostics_channel
 // events. types.d.ts re-exports them.
 import type { Channel } from 'node:diagnostics_channel'
-import type { IdempotencyKey, StageReturnValue, TransactionManager } from './index'
+import type { IdempotencyKey, StageReturnValue, TransactionManager } from '../index'
 
 /** A work stage: what `workStage` runs for one recovery point. */
 export type CompleterStage = (tx: TransactionManager | any) => StageReturnValue | Promise<StageReturnValue>
@@ -153,7 +153,7 @@ export interface CompleterChannels {
   completerGiveUp: Channel<CompleterGiveUpEvent>
 }
 
-declare module './index' {
+declare module '../index' {
   interface IdempotencyKeyService {
     /**
      * A completer over this service (or its `forTenant` copy): passes that claim abandoned keys

@@ -1,10 +1,10 @@
-// The package's types: the generated binding types (index.d.ts, written by `napi build`) plus
+// The package's types: the generated binding types (the package root's index.d.ts, written by `napi build`) plus
 // what index.js adds in JavaScript — the tracing channels and the executor wrapper.
 import type { Channel } from 'node:diagnostics_channel'
-import type { IdempotencyKey } from './index'
+import type { IdempotencyKey } from '../index'
 import type { CompleterChannels } from './completer'
 
-export * from './index'
+export * from '../index'
 export * from './completer'
 
 /** Published on `medusa-idempotency:stage:start` when a `workStage` call begins. */

@@ -1,4 +1,4 @@
-import type { IdempotencyKey, StageReturnValue, WorkStageOptions } from './index'
+import type { IdempotencyKey, StageReturnValue, WorkStageOptions } from '../index'
 
 /**
  * Medusa v1 container class: `export { default } from "medusa-idempotency-native/medusa"` in

@@ -29,7 +29,7 @@ function attempts(error) {
 }
 
 function loadError(cause) {
-  const pkg = require('./package.json')
+  const pkg = require('../package.json')
   const name = platformName()
   const expected = `${pkg.name}-${name}`
   const prebuilt = Object.keys(pkg.optionalDependencies ?? {}).map((dep) => dep.slice(pkg.name.length + 1))
