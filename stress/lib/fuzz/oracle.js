@@ -2,7 +2,7 @@
 // What a fuzz case may end in (stress/fuzz.js): a typed error of the contract (SPEC §6), the
 // callback's own thrown value untouched, or a correct result. Used inside the fuzz child.
 const { types } = require('node:util')
-const { describe, GETTER_THROWS } = require('./fuzz-values')
+const { describe, GETTER_THROWS } = require('./values')
 
 /** A broken expectation: fast-check reports the case and shrinks it. */
 class Finding extends Error {}
