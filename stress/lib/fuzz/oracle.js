@@ -268,7 +268,18 @@ function jsonMismatch(got, want, where = '') {
   return null
 }
 
+/** Deeply and strictly equal (node:assert's deepStrictEqual, as a boolean). */
+function deepEq(a, b) {
+  try {
+    require('node:assert').deepStrictEqual(a, b)
+    return true
+  } catch {
+    return false
+  }
+}
+
 module.exports = {
   jsonMismatch,
+  deepEq,
   isFinding,
   isError, Finding, fail, TYPES, KEY_FIELDS, untyped, showErr, showOut, judge, judgeSync, checkKey, expectedJson, hasNul, isValidDate, EXOTIC }
