@@ -4,6 +4,17 @@
 const { fc, V, wrap, special, specials, odd, anyString, jsonData, hostileString, GETTER_THROWS, throwingProxy } = require('./values')
 const { isPg, AVOID } = require('./config')
 
+/** Text that is not one well-formed statement (or fails at once), the same on both backends. */
+const MALFORMED_SQL = [
+  'SELECT 1; SELECT 2',
+  '',
+  ' ',
+  ';',
+  '-- only a comment',
+  '/* unterminated',
+  'SELEKT 1',
+  'SELECT 1/0',
+]
 const PG_SQL = [
   'SELECT 1 AS one',
   'SELECT $1 AS v',
@@ -30,14 +41,7 @@ const PG_SQL = [
   'SELECT $70000::text AS v',
   'SELECT $0',
   "SELECT '$1' AS v",
-  'SELECT 1; SELECT 2',
-  '',
-  ' ',
-  ';',
-  '-- only a comment',
-  '/* unterminated',
-  'SELEKT 1',
-  'SELECT 1/0',
+  ...MALFORMED_SQL,
   'SELECT pg_sleep(0.01)',
   'SELECT generate_series(1, 2000) AS n',
   "SELECT repeat('x', 1000000) AS v",
@@ -108,14 +112,7 @@ const SQLITE_SQL = [
   "SELECT CAST(x'ff' AS TEXT) AS v",
   'SELECT 1 AS a, 2 AS a',
   'SELECT 1 AS "__proto__"',
-  'SELECT 1; SELECT 2',
-  '',
-  ' ',
-  ';',
-  '-- only a comment',
-  '/* unterminated',
-  'SELEKT 1',
-  'SELECT 1/0',
+  ...MALFORMED_SQL,
   'SELECT abs(-9223372036854775808)',
   "SELECT json_extract('{\"a\":1}', '$.a') AS v",
   'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000) SELECT count(*) AS n FROM c',
