@@ -11,7 +11,7 @@
 // exit), stops writing for STALL_MS (a blocked event loop), grows past RSS_CAP_MB, or reports a
 // case that did not settle within its per-case timeout (HANG), the case it was running is
 // reported and a new child carries on with the properties that are left. Its stderr is scanned
-// for 'panicked' / 'RUST_BACKTRACE' / 'fatal' / 'Abort'. Then stress/lib/fuzz-probe.js runs the
+// for 'panicked' / 'RUST_BACKTRACE' / 'fatal' / 'Abort'. Then stress/lib/fuzz/probe.js runs the
 // hostile-size inputs (2**32-1 sparse arrays, pool sizes), one child each, with a hard timeout.
 //
 //   node stress/fuzz.js [--short] [--seed N] [--backend sqlite|postgres]
@@ -24,7 +24,7 @@ const path = require('node:path')
 const { spawn } = require('node:child_process')
 
 const WORKER = path.join(__dirname, 'lib', 'fuzz-worker.js')
-const PROBE = path.join(__dirname, 'lib', 'fuzz-probe.js')
+const PROBE = path.join(__dirname, 'lib', 'fuzz', 'probe.js')
 const { ADMIN_URL, admin } = require('./lib/pgadmin')
 const { onTaggedLines } = require('./lib/tagged-lines')
 const STALL_MS = 25000 // no CASE line for this long: the child's event loop is blocked
@@ -276,7 +276,7 @@ async function main({ short = false } = {}) {
   }
 
   // Hostile sizes: every probe in a child of its own.
-  const { PROBES } = require('./lib/fuzz-probe')
+  const { PROBES } = require('./lib/fuzz/probe')
   let probeNames = []
   for (const [name, p] of Object.entries(PROBES)) for (const b of p.backends) if (backends.includes(b)) probeNames.push([name, b])
   if (short) probeNames = probeNames.filter(([n, b]) => b === 'sqlite' && /maxConnections: 2\*\*32|initializeRequest|tx.query\("SELECT 1|NUL byte/.test(n))

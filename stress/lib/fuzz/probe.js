@@ -4,7 +4,7 @@
 // values that size allocations. Each must end in a typed error or a correct result within the
 // parent's timeout, without the process aborting or growing without bound.
 //
-//   node stress/lib/fuzz-probe.js '{"name": "...", "url": "...", "backend": "sqlite"|"postgres"}'
+//   node stress/lib/fuzz/probe.js '{"name": "...", "url": "...", "backend": "sqlite"|"postgres"}'
 //   prints `PROBE {"name", "outcome"}` and exits 0; a crash, hang or memory blow-up is judged by
 //   the parent.
 const fs = require('node:fs')
@@ -72,7 +72,7 @@ const TYPES = new Set(['not_found', 'conflict', 'duplicate_error', 'invalid_data
 async function main() {
   const { name, url } = JSON.parse(process.argv[2])
   const probe = PROBES[name]
-  const { IdempotencyKeyService } = require('../..')
+  const { IdempotencyKeyService } = require('./addon')
   let service = null
   if (!probe.fresh) {
     service = await IdempotencyKeyService.connect({ url, stageTimeoutMs: 30000 })

@@ -2,7 +2,7 @@
 // What a fuzz case may end in (stress/fuzz.js): a typed error of the contract (SPEC §6), the
 // callback's own thrown value untouched, or a correct result. Used inside the fuzz child.
 const { types } = require('node:util')
-const { describe, GETTER_THROWS } = require('./fuzz-values')
+const { describe, GETTER_THROWS } = require('./values')
 
 /** A broken expectation: fast-check reports the case and shrinks it. */
 class Finding extends Error {}
@@ -268,7 +268,18 @@ function jsonMismatch(got, want, where = '') {
   return null
 }
 
+/** Deeply and strictly equal (node:assert's deepStrictEqual, as a boolean). */
+function deepEq(a, b) {
+  try {
+    require('node:assert').deepStrictEqual(a, b)
+    return true
+  } catch {
+    return false
+  }
+}
+
 module.exports = {
   jsonMismatch,
+  deepEq,
   isFinding,
   isError, Finding, fail, TYPES, KEY_FIELDS, untyped, showErr, showOut, judge, judgeSync, checkKey, expectedJson, hasNul, isValidDate, EXOTIC }
