@@ -56,6 +56,15 @@ for (const preparedStatements of [false, true]) {
       assert.deepStrictEqual(rows, [{ m: 'happy', ms: '{sad,happy}' }])
     })
 
+    test('COPY … FROM STDIN / TO STDOUT is refused at once, and the stage goes on (it used to hang past the stage timeout)', { timeout: 20_000 }, async () => {
+      for (const sql of ['COPY feelings FROM STDIN', 'copy feelings (m) from stdin with (format csv)', 'COPY (SELECT 1) TO STDOUT']) {
+        const err = await inStage((tx) => tx.query(sql).then(() => null, (e) => e))
+        assert.equal(err?.code, 'INVALID_ARGUMENT', `${sql}: ${err?.message}`)
+      }
+      const [row] = await inStage((tx) => tx.query('SELECT 1 AS one'))
+      assert.deepStrictEqual(row, { one: 1 })
+    })
+
     test('DDL and a CALL without parameters run in a stage; a CALL with parameters needs the prepared mode', async () => {
       await inStage(async (tx) => {
         await tx.query(`CALL add_feeling('sad')`)

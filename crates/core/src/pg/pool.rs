@@ -336,6 +336,12 @@ impl Lease {
 
   /// A stage callback's statement, inside the stage transaction.
   pub(crate) async fn user_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    if text::copies_through_client(sql) == Some(true) {
+      return Err(Error::invalid(
+        "COPY FROM STDIN / TO STDOUT cannot run inside a stage (its data would stream over the \
+         stage's connection): use INSERT … VALUES / INSERT … SELECT, or a SELECT",
+      ));
+    }
     if self.prepared_mode() {
       return run_query(self.raw(), sql, params).await;
     }

@@ -490,6 +490,20 @@ pub(crate) fn one_statement(sql: &str) -> Result<()> {
   scan(sql).map(|_| ())
 }
 
+/// `COPY … FROM STDIN` / `TO STDOUT`: a statement that streams its data over the connection
+/// in COPY sub-protocol messages, which a stage's connection does not speak (the server would
+/// wait for CopyData forever). Read by words outside quotes and comments, so a quoted
+/// `"stdin"` table is no stream. `None` when the text does not scan (the server judges it).
+pub(crate) fn copies_through_client(sql: &str) -> Option<bool> {
+  let (_, words) = scan_words(sql).ok()?;
+  let word = |&(a, b): &(usize, usize)| &sql[a..b];
+  let mut all = words.iter().map(word);
+  Some(
+    all.next().is_some_and(|w| w.eq_ignore_ascii_case("copy"))
+      && all.any(|w| w.eq_ignore_ascii_case("stdin") || w.eq_ignore_ascii_case("stdout")),
+  )
+}
+
 /// How many `$n` placeholders the statement refers to (the highest n), once checked to be one
 /// statement as [`one_statement`] checks it.
 pub(crate) fn placeholders(sql: &str) -> Result<usize> {
@@ -498,7 +512,15 @@ pub(crate) fn placeholders(sql: &str) -> Result<usize> {
 
 /// Lex `sql` as [`one_statement`] describes; the `$n` placeholders found: (start, end, n).
 fn scan(sql: &str) -> Result<Vec<(usize, usize, usize)>> {
+  scan_words(sql).map(|(places, _)| places)
+}
+
+/// The placeholders (`$n`: start, end, n) and the bare words (start, end) of one statement.
+type Scanned = (Vec<(usize, usize, usize)>, Vec<(usize, usize)>);
+
+fn scan_words(sql: &str) -> Result<Scanned> {
   let mut places = Vec::new();
+  let mut words = Vec::new();
   let syntax = |why: &str| Error::Database {
     sqlstate: Some("42601".into()),
     message: why.to_owned(),
@@ -594,12 +616,14 @@ fn scan(sql: &str) -> Result<Vec<(usize, usize, usize)>> {
         // E'…' reads backslash escapes; other prefixes (B, X, N, U&) do not.
         if b.get(i) == Some(&b'\'') && sql[start..i].eq_ignore_ascii_case("e") {
           i = quoted(b, i, b'\'', true).ok_or_else(|| syntax("unterminated quoted string"))?;
+        } else {
+          words.push((start, i));
         }
       }
       _ => i += 1,
     }
   }
-  Ok(places)
+  Ok((places, words))
 }
 
 /// The index after a quoted token starting at `start` (doubled quotes inside; backslash
@@ -653,6 +677,28 @@ fn continuation(b: &[u8], from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn copy_through_the_client_is_told_from_other_statements() {
+    for sql in [
+      "COPY t FROM STDIN",
+      "copy t (a, b) from stdin with (format csv)",
+      "/* c */ COPY (SELECT 1) TO STDOUT",
+      "COPY t TO stdout",
+    ] {
+      assert_eq!(copies_through_client(sql), Some(true), "{sql}");
+    }
+    for sql in [
+      "COPY t FROM '/tmp/f'",
+      "COPY \"stdin\" FROM '/tmp/f'",
+      "SELECT 'COPY t FROM STDIN'",
+      "SELECT stdin FROM copy",
+      "INSERT INTO t SELECT 1 -- COPY t FROM STDIN",
+    ] {
+      assert_eq!(copies_through_client(sql), Some(false), "{sql}");
+    }
+    assert_eq!(copies_through_client("COPY t FROM STDIN; SELECT 1"), None);
+  }
 
   #[test]
   fn timestamps_round_trip_through_text() {
