@@ -225,10 +225,8 @@ impl Service {
     let in_tx = matches!(target, Target::Tx(_) | Target::Exec(_));
     let claim = {
       let mut held = self.acquire(target).await?;
-      held
-        .conn()
-        .initialize(&id, &key, &fp, lease_ms, in_tx)
-        .await
+      let op = held.conn().initialize(&id, &key, &fp, lease_ms, in_tx);
+      abandonable(target, op).await
     }?;
     match claim {
       Claim::Got(k) => Ok(self.shown(k)),
@@ -267,7 +265,8 @@ impl Service {
     let stored = self.db_key(&key);
     {
       let mut held = self.acquire(target).await?;
-      held.conn().create(&id, &stored, &fp, recovery_point).await
+      let op = held.conn().create(&id, &stored, &fp, recovery_point);
+      abandonable(target, op).await
     }
     .map(|k| self.shown(k))
     .map_err(|e| match e {
@@ -311,7 +310,7 @@ impl Service {
     let prefix = self.tenant.as_deref();
     let mut rows = {
       let mut held = self.acquire(target).await?;
-      held.conn().select_by(&checked, prefix).await
+      abandonable(target, held.conn().select_by(&checked, prefix)).await
     }?;
     match rows.len() {
       0 => Err(Error::not_found(shown)),
@@ -339,10 +338,13 @@ impl Service {
     {
       let mut held = self.acquire(target).await?;
       let conn = held.conn();
-      let (won, exists) = match conn.lock(&stored, lease_ms).await? {
-        Some(k) => (Some(k), true),
-        None => (None, conn.select_key(&stored).await?.is_some()),
-      };
+      let (won, exists) = abandonable(target, async {
+        Ok(match conn.lock(&stored, lease_ms).await? {
+          Some(k) => (Some(k), true),
+          None => (None, conn.select_key(&stored).await?.is_some()),
+        })
+      })
+      .await?;
       match (won, exists) {
         (Some(k), _) => Ok(self.shown(k)),
         (None, true) => Err(Error::Locked("Key already locked".into())),
@@ -365,7 +367,7 @@ impl Service {
     let stored = self.db_key(key);
     {
       let mut held = self.acquire(target).await?;
-      held.conn().update(&stored, u).await
+      abandonable(target, held.conn().update(&stored, u)).await
     }?
     .map(|k| self.shown(k))
     .ok_or_else(|| Error::not_found(key))
@@ -386,10 +388,8 @@ impl Service {
     loop {
       let removed = {
         let mut held = self.acquire(target).await?;
-        held
-          .conn()
-          .reap_batch(older_ms, batch, lease_ms, prefix)
-          .await?
+        let op = held.conn().reap_batch(older_ms, batch, lease_ms, prefix);
+        abandonable(target, op).await?
       };
       total += removed;
       if removed < u64::from(batch.unsigned_abs()) {
@@ -410,7 +410,7 @@ impl Service {
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let prefix = self.tenant.as_deref();
     let mut held = self.acquire(target).await?;
-    let keys = held.conn().abandoned(idle_ms, limit, prefix).await?;
+    let keys = abandonable(target, held.conn().abandoned(idle_ms, limit, prefix)).await?;
     Ok(keys.into_iter().map(|k| self.shown(k)).collect())
   }
 
@@ -486,12 +486,13 @@ impl Service {
       let result = match outcome {
         Err(StageError::Core(e @ Error::StageTimeout { .. })) => {
           let release = self.backend.release(key.to_owned());
-          if in_flight == 0 {
+          if in_flight == 0 && !stx.abandoned() {
             tx.rollback().await;
             release.await;
           } else {
-            // A query is still running on the connection and the rollback waits for it:
-            // do not make the caller wait too.
+            // A statement was still running on the connection: the server may go on holding
+            // the key's row until it ends, and the release waits for that row. Do not make
+            // the caller wait too.
             tokio::spawn(async move {
               tx.rollback().await;
               release.await;
@@ -586,16 +587,20 @@ impl Service {
     let locked = {
       let mut held = self.acquire(Target::Tx(parent)).await?;
       let conn = held.conn();
-      conn.plain(SAVEPOINT).await?;
-      let locked = conn
-        .lock_row(key)
-        .await
-        .map_err(|e| self.busy_is_locked(key, e))
-        .and_then(|k| check_expected(k, self.client_key(key), expected));
-      if locked.is_err() {
-        let _ = conn.plain(ROLLBACK_TO).await;
-      }
-      locked?
+      parent
+        .until_closed(async {
+          conn.plain(SAVEPOINT).await?;
+          let locked = conn
+            .lock_row(key)
+            .await
+            .map_err(|e| self.busy_is_locked(key, e))
+            .and_then(|k| check_expected(k, self.client_key(key), expected));
+          if locked.is_err() {
+            let _ = conn.plain(ROLLBACK_TO).await;
+          }
+          locked
+        })
+        .await?
     };
     let outcome = self.run_callback(parent, key, callback).await;
     let failed_inside = parent.failure().is_some() && before.is_none();
@@ -603,9 +608,13 @@ impl Service {
       Ok(r) if !failed_inside => async {
         let mut held = self.acquire(Target::Tx(parent)).await?;
         let conn = held.conn();
-        let updated = conn.apply(&locked.id, r).await?;
-        conn.plain(RELEASE).await?;
-        Ok(updated)
+        parent
+          .until_closed(async {
+            let updated = conn.apply(&locked.id, r).await?;
+            conn.plain(RELEASE).await?;
+            Ok(updated)
+          })
+          .await
       }
       .await
       .map_err(StageError::Core),
@@ -614,7 +623,7 @@ impl Service {
     };
     if result.is_err() {
       if let Ok(mut held) = self.acquire(Target::Tx(parent)).await {
-        let _ = held.conn().plain(ROLLBACK_TO).await;
+        let _ = parent.until_closed(held.conn().plain(ROLLBACK_TO)).await;
       }
       parent.set_failure(before);
       tokio::spawn(self.backend.release(key.to_owned()));
@@ -655,6 +664,16 @@ impl Service {
       tokio::spawn(self.backend.release(key.to_owned()));
     }
     result.map(|k| self.shown(k))
+  }
+}
+
+/// Run `op`, a statement on the connection `target` names: on one of our stage transactions it
+/// is abandoned when that stage ends (its timeout), as the callback's own `tx.query` is, so the
+/// stage can end even while the statement never returns.
+async fn abandonable<T>(target: Target<'_>, op: impl Future<Output = Result<T>>) -> Result<T> {
+  match target {
+    Target::Tx(tx) => tx.until_closed(op).await,
+    _ => op.await,
   }
 }
 

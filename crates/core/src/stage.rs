@@ -7,6 +7,7 @@
 use crate::backend::Transaction;
 use crate::error::{Error, Result};
 use crate::value::{Param, QueryResult};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, Notify};
@@ -23,6 +24,8 @@ struct Inner {
   idle: Notify,
   closed: AtomicBool,
   cancel: Notify,
+  /// A statement was abandoned when the stage ended: the server may still be running it.
+  abandoned: AtomicBool,
   failure: StdMutex<Option<Error>>,
 }
 
@@ -46,6 +49,7 @@ impl StageTx {
         idle: Notify::new(),
         closed: AtomicBool::new(false),
         cancel: Notify::new(),
+        abandoned: AtomicBool::new(false),
         failure: StdMutex::new(None),
       }),
     }
@@ -69,18 +73,11 @@ impl StageTx {
       return Err(Error::TransactionClosed);
     }
     let tx = guard.as_mut().ok_or(Error::TransactionClosed)?;
-    let cancelled = self.inner.cancel.notified();
-    tokio::pin!(cancelled);
-    cancelled.as_mut().enable();
-    if self.inner.closed.load(Ordering::SeqCst) {
-      return Err(Error::TransactionClosed);
-    }
     let run = async { tx.query(sql, params).await };
     let run = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run));
-    let result = tokio::select! {
-      r = run => r.unwrap_or_else(|p| Err(Error::from_panic(p))),
-      _ = cancelled => Err(Error::TransactionClosed),
-    };
+    let result = self
+      .until_closed(async { run.await.unwrap_or_else(|p| Err(Error::from_panic(p))) })
+      .await;
     if let Err(e) = &result {
       if matches!(e, Error::Database { .. } | Error::Internal(_)) {
         let mut f = self.inner.failure.lock().unwrap();
@@ -88,6 +85,26 @@ impl StageTx {
       }
     }
     result
+  }
+
+  /// Run `op` (a statement on the stage's connection, under its lock) until it finishes or the
+  /// stage ends: a stage that ended (its timeout) abandons it with `TransactionClosed`, so
+  /// `take()` gets the lock even when the statement never returns (a lock wait, a server that
+  /// stopped answering).
+  pub(crate) async fn until_closed<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
+    let cancelled = self.inner.cancel.notified();
+    tokio::pin!(cancelled);
+    cancelled.as_mut().enable();
+    if self.inner.closed.load(Ordering::SeqCst) {
+      return Err(Error::TransactionClosed);
+    }
+    tokio::select! {
+      r = op => r,
+      _ = cancelled => {
+        self.inner.abandoned.store(true, Ordering::SeqCst);
+        Err(Error::TransactionClosed)
+      }
+    }
   }
 
   /// The transaction's connection, for a statement of the service itself.
@@ -112,6 +129,11 @@ impl StageTx {
   /// Queries started and not yet finished.
   pub(crate) fn in_flight(&self) -> usize {
     self.inner.pending.load(Ordering::SeqCst)
+  }
+
+  /// Whether a statement was abandoned when the stage ended (known once `take()` returned).
+  pub(crate) fn abandoned(&self) -> bool {
+    self.inner.abandoned.load(Ordering::SeqCst)
   }
 
   pub(crate) fn failure(&self) -> Option<Error> {

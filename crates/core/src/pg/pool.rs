@@ -99,6 +99,11 @@ pub(crate) struct Lease {
   reused: bool,
   /// A transaction of ours is open on the connection.
   in_tx: bool,
+  /// A statement in the transaction was abandoned before it finished (the stage ended: its
+  /// timeout), or failed leaving the connection in a state we cannot tell (the connection or
+  /// the protocol broke): ROLLBACK would wait for an answer that may never come, so the
+  /// connection is closed instead, and the server rolls back.
+  unsure: bool,
   /// Pooler-safe mode: statements PREPAREd in this transaction whose DEALLOCATE did not run
   /// (their EXECUTE failed); deallocated in the message that ends the transaction, which
   /// still runs on the same server connection.
@@ -227,6 +232,7 @@ impl PgPool {
       clean: false,
       reused,
       in_tx: false,
+      unsure: false,
       leaked: Vec::new(),
       pool: self.0.clone(),
       _permit: permit,
@@ -298,7 +304,10 @@ impl Lease {
   /// transaction ends.
   pub(crate) async fn service_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
     if self.in_tx {
-      return self.service_once(sql, params).await;
+      let before = self.watch();
+      let r = self.service_once(sql, params).await;
+      self.watched(before, &r);
+      return r;
     }
     self.busy();
     let mut r = self.service_once(sql, params).await;
@@ -326,16 +335,43 @@ impl Lease {
 
   /// A statement without parameters or rows (savepoints), in the simple protocol.
   pub(crate) async fn plain(&mut self, sql: &str) -> Result<()> {
-    self
+    let before = self.watch();
+    let r = self
       .raw()
       .execute(sql)
       .await
       .map(|_| ())
-      .map_err(Error::from)
+      .map_err(Error::from);
+    self.watched(before, &r);
+    r
+  }
+
+  /// A statement inside the transaction is starting: if its future is dropped before
+  /// [`watched`](Self::watched), the lease stays `unsure`. Returns the state before it.
+  fn watch(&mut self) -> bool {
+    let before = self.unsure;
+    if self.in_tx {
+      self.unsure = true;
+    }
+    before
+  }
+
+  /// The statement finished: the lease is `unsure` if it was before or the connection broke.
+  fn watched<T>(&mut self, before: bool, r: &Result<T>) {
+    if self.in_tx {
+      self.unsure = before || matches!(r, Err(e) if is_fatal(e));
+    }
   }
 
   /// A stage callback's statement, inside the stage transaction.
   pub(crate) async fn user_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    let before = self.watch();
+    let r = self.user_once(sql, params).await;
+    self.watched(before, &r);
+    r
+  }
+
+  async fn user_once(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
     if text::copies_through_client(sql) == Some(true) {
       return Err(Error::invalid(
         "COPY FROM STDIN / TO STDOUT cannot run inside a stage (its data would stream over the \
@@ -541,6 +577,10 @@ impl Lease {
 
   pub(crate) async fn rollback(&mut self) {
     self.busy();
+    if self.unsure {
+      // Dropped with the transaction open: the socket closes, the server rolls back.
+      return;
+    }
     let sql = self.ending("ROLLBACK");
     if self.raw().execute(sql.as_str()).await.is_ok() {
       self.ended();
