@@ -163,9 +163,8 @@ fn bind_param<'q>(q: LiteQuery<'q>, p: &'q Param) -> Result<LiteQuery<'q>> {
   })
 }
 
-/// Run one statement of a stage callback: values by SQLite storage class, integers beyond
-/// 2^53 as strings.
-/// A statement of a stage callback, on the stage's connection (armed for the whole stage).
+/// One statement of a stage callback on the stage's connection, under the armed authorizer:
+/// values bound by SQLite storage class, integers beyond 2^53 returned as strings.
 pub(crate) async fn run_query(
   c: &mut SqliteConnection,
   sql: &str,
