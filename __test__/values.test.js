@@ -756,7 +756,7 @@ describe('parameters', () => {
       await tx.query('INSERT INTO typed (t) VALUES ($1)', ['no-returning']),
       await tx.query('UPDATE typed SET i = 1 WHERE t = $1', ['no-returning']),
       await tx.query('DELETE FROM typed WHERE t = $1', ['no-returning-none']),
-      await tx.query('CREATE TEMP TABLE tmp_x (a int)'),
+      await tx.query(pick({ postgres: 'CREATE TEMP TABLE tmp_x (a int) ON COMMIT DROP', sqlite: 'CREATE TEMP TABLE tmp_x (a int)' })),
     ])
     assert.deepStrictEqual(out, [[], [], [], []])
     const r = await db.query(`SELECT i FROM typed WHERE t = 'no-returning'`)

@@ -6,8 +6,6 @@
 // `value` (values as JS sees them), `options`, `backend` (the traits), `stage` (the callback's
 // handle), then `pg` and `sqlite` (each implements `backend`), and `service`, which
 // orchestrates over `dyn Backend`.
-#[doc(hidden)]
-pub mod ab;
 mod backend;
 pub mod error;
 mod migrations;

@@ -157,48 +157,12 @@ impl StageTx {
   }
 }
 
-/// Statements a stage callback may not run: a NUL byte (SQLite would spin on it), and
-/// transaction control, which would commit or discard the stage's work behind its back
-/// (`ROLLBACK TO SAVEPOINT` is allowed). PostgreSQL prepares one statement per string; on
-/// SQLite the authorizer in `sqlite` also refuses it (and pragma setters, ATTACH/DETACH) in any
-/// statement of the string, however spelled.
+/// A NUL byte ends no statement well on either backend (SQLite would spin on it). What else a
+/// callback may not send is the backend's to judge: `pg::guard` on PostgreSQL (transaction
+/// control, session state, COPY through the client), the authorizer in `sqlite` on SQLite.
 fn check_statement(sql: &str) -> Result<()> {
   if sql.contains('\0') {
     return Err(Error::invalid("SQL cannot contain NUL characters"));
   }
-  let words: Vec<String> = strip_leading_comments(sql)
-    .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-    .filter(|w| !w.is_empty())
-    .take(2)
-    .map(|w| w.to_ascii_uppercase())
-    .collect();
-  let first = words.first().map(String::as_str).unwrap_or("");
-  let second = words.get(1).map(String::as_str).unwrap_or("");
-  let control = match first {
-    "BEGIN" | "COMMIT" | "END" | "ABORT" => true,
-    "START" => second == "TRANSACTION",
-    "ROLLBACK" => second != "TO",
-    "PREPARE" => second == "TRANSACTION",
-    _ => false,
-  };
-  if control {
-    return Err(Error::invalid(
-      "transaction control is not allowed inside a stage: the stage commits or rolls back itself",
-    ));
-  }
   Ok(())
-}
-
-pub(crate) fn strip_leading_comments(mut sql: &str) -> &str {
-  loop {
-    sql = sql.trim_start();
-    if let Some(rest) = sql.strip_prefix("--") {
-      // PostgreSQL ends a `--` comment at a newline or a carriage return.
-      sql = rest.split_once(['\n', '\r']).map_or("", |(_, r)| r);
-    } else if let Some(rest) = sql.strip_prefix("/*") {
-      sql = rest.split_once("*/").map_or("", |(_, r)| r);
-    } else {
-      return sql;
-    }
-  }
 }

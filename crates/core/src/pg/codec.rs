@@ -10,10 +10,9 @@
 use crate::error::{Error, Result};
 use crate::value::{exact_i64, format_number, iso_string, safe_integer, to_json, Cell, Param};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
-use sqlx::encode::IsNull;
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo, PgTypeKind};
-use sqlx::{Postgres, TypeInfo};
+use sqlx::postgres::{PgTypeInfo, PgTypeKind};
+use sqlx::TypeInfo;
 
 pub(crate) mod oid {
   pub const BOOL: u32 = 16;
@@ -163,56 +162,6 @@ pub(crate) fn type_name(ty: &PgTypeInfo) -> String {
   } else {
     name.to_owned()
   }
-}
-
-/// One parameter, already encoded in the binary format of the type the server inferred.
-pub(crate) struct Bound {
-  ty: PgTypeInfo,
-  bytes: Option<Vec<u8>>,
-}
-
-impl sqlx::Type<Postgres> for Bound {
-  fn type_info() -> PgTypeInfo {
-    PgTypeInfo::with_oid(Oid(oid::UNKNOWN))
-  }
-  fn compatible(_: &PgTypeInfo) -> bool {
-    true
-  }
-}
-
-impl<'q> sqlx::Encode<'q, Postgres> for Bound {
-  fn encode_by_ref(
-    &self,
-    buf: &mut PgArgumentBuffer,
-  ) -> std::result::Result<IsNull, sqlx::error::BoxDynError> {
-    match &self.bytes {
-      None => Ok(IsNull::Yes),
-      Some(b) => {
-        buf.extend_from_slice(b);
-        Ok(IsNull::No)
-      }
-    }
-  }
-  fn produces(&self) -> Option<PgTypeInfo> {
-    Some(self.ty.clone())
-  }
-}
-
-pub(crate) fn bind(param: &Param, ty: &PgTypeInfo, index: usize) -> Result<Bound> {
-  let bytes = match param {
-    Param::Null => None,
-    _ => Some(encode(param, ty).map_err(|why| {
-      Error::invalid(format!(
-        "parameter ${} cannot be sent as {}: {why}",
-        index + 1,
-        type_name(ty)
-      ))
-    })?),
-  };
-  Ok(Bound {
-    ty: ty.clone(),
-    bytes,
-  })
 }
 
 type EncodeResult = std::result::Result<Vec<u8>, String>;
@@ -579,14 +528,7 @@ pub(crate) fn decode_numeric(b: &[u8]) -> Option<String> {
   Some(s)
 }
 
-pub(crate) fn decode_bytes(b: &[u8], ty: &PgTypeInfo) -> Result<Cell> {
-  if is_textual(ty) {
-    return Ok(Cell::Text(String::from_utf8_lossy(b).into_owned()));
-  }
-  decode_oid(b, type_oid(ty))
-}
-
-fn decode_oid(b: &[u8], t: u32) -> Result<Cell> {
+pub(crate) fn decode_oid(b: &[u8], t: u32) -> Result<Cell> {
   let bad = || Error::Database {
     sqlstate: None,
     message: format!("could not decode a value of type oid {t}"),

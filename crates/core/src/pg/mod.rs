@@ -1,16 +1,21 @@
-//! PostgreSQL, for production: our own pool (`pool`), the statements of every operation
-//! (`sql`) over our connections or a caller's executor (`exec`, `conn`), the stage
-//! transaction (`transaction`), and the values on the wire (`codec` binary, `text` literals
-//! and the simple protocol's rows).
+//! PostgreSQL, for production, laid out as a driver: connection settings and TLS (`config`),
+//! one connection on the wire (`wire`), the pool and its leases (`pool`), the guard on what a
+//! stage may send (`guard`), values both ways (`text`: parameters as text and text rows as
+//! node-postgres parses them; `codec`: binary values; `rows`: a statement's rows), the
+//! statements of every operation (`sql`) over our connections or a caller's executor
+//! (`exec`, `conn`), and the stage transaction (`transaction`).
 
 pub(crate) mod codec;
+mod config;
 mod conn;
-mod connect;
 pub(crate) mod exec;
+pub(crate) mod guard;
 pub(crate) mod pool;
+mod rows;
 pub(crate) mod sql;
 pub(crate) mod text;
 mod transaction;
+pub(crate) mod wire;
 
 pub(crate) use conn::PgConn;
 pub(crate) use exec::Shared;
@@ -37,20 +42,19 @@ pub(crate) struct PgBackend(PgPool);
 
 impl PgBackend {
   pub(crate) async fn connect(opts: &Options) -> Result<Self> {
-    let url = opts.url.as_str();
-    let connect = connect::pg_connect_options(url, opts.ssl.as_ref())?;
+    let config = config::Config::parse(opts.url.as_str(), opts.ssl.as_ref())?;
     let cfg = PoolConfig {
       size: opts.max_connections,
       acquire_timeout: opts.acquire_timeout,
       connect_timeout: opts
         .connect_timeout
-        .or_else(|| connect::url_connect_timeout(url))
+        .or(config.connect_timeout)
         .unwrap_or(opts.acquire_timeout),
       max_lifetime: opts.max_lifetime,
       idle_timeout: opts.idle_timeout,
       prepared: opts.prepared_statements,
     };
-    Ok(PgBackend(PgPool::connect(connect, cfg).await?))
+    Ok(PgBackend(PgPool::connect(config, cfg).await?))
   }
 }
 
@@ -72,7 +76,9 @@ impl Backend for PgBackend {
     async move {
       let mut lease = self.0.acquire().await?;
       // Rolls back by itself when the lock or the row's decoding fails.
-      let rows = lease.begin_and_lock(begin_sql(isolation), key).await?;
+      let rows = lease
+        .begin_and_lock(begin_sql(isolation), &sql::lock_row_sql(), key)
+        .await?;
       match sql::first(rows) {
         Ok(found) => Ok((Box::new(PgConn(lease)) as Box<dyn Transaction>, found)),
         Err(e) => {
@@ -105,14 +111,8 @@ impl Backend for PgBackend {
         script += "\n";
       }
       // Simple protocol: a migration file may hold several statements.
-      let ran = sqlx::Executor::execute(lease.raw(), script.as_str()).await;
-      match ran {
-        Ok(_) => lease.commit().await,
-        Err(e) => {
-          lease.rollback().await;
-          Err(e.into())
-        }
-      }
+      script += "COMMIT;";
+      lease.script(&script).await
     }
     .boxed()
   }

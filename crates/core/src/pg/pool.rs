@@ -1,41 +1,36 @@
-//! Our own PostgreSQL connection pool, for the stage path's round trips.
+//! Our own PostgreSQL connection pool, and the lease a caller holds on one connection.
 //!
-//! sqlx's pool pings every connection when it is returned (one extra round trip per
-//! operation), and its transactions cannot carry a statement in the same message as their
-//! BEGIN or COMMIT. Here a stage costs three round trips: `BEGIN …; <lock the row>` as one
-//! simple-protocol message, the callback's statements, `<apply>; COMMIT` as one message.
+//! Every statement goes on the wire as node-postgres sends a query with values (`wire`): Parse,
+//! Bind, Describe, Execute, then one Sync, in one write. A stage costs three round trips:
+//! BEGIN and the row lock in one flight, each callback statement in one flight, the result's
+//! UPDATE and COMMIT in one flight.
 //!
 //! Two statement modes:
 //!
-//! - **pooler-safe** (the default): no server-side prepared statement outlives the message
-//!   that made it, so the service is correct behind a transaction-mode pooler (PgBouncer),
-//!   where consecutive transactions of one client land on different server connections. The
-//!   service's own statements carry their parameters as escaped literals; a callback's
-//!   statement is described once per process (inside its stage transaction: PREPARE under a
-//!   random name, read `pg_prepared_statements`, DEALLOCATE, in one message), then run as
-//!   `PREPARE x AS …; EXECUTE x(<literals>); DEALLOCATE x` in one message, so values go only
-//!   into SQL of ours, never into the caller's statement.
-//! - **prepared** (opt-in, direct connections or session pooling): the stage statements are
-//!   `PREPARE`d once per connection at the SQL level and a callback's statements are cached
-//!   per connection as protocol-level named statements (sqlx's cache), so nothing is
-//!   re-planned.
+//! - **default**: the unnamed statement only, so nothing outlives the flight that made it:
+//!   correct behind every transaction-mode pooler (PgBouncer of any version, Supavisor, RDS
+//!   Proxy, PgCat, Neon), none of which pins a session on it.
+//! - **prepared** (opt-in): protocol-level named statements, cached per connection (at most
+//!   [`PREPARED_MAX`], the least recently used closed first), so nothing is re-planned. Safe on
+//!   direct connections, session pooling, and transaction poolers that track protocol-level
+//!   statements (PgBouncer ≥ 1.21 with `max_prepared_statements`, Neon, PgDog, Supavisor with
+//!   named prepared statements on); not on PgBouncer < 1.21 or PgCat without its cache.
 //!
-//! A connection whose operation did not finish cleanly (a dropped future, an I/O error) is
-//! closed instead of returned, so the next caller gets a fresh one. Connections are replaced
-//! after `max_lifetime` and closed after `idle_timeout` unused, so an idle pool shrinks.
+//! A lease is in one of the [`State`]s; dropping it in any but `Clean` closes the connection
+//! (the server rolls back whatever was open), so a dropped future never returns a connection
+//! in an unknown state. Connections are replaced after `max_lifetime` and closed after
+//! `idle_timeout` unused.
 
-use super::codec::{bind, decode_bytes, type_of_oid, type_oid};
-use super::exec::Exec;
-use super::{sql, text};
+use super::codec::type_of_oid;
+use super::config::Config;
+use super::wire::{Answer, CancelKey, Format, Outcome, Raw, Stmt, Wire, Wired};
+use super::{guard, rows, text};
 use crate::error::{Error, Result};
-use crate::stage::strip_leading_comments;
-use crate::value::{exact_i64, Cell, Param, QueryResult};
+use crate::value::{Param, QueryResult};
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, TryStreamExt};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgTypeInfo, PgValueRef};
-use sqlx::{Column, Connection, Executor, Postgres, Row, Statement, ValueRef};
+use futures_util::FutureExt;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,82 +45,127 @@ pub(crate) struct PoolConfig {
   pub(crate) connect_timeout: Duration,
   pub(crate) max_lifetime: Option<Duration>,
   pub(crate) idle_timeout: Option<Duration>,
-  /// The prepared statement mode (else pooler-safe).
+  /// The prepared statement mode (else the unnamed statement only).
   pub(crate) prepared: bool,
 }
 
-/// A pooled connection and what this pool has set up on it.
+/// Named statements per connection in the prepared mode.
+pub(crate) const PREPARED_MAX: usize = 256;
+
+/// The settings a value's text form depends on, as node-postgres reads it with its defaults.
+const PINNED: [(&str, &str); 4] = [
+  ("DateStyle", "ISO, MDY"),
+  ("IntervalStyle", "postgres"),
+  ("extra_float_digits", "1"),
+  ("bytea_output", "hex"),
+];
+
+/// A pooled connection and what this pool knows of it.
 pub(crate) struct Conn {
-  raw: PgConnection,
-  /// The stage statements are PREPAREd on it (prepared mode).
-  prepared: bool,
+  wire: Wire,
+  cancel: CancelKey,
+  /// Prepared mode: SQL text → (statement name, last use).
+  named: HashMap<String, (String, u64)>,
+  /// Named statements to Close in the next flight (evicted from `named`).
+  closing: Vec<String>,
+  /// The database's defaults for the unreported settings in [`PINNED`] differ from what
+  /// node-postgres expects, so a stage pins them before its first callback statement.
+  defaults_differ: bool,
   born: Instant,
   idle_since: Instant,
 }
 
-/// What the server inferred for a callback's statement: its parameter types, to encode each
-/// JS value as its type.
-struct Described {
-  params: Vec<PgTypeInfo>,
-}
-
-/// A statement name no other client uses: a leaked one can never be run or collided with.
-fn statement_name() -> String {
-  format!("medusa_ikey_q{:016x}", rand::random::<u64>())
-}
-
-/// Statements described per process, by SQL text; cleared when it reaches this size.
+/// Statements' parameter types, by SQL text, for the whole process.
 const DESCRIBED_MAX: usize = 1024;
 
 struct Inner {
-  options: PgConnectOptions,
+  config: Config,
   cfg: PoolConfig,
   idle: Mutex<Vec<Conn>>,
   permits: Arc<Semaphore>,
   closed: AtomicBool,
-  described: Mutex<HashMap<String, Arc<Described>>>,
+  described: Mutex<HashMap<String, Arc<Vec<u32>>>>,
+  names: AtomicU64,
 }
 
 #[derive(Clone)]
 pub(crate) struct PgPool(Arc<Inner>);
 
-/// A connection on loan. Returned to the pool on drop only if marked clean.
+/// Where a lease's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+  /// Idle, nothing open: it may go back to the pool.
+  Clean,
+  /// An operation outside a transaction is under way (or failed in a way that leaves the
+  /// connection unknown).
+  Busy,
+  /// A transaction of ours is open.
+  InTx,
+  /// A transaction is open and a statement in it was abandoned before its answer (the stage
+  /// ended: its timeout), or the connection broke: nothing more can be sent on it; it is
+  /// cancelled and closed, and the server rolls back.
+  Stuck,
+}
+
+/// A connection on loan. Returned to the pool on drop only when `Clean`.
 pub(crate) struct Lease {
   conn: Option<Conn>,
-  clean: bool,
+  state: State,
   /// The connection sat idle in the pool and has not run anything in this lease yet: if the
   /// server dropped it meanwhile (a restart, `pg_terminate_backend`), nothing sent on it ran,
   /// so it is safe to replace it and send again.
   reused: bool,
-  /// A transaction of ours is open on the connection.
-  in_tx: bool,
-  /// A statement in the transaction was abandoned before it finished (the stage ended: its
-  /// timeout), or failed leaving the connection in a state we cannot tell (the connection or
-  /// the protocol broke): ROLLBACK would wait for an answer that may never come, so the
-  /// connection is closed instead, and the server rolls back.
-  unsure: bool,
-  /// Pooler-safe mode: statements PREPAREd in this transaction whose DEALLOCATE did not run
-  /// (their EXECUTE failed); deallocated in the message that ends the transaction, which
-  /// still runs on the same server connection.
-  leaked: Vec<String>,
+  /// Settings pinned in the current transaction (see [`PINNED`]).
+  pinned: bool,
+  /// The server's reported settings when the transaction began, to tell whether a stage left
+  /// session state behind.
+  reported: Option<HashMap<String, String>>,
   pool: Arc<Inner>,
   _permit: OwnedSemaphorePermit,
 }
 
-/// One connection attempt, bounded.
-async fn open(options: &PgConnectOptions, limit: Duration) -> Result<Conn> {
-  let raw = tokio::time::timeout(limit, PgConnection::connect_with(options))
-    .await
-    .map_err(|_| {
-      Error::Connection(format!(
-        "no answer from the database server within {} ms (connect timeout)",
-        limit.as_millis()
-      ))
-    })??;
+/// One connection attempt, bounded; then the database's defaults for the unreported settings
+/// a value's text form depends on (one round trip per new connection).
+async fn open(config: &Config, limit: Duration) -> Result<Conn> {
+  let attempt = async {
+    let mut wire = Wire::connect(config).await?;
+    let check = "SELECT current_setting('extra_float_digits') = '1' \
+      AND current_setting('bytea_output') = 'hex'";
+    let answer = wire
+      .flight(
+        &[],
+        &[Stmt {
+          sql: check,
+          params: &[],
+          result: Format::Text,
+          name: "",
+          parse: true,
+        }],
+      )
+      .await?;
+    let same = match answer.outcomes.into_iter().next() {
+      Some(Outcome::Done(raw)) => raw
+        .rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .is_some_and(|v| &v[..] == b"t"),
+      _ => false,
+    };
+    Ok::<_, Error>((wire, same))
+  };
+  let (wire, same) = tokio::time::timeout(limit, attempt).await.map_err(|_| {
+    Error::Connection(format!(
+      "no answer from the database server within {} ms (connect timeout)",
+      limit.as_millis()
+    ))
+  })??;
   let now = Instant::now();
   Ok(Conn {
-    raw,
-    prepared: false,
+    cancel: wire.cancel_key(config),
+    wire,
+    named: HashMap::new(),
+    closing: Vec::new(),
+    defaults_differ: !same,
     born: now,
     idle_since: now,
   })
@@ -134,9 +174,7 @@ async fn open(options: &PgConnectOptions, limit: Duration) -> Result<Conn> {
 /// Close a connection politely in the background (a Terminate message), if there is a runtime.
 fn retire(conn: Conn) {
   if let Ok(rt) = tokio::runtime::Handle::try_current() {
-    rt.spawn(async move {
-      let _ = conn.raw.close().await;
-    });
+    rt.spawn(conn.wire.close());
   }
 }
 
@@ -178,19 +216,20 @@ async fn sweeper(pool: Weak<Inner>, every: Duration) {
 
 impl PgPool {
   /// Opens one connection up front, so a bad URL or an unreachable server fails `connect()`.
-  pub(crate) async fn connect(options: PgConnectOptions, cfg: PoolConfig) -> Result<Self> {
-    let first = open(&options, cfg.connect_timeout.min(cfg.acquire_timeout)).await?;
+  pub(crate) async fn connect(config: Config, cfg: PoolConfig) -> Result<Self> {
+    let first = open(&config, cfg.connect_timeout.min(cfg.acquire_timeout)).await?;
     let every = [cfg.idle_timeout, cfg.max_lifetime]
       .into_iter()
       .flatten()
       .min()
       .map(|d| (d / 4).clamp(Duration::from_millis(10), Duration::from_secs(30)));
     let pool = PgPool(Arc::new(Inner {
-      options,
+      config,
       idle: Mutex::new(vec![first]),
       permits: Arc::new(Semaphore::new(cfg.size as usize)),
       closed: AtomicBool::new(false),
       described: Mutex::new(HashMap::new()),
+      names: AtomicU64::new(0),
       cfg,
     }));
     if let (Some(every), Ok(rt)) = (every, tokio::runtime::Handle::try_current()) {
@@ -224,16 +263,15 @@ impl PgPool {
         if left.is_zero() {
           return Err(Error::PoolTimeout);
         }
-        open(&self.0.options, self.0.cfg.connect_timeout.min(left)).await?
+        open(&self.0.config, self.0.cfg.connect_timeout.min(left)).await?
       }
     };
     Ok(Lease {
       conn: Some(conn),
-      clean: false,
+      state: State::Busy,
       reused,
-      in_tx: false,
-      unsure: false,
-      leaked: Vec::new(),
+      pinned: false,
+      reported: None,
       pool: self.0.clone(),
       _permit: permit,
     })
@@ -244,18 +282,42 @@ impl PgPool {
     self.0.permits.close();
     let idle: Vec<Conn> = std::mem::take(&mut *self.0.idle.lock().unwrap());
     for c in idle {
-      let _ = c.raw.close().await;
+      c.wire.close().await;
     }
   }
 }
 
+/// Node-postgres' rows from a statement's raw answer.
+fn decoded(raw: Raw) -> Result<QueryResult> {
+  rows::decode(raw)
+}
+
+/// A statement's outcome in a flight as a result.
+fn outcome(o: Outcome) -> Result<QueryResult> {
+  match o {
+    Outcome::Done(raw) => decoded(raw),
+    Outcome::Failed(e) => Err(e),
+    Outcome::Skipped => Err(Error::Database {
+      sqlstate: Some("25P02".into()),
+      message: "the statement did not run: an earlier statement in its flight failed".into(),
+    }),
+  }
+}
+
+/// The service's own parameters (every placeholder carries a cast): their plain text.
+fn service_params(params: &[Param]) -> Result<Vec<Wired>> {
+  params
+    .iter()
+    .map(|p| Ok(text::plain(p)?.map_or(Wired::Null, Wired::Text)))
+    .collect()
+}
+
 impl Lease {
-  pub(crate) fn raw(&mut self) -> &mut PgConnection {
-    &mut self
+  fn conn(&mut self) -> &mut Conn {
+    self
       .conn
       .as_mut()
       .expect("a lease holds its connection until dropped")
-      .raw
   }
 
   fn prepared_mode(&self) -> bool {
@@ -264,59 +326,113 @@ impl Lease {
 
   /// The connection is in a known, idle state: it may go back to the pool.
   pub(crate) fn done(&mut self) {
-    self.clean = true;
-  }
-
-  /// An operation on the connection is starting; until `done()`, dropping the lease closes it.
-  pub(crate) fn busy(&mut self) {
-    self.clean = false;
+    self.state = State::Clean;
   }
 
   /// Whether a failed operation left the connection usable (an ordinary database error) or
   /// not (the connection or the server session is gone).
-  pub(crate) fn settle_after(&mut self, e: &Error) {
-    self.clean = matches!(
+  fn settle_after(&mut self, e: &Error) {
+    self.state = if matches!(
       e,
       Error::Database {
         sqlstate: Some(_),
         ..
       }
-    ) && !is_fatal(e);
+    ) && !is_fatal(e)
+    {
+      State::Clean
+    } else {
+      State::Busy
+    };
   }
 
   /// The first statement on a connection that waited in the pool failed because the
   /// connection was already dead: replace it, once, and say whether to send again.
-  pub(crate) async fn replace_if_dead(&mut self, e: &Error) -> Result<bool> {
+  async fn replace_if_dead(&mut self, e: &Error) -> Result<bool> {
     if !(std::mem::take(&mut self.reused) && is_fatal(e)) {
       return Ok(false);
     }
-    self.conn = Some(open(&self.pool.options, self.pool.cfg.connect_timeout).await?);
+    self.conn = Some(open(&self.pool.config, self.pool.cfg.connect_timeout).await?);
     Ok(true)
   }
 
-  /// A statement ran on this lease's connection.
-  pub(crate) fn used(&mut self) {
-    self.reused = false;
-  }
-
-  /// A statement of the service itself (every parameter cast in the SQL). Outside a
-  /// transaction the lease's state follows the outcome; inside one it stays busy until the
-  /// transaction ends.
-  pub(crate) async fn service_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
-    if self.in_tx {
-      let before = self.watch();
-      let r = self.service_once(sql, params).await;
-      self.watched(before, &r);
-      return r;
+  /// Run one flight on the connection. In the prepared mode each statement goes under its
+  /// cached name (Parse only the first time on this connection); in the default mode, the
+  /// unnamed statement.
+  async fn flight(&mut self, stmts: &[(&str, Vec<Wired>, Format)]) -> Result<Answer> {
+    let prepared = self.prepared_mode();
+    let names = &self.pool.names;
+    let conn = self.conn.as_mut().expect("a lease holds its connection");
+    let mut plan: Vec<(String, bool)> = Vec::with_capacity(stmts.len());
+    if prepared {
+      let tick = names.fetch_add(1, Ordering::Relaxed);
+      for (sql, _, _) in stmts {
+        match conn.named.get_mut(*sql) {
+          Some((name, used)) => {
+            *used = tick;
+            plan.push((name.clone(), false));
+          }
+          None => {
+            let name = format!("medusa_ikey_{}", names.fetch_add(1, Ordering::Relaxed));
+            plan.push((name, true));
+          }
+        }
+      }
+    } else {
+      plan = stmts.iter().map(|_| (String::new(), true)).collect();
     }
-    self.busy();
-    let mut r = self.service_once(sql, params).await;
-    if let Err(e) = &r {
-      if self.replace_if_dead(e).await? {
-        r = self.service_once(sql, params).await;
+    let wire_stmts: Vec<Stmt<'_>> = stmts
+      .iter()
+      .zip(&plan)
+      .map(|((sql, params, format), (name, parse))| Stmt {
+        sql,
+        params,
+        result: *format,
+        name,
+        parse: *parse,
+      })
+      .collect();
+    let closing = std::mem::take(&mut conn.closing);
+    let answer = conn.wire.flight(&closing, &wire_stmts).await?;
+    if prepared {
+      let tick = names.fetch_add(1, Ordering::Relaxed);
+      for (i, ((sql, _, _), (name, parse))) in stmts.iter().zip(&plan).enumerate() {
+        if *parse && answer.parsed.get(i).copied().unwrap_or(false) {
+          conn.named.insert((*sql).to_owned(), (name.clone(), tick));
+        }
+      }
+      while conn.named.len() > PREPARED_MAX {
+        let oldest = conn
+          .named
+          .iter()
+          .min_by_key(|(_, (_, used))| *used)
+          .map(|(k, _)| k.clone());
+        if let Some(k) = oldest {
+          if let Some((name, _)) = conn.named.remove(&k) {
+            conn.closing.push(name);
+          }
+        }
       }
     }
-    self.used();
+    Ok(answer)
+  }
+
+  /// A statement of the service itself (every parameter cast in the SQL), with binary
+  /// results (exact whatever the session's settings). Outside a transaction the lease's state
+  /// follows the outcome; inside one it stays in the transaction.
+  pub(crate) async fn service_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    let wired = service_params(params)?;
+    if self.in_tx() {
+      return self.in_tx_flight(&[(sql, wired, Format::Binary)]).await;
+    }
+    self.state = State::Busy;
+    let mut r = self.one(sql, &wired, Format::Binary).await;
+    if let Err(e) = &r {
+      if self.replace_if_dead(e).await? {
+        r = self.one(sql, &wired, Format::Binary).await;
+      }
+    }
+    self.reused = false;
     match &r {
       Ok(_) => self.done(),
       Err(e) => self.settle_after(e),
@@ -324,177 +440,155 @@ impl Lease {
     r
   }
 
-  async fn service_once(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
-    if self.prepared_mode() {
-      run_query(self.raw(), sql, params).await
-    } else {
-      let inlined = text::inline(sql, params)?;
-      simple(self.raw(), &inlined).await.0
-    }
+  async fn one(&mut self, sql: &str, params: &[Wired], format: Format) -> Result<QueryResult> {
+    let answer = self.flight(&[(sql, params.to_vec(), format)]).await?;
+    outcome(
+      answer
+        .outcomes
+        .into_iter()
+        .next()
+        .unwrap_or(Outcome::Skipped),
+    )
   }
 
-  /// A statement without parameters or rows (savepoints), in the simple protocol.
-  pub(crate) async fn plain(&mut self, sql: &str) -> Result<()> {
-    let before = self.watch();
-    let r = self
-      .raw()
-      .execute(sql)
-      .await
-      .map(|_| ())
-      .map_err(Error::from);
-    self.watched(before, &r);
-    r
+  fn in_tx(&self) -> bool {
+    matches!(self.state, State::InTx | State::Stuck)
   }
 
-  /// A statement inside the transaction is starting: if its future is dropped before
-  /// [`watched`](Self::watched), the lease stays `unsure`. Returns the state before it.
-  fn watch(&mut self) -> bool {
-    let before = self.unsure;
-    if self.in_tx {
-      self.unsure = true;
+  /// A flight inside our transaction: if its future is dropped before the answer, or the
+  /// connection breaks, the lease is `Stuck`. Returns the last statement's result (an earlier
+  /// one's error first).
+  async fn in_tx_flight(&mut self, stmts: &[(&str, Vec<Wired>, Format)]) -> Result<QueryResult> {
+    if self.state == State::Stuck {
+      return Err(Error::TransactionClosed);
     }
-    before
-  }
-
-  /// The statement finished: the lease is `unsure` if it was before or the connection broke.
-  fn watched<T>(&mut self, before: bool, r: &Result<T>) {
-    if self.in_tx {
-      self.unsure = before || matches!(r, Err(e) if is_fatal(e));
-    }
-  }
-
-  /// A stage callback's statement, inside the stage transaction.
-  pub(crate) async fn user_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
-    let before = self.watch();
-    let r = self.user_once(sql, params).await;
-    self.watched(before, &r);
-    r
-  }
-
-  async fn user_once(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
-    if text::copies_through_client(sql) == Some(true) {
-      return Err(Error::invalid(
-        "COPY FROM STDIN / TO STDOUT cannot run inside a stage (its data would stream over the \
-         stage's connection): use INSERT … VALUES / INSERT … SELECT, or a SELECT",
-      ));
-    }
-    if self.prepared_mode() {
-      return run_query(self.raw(), sql, params).await;
-    }
-    if !preparable(sql) {
-      // DDL, SET, SAVEPOINT, CALL…: PREPARE does not take them. Without parameters they run
-      // as they are (once checked to be one statement); with parameters (CALL, EXPLAIN) they
-      // would need the values written into the caller's SQL, which this mode never does.
-      if text::placeholders(sql)? > 0 || !params.is_empty() {
-        return Err(Error::invalid(
-          "a statement with parameters must be one PREPARE takes (SELECT, INSERT, UPDATE, DELETE, \
-           MERGE, VALUES) in the pooler-safe statement mode; call a procedure through a SELECT of \
-           a function, or connect with preparedStatements: true (no transaction-mode pooler)",
-        ));
+    self.state = State::Stuck;
+    let answer = self.flight(stmts).await;
+    let answer = match answer {
+      Ok(a) => a,
+      Err(e) => return Err(e), // stays Stuck: the connection broke mid-flight
+    };
+    self.state = State::InTx;
+    let mut last = Ok(QueryResult::default());
+    for o in answer.outcomes {
+      last = outcome(o);
+      if last.is_err() {
+        break;
       }
-      return simple(self.raw(), sql).await.0;
     }
-    let described = self.describe(sql).await?;
-    check_count(described.params.len(), params.len())?;
-    if params.is_empty() {
-      // Checked to be one statement: the simple protocol runs it as is.
-      return simple(self.raw(), sql).await.0;
+    if let Err(e) = &last {
+      if is_fatal(e) {
+        self.state = State::Stuck;
+      }
     }
-    // The values go only into SQL of ours (EXECUTE's arguments), never into the caller's
-    // statement; EXECUTE converts each literal to its parameter's type as a bound value is.
-    let values = params
-      .iter()
-      .zip(&described.params)
-      .enumerate()
-      .map(|(i, (p, ty))| text::typed_literal(p, ty, i))
-      .collect::<Result<Vec<_>>>()?;
-    let name = statement_name();
-    let batch = format!(
-      "PREPARE {name} AS {sql}\n;EXECUTE {name}({});DEALLOCATE {name}",
-      values.join(", ")
-    );
-    let (r, completed) = simple(self.raw(), &batch).await;
-    if r.is_err() && left_prepared(completed) {
-      // PREPARE ran, DEALLOCATE did not: deallocated when the transaction ends.
-      self.leaked.push(name);
+    last
+  }
+
+  /// A statement without parameters or rows (savepoints).
+  pub(crate) async fn plain(&mut self, sql: &str) -> Result<()> {
+    if self.in_tx() {
+      return self
+        .in_tx_flight(&[(sql, Vec::new(), Format::Text)])
+        .await
+        .map(|_| ());
     }
-    r
+    self.service_query(sql, &[]).await.map(|_| ())
   }
 
   /// The server's parameter types for a callback's statement: from the process cache, else
-  /// asked of the server in one message that PREPAREs it under a name of its own, reads
-  /// `pg_prepared_statements` and DEALLOCATEs it (a protocol-level describe would name its
-  /// statement like every other sqlx client, and collide with what they leave on a pooled
-  /// server connection).
-  async fn describe(&mut self, sql: &str) -> Result<Arc<Described>> {
+  /// asked of the server (Parse unnamed, Describe, Sync, inside the stage's transaction).
+  async fn describe(&mut self, sql: &str) -> Result<Arc<Vec<u32>>> {
     if let Some(d) = self.pool.described.lock().unwrap().get(sql) {
       return Ok(d.clone());
     }
-    text::one_statement(sql)?;
-    let name = statement_name();
-    let batch = format!(
-      "PREPARE {name} AS {sql}\n;SELECT parameter_types::oid[] AS t \
-       FROM pg_prepared_statements WHERE name = '{name}';DEALLOCATE {name}"
-    );
-    let (r, completed) = simple(self.raw(), &batch).await;
-    if r.is_err() && left_prepared(completed) {
-      self.leaked.push(name);
+    self.state = State::Stuck;
+    let r = self.conn().wire.describe(sql).await;
+    self.state = State::InTx;
+    if let Err(e) = &r {
+      if is_fatal(e) {
+        self.state = State::Stuck;
+      }
     }
-    let r = r?;
-    let unreadable = || Error::Internal("could not read the statement's parameter types".into());
-    let row = r.rows.first().ok_or_else(unreadable)?;
-    let oids = match row.first() {
-      Some(Cell::Array(items)) => items
-        .iter()
-        .map(|c| match c {
-          Cell::Number(n) => exact_i64(*n).and_then(|i| u32::try_from(i).ok()),
-          _ => None,
-        })
-        .collect::<Option<Vec<u32>>>(),
-      _ => None,
-    }
-    .ok_or_else(unreadable)?;
-    let described = Arc::new(Described {
-      params: oids.into_iter().map(type_of_oid).collect(),
-    });
+    let types = Arc::new(r?);
     let mut cache = self.pool.described.lock().unwrap();
     if cache.len() >= DESCRIBED_MAX {
       cache.clear();
     }
-    cache.insert(sql.to_owned(), described.clone());
-    Ok(described)
+    cache.insert(sql.to_owned(), types.clone());
+    Ok(types)
   }
 
-  /// PREPARE the stage statements on this connection once (prepared mode).
-  async fn prepare(&mut self) -> Result<()> {
-    if self.conn.as_ref().is_some_and(|c| c.prepared) {
-      return Ok(());
+  /// A stage callback's statement, inside the stage transaction: checked by the guard,
+  /// parameters as text of the types the server infers, rows in text as node-postgres reads
+  /// them (with the settings that text depends on pinned for the transaction when the
+  /// database's differ).
+  pub(crate) async fn user_query(&mut self, sql: &str, params: &[Param]) -> Result<QueryResult> {
+    let scs = self
+      .conn()
+      .wire
+      .params
+      .get("standard_conforming_strings")
+      .is_none_or(|v| v == "on");
+    guard::check_stage_statement(sql, scs)?;
+    let types = self.describe(sql).await?;
+    if types.len() != params.len() {
+      return Err(Error::invalid(format!(
+        "the statement expects {} parameter(s), {} given",
+        types.len(),
+        params.len()
+      )));
     }
-    let sql = format!(
-      "PREPARE medusa_ikey_lock(varchar) AS {}; PREPARE medusa_ikey_apply(varchar, varchar, boolean, int4, boolean, jsonb) AS {}",
-      sql::lock_row_sql(),
-      sql::apply_sql()
-    );
-    self.raw().execute(sql.as_str()).await?;
-    if let Some(c) = self.conn.as_mut() {
-      c.prepared = true;
+    let wired = params
+      .iter()
+      .zip(types.iter())
+      .enumerate()
+      .map(|(i, (p, t))| Ok(text::typed(p, &type_of_oid(*t), i)?.map_or(Wired::Null, Wired::Text)))
+      .collect::<Result<Vec<_>>>()?;
+    let mut stmts: Vec<(&str, Vec<Wired>, Format)> = Vec::with_capacity(2);
+    let pin = self.needs_pin();
+    let pin_sql = pin_sql();
+    if pin {
+      stmts.push((pin_sql.as_str(), Vec::new(), Format::Text));
     }
-    Ok(())
+    stmts.push((sql, wired, Format::Text));
+    let r = self.in_tx_flight(&stmts).await;
+    if pin && self.state == State::InTx {
+      self.pinned = true;
+    }
+    r
   }
 
-  /// `BEGIN …; <lock the key's row>` in one round trip; the transaction stays open on this
-  /// lease. Any failure rolls back before returning.
-  pub(crate) async fn begin_and_lock(&mut self, begin: &str, key: &str) -> Result<QueryResult> {
-    self.busy();
-    self.in_tx = true;
-    let key = [Param::Text(key.to_owned())];
-    let mut ran = self.begin_and_lock_once(begin, &key).await;
+  /// Whether the settings in [`PINNED`] must be set for this transaction before a callback's
+  /// statement: the database's defaults differ, or a reported one (DateStyle, IntervalStyle)
+  /// is not what node-postgres reads.
+  fn needs_pin(&mut self) -> bool {
+    if self.pinned {
+      return false;
+    }
+    let conn = self.conn();
+    let reported = |k: &str, want: &str| conn.wire.params.get(k).is_none_or(|v| v == want);
+    conn.defaults_differ
+      || !reported("DateStyle", "ISO, MDY")
+      || !reported("IntervalStyle", "postgres")
+  }
+
+  /// `BEGIN …` and the key's row lock in one flight; the transaction stays open on this lease.
+  /// Any failure rolls back before returning.
+  pub(crate) async fn begin_and_lock(
+    &mut self,
+    begin: &str,
+    lock_sql: &str,
+    key: &str,
+  ) -> Result<QueryResult> {
+    self.state = State::Busy;
+    let key = service_params(&[Param::Text(key.to_owned())])?;
+    let mut ran = self.begin_and_lock_once(begin, lock_sql, &key).await;
     if let Err(e) = &ran {
       if self.replace_if_dead(e).await? {
-        ran = self.begin_and_lock_once(begin, &key).await;
+        ran = self.begin_and_lock_once(begin, lock_sql, &key).await;
       }
     }
-    self.used();
+    self.reused = false;
     match ran {
       Ok(r) => Ok(r),
       Err(e) => {
@@ -504,93 +598,135 @@ impl Lease {
     }
   }
 
-  async fn begin_and_lock_once(&mut self, begin: &str, key: &[Param]) -> Result<QueryResult> {
-    let sql = if self.prepared_mode() {
-      self.prepare().await?;
-      format!(
-        "{begin}; EXECUTE medusa_ikey_lock({})",
-        text::literal(&key[0])?
-      )
-    } else {
-      format!("{begin}; {}", text::inline(&sql::lock_row_sql(), key)?)
-    };
-    simple(self.raw(), &sql).await.0
+  async fn begin_and_lock_once(
+    &mut self,
+    begin: &str,
+    lock_sql: &str,
+    key: &[Wired],
+  ) -> Result<QueryResult> {
+    self.reported = Some(self.conn().wire.params.clone());
+    self.pinned = false;
+    let stmts = [
+      (begin, Vec::new(), Format::Text),
+      (lock_sql, key.to_vec(), Format::Binary),
+    ];
+    self.state = State::InTx;
+    self.in_tx_flight(&stmts).await
   }
 
-  /// What ends a transaction: `COMMIT` or `ROLLBACK`, and the DEALLOCATE of statements a
-  /// failed EXECUTE left behind.
-  fn ending(&self, end: &str) -> String {
-    let mut sql = end.to_owned();
-    for name in &self.leaked {
-      sql += "; DEALLOCATE ";
-      sql += name;
-    }
-    sql
-  }
-
+  /// The transaction ended: the lease is clean, unless the stage left session state behind
+  /// that the server reports (a `SET` through a function, say): then the connection is not
+  /// reused.
   fn ended(&mut self) {
-    self.in_tx = false;
-    self.leaked.clear();
-    self.done();
+    let changed = match (&self.reported, &self.conn) {
+      (Some(before), Some(c)) => {
+        let now = &c.wire.params;
+        now.iter().any(|(k, v)| before.get(k) != Some(v))
+      }
+      _ => false,
+    };
+    self.reported = None;
+    self.pinned = false;
+    self.state = if changed { State::Busy } else { State::Clean };
   }
 
-  /// `<apply>; COMMIT` in one round trip (the parameters of `pgsql::apply`). On failure the
-  /// transaction is rolled back.
-  pub(crate) async fn apply_and_commit(&mut self, params: &[Param]) -> Result<QueryResult> {
-    self.busy();
-    let apply = if self.prepared_mode() {
-      let args = params
-        .iter()
-        .map(text::literal)
-        .collect::<Result<Vec<_>>>()?;
-      format!("EXECUTE medusa_ikey_apply({})", args.join(", "))
-    } else {
-      text::inline(&sql::apply_sql(), params)?
+  /// The stage result's UPDATE and COMMIT in one flight. On failure the transaction is
+  /// rolled back.
+  pub(crate) async fn apply_and_commit(
+    &mut self,
+    apply_sql: &str,
+    params: &[Param],
+  ) -> Result<QueryResult> {
+    let wired = service_params(params)?;
+    let first = [
+      (apply_sql, wired, Format::Binary),
+      ("COMMIT", Vec::new(), Format::Text),
+    ];
+    if self.state == State::Stuck {
+      return Err(Error::TransactionClosed);
+    }
+    self.state = State::Stuck;
+    let answer = match self.flight(&first).await {
+      Ok(a) => a,
+      Err(e) => return Err(e),
     };
-    let sql = format!("{apply}; {}", self.ending("COMMIT"));
-    match simple(self.raw(), &sql).await.0 {
-      Ok(r) => {
+    self.state = State::InTx;
+    let mut outcomes = answer.outcomes.into_iter();
+    let applied = outcome(outcomes.next().unwrap_or(Outcome::Skipped));
+    let committed = outcome(outcomes.next().unwrap_or(Outcome::Skipped));
+    match (applied, committed, answer.status) {
+      (Ok(r), Ok(_), b'I') => {
         self.ended();
         Ok(r)
       }
-      Err(e) => {
+      (Err(e), _, _) | (Ok(_), Err(e), _) => {
         self.rollback().await;
         Err(e)
       }
-    }
-  }
-
-  pub(crate) async fn commit(&mut self) -> Result<()> {
-    self.busy();
-    let sql = self.ending("COMMIT");
-    match self.raw().execute(sql.as_str()).await {
-      Ok(_) => {
-        self.ended();
-        Ok(())
-      }
-      Err(e) => {
+      // COMMIT of a transaction the server had already failed answers ROLLBACK.
+      (Ok(_), Ok(_), _) => {
         self.rollback().await;
-        Err(e.into())
+        Err(Error::Database {
+          sqlstate: Some("40000".into()),
+          message: "the transaction was rolled back by the server".into(),
+        })
       }
     }
   }
 
-  pub(crate) async fn rollback(&mut self) {
-    self.busy();
-    if self.unsure {
-      // Dropped with the transaction open: the socket closes, the server rolls back.
-      return;
+  /// Run a simple-protocol script (migrations) in a transaction of its own.
+  pub(crate) async fn script(&mut self, sql: &str) -> Result<()> {
+    self.state = State::Busy;
+    let r = self.conn().wire.simple(sql).await;
+    match &r {
+      Ok(()) if self.conn().wire.status == b'I' => self.done(),
+      Ok(()) => {}
+      Err(e) => {
+        if self.conn().wire.status == b'E' || self.conn().wire.status == b'T' {
+          let _ = self.conn().wire.simple("ROLLBACK").await;
+        }
+        if self.conn().wire.status == b'I' {
+          self.settle_after(e);
+        }
+      }
     }
-    let sql = self.ending("ROLLBACK");
-    if self.raw().execute(sql.as_str()).await.is_ok() {
-      self.ended();
+    r
+  }
+
+  /// Roll back. A `Stuck` lease (a statement was abandoned mid-flight, or the connection
+  /// broke) gets its running statement cancelled on the server (a CancelRequest, as libpq's
+  /// `PQcancel` sends) and is closed: the server rolls back.
+  pub(crate) async fn rollback(&mut self) {
+    match self.state {
+      State::Stuck => {
+        let key = self.conn().cancel.clone();
+        key.cancel(Duration::from_secs(2)).await;
+        // Dropping the lease in this state closes the socket.
+      }
+      State::Clean => {}
+      _ => {
+        self.state = State::Stuck;
+        let r = self.flight(&[("ROLLBACK", Vec::new(), Format::Text)]).await;
+        if r.is_ok() {
+          self.ended();
+        }
+      }
     }
   }
 }
 
+/// `SELECT set_config(…, true)` for each of [`PINNED`]: for the transaction only.
+fn pin_sql() -> String {
+  let sets: Vec<String> = PINNED
+    .iter()
+    .map(|(k, v)| format!("set_config('{k}', '{v}', true)"))
+    .collect();
+  format!("SELECT {}", sets.join(", "))
+}
+
 /// A pooled connection: outside a transaction, while a statement runs the lease is busy, so a
 /// dropped future or a broken connection closes it instead of returning it to the pool.
-impl Exec for Lease {
+impl super::exec::Exec for Lease {
   fn query<'a>(
     &'a mut self,
     sql: &'a str,
@@ -599,7 +735,6 @@ impl Exec for Lease {
     async move { self.service_query(sql, &params).await }.boxed()
   }
 
-  /// In the simple protocol: no statement is prepared on the server.
   fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
     Lease::plain(self, sql).boxed()
   }
@@ -614,10 +749,11 @@ impl Drop for Lease {
         .cfg
         .max_lifetime
         .is_some_and(|l| now.duration_since(conn.born) >= l);
-      if self.clean && !self.in_tx && !self.pool.closed.load(Ordering::SeqCst) && !outlived {
+      let clean = self.state == State::Clean && conn.wire.status == b'I';
+      if clean && !self.pool.closed.load(Ordering::SeqCst) && !outlived {
         conn.idle_since = now;
         self.pool.idle.lock().unwrap().push(conn);
-      } else if self.clean && !self.in_tx {
+      } else if clean {
         retire(conn);
       }
       // Otherwise the connection is dropped: its socket closes and the server rolls back
@@ -626,152 +762,9 @@ impl Drop for Lease {
   }
 }
 
-/// Of `PREPARE; <statement>; DEALLOCATE` in one message, with this many completed on the server:
-/// whether the statement stayed prepared.
-fn left_prepared(completed: usize) -> bool {
-  (1..3).contains(&completed)
-}
-
-fn check_count(expected: usize, given: usize) -> Result<()> {
-  if expected != given {
-    return Err(Error::invalid(format!(
-      "the statement expects {expected} parameter(s), {given} given"
-    )));
-  }
-  Ok(())
-}
-
-/// Statements `PREPARE` takes: SELECT, INSERT, UPDATE, DELETE, MERGE, VALUES (and WITH or a
-/// parenthesised query leading to them).
-fn preparable(sql: &str) -> bool {
-  let mut rest = strip_leading_comments(sql);
-  while let Some(r) = rest.strip_prefix('(') {
-    rest = strip_leading_comments(r);
-  }
-  let word: String = rest
-    .chars()
-    .take_while(|c| c.is_ascii_alphabetic())
-    .collect::<String>()
-    .to_ascii_uppercase();
-  matches!(
-    word.as_str(),
-    "SELECT" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" | "VALUES" | "WITH" | "TABLE"
-  )
-}
-
-/// Prepare without declared parameter types, bind by the types the server inferred, and
-/// decode the rows by column type (prepared mode: sqlx caches the statement per connection).
-pub(crate) async fn run_query(
-  conn: &mut PgConnection,
-  sql: &str,
-  params: &[Param],
-) -> Result<QueryResult> {
-  let stmt = (&mut *conn).prepare_with(sql, &[]).await?;
-  let types = match stmt.parameters() {
-    Some(sqlx::Either::Left(types)) => types.to_vec(),
-    _ => Vec::new(),
-  };
-  check_count(types.len(), params.len())?;
-  let mut query = sqlx::query::<Postgres>(sql);
-  for (i, (p, ty)) in params.iter().zip(&types).enumerate() {
-    query = query.bind(bind(p, ty, i)?);
-  }
-  let mut out = rows(conn.fetch_many(query)).await?;
-  if out.columns.is_empty() {
-    out.columns = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
-  }
-  Ok(out)
-}
-
-/// Collect a result stream: the rows of its last row-returning statement, the affected
-/// counts of all.
-async fn rows<'e>(
-  mut stream: futures_util::stream::BoxStream<
-    'e,
-    std::result::Result<
-      sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>,
-      sqlx::Error,
-    >,
-  >,
-) -> Result<QueryResult> {
-  let mut out = QueryResult::default();
-  while let Some(item) = stream.try_next().await? {
-    collect(&mut out, item)?;
-  }
-  Ok(out)
-}
-
-fn collect(
-  out: &mut QueryResult,
-  item: sqlx::Either<sqlx::postgres::PgQueryResult, sqlx::postgres::PgRow>,
-) -> Result<()> {
-  match item {
-    sqlx::Either::Left(done) => out.rows_affected += done.rows_affected(),
-    sqlx::Either::Right(row) => {
-      if out.columns.is_empty() && !row.columns().is_empty() {
-        out.columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
-      }
-      let mut cells = Vec::with_capacity(row.len());
-      for i in 0..row.len() {
-        cells.push(decode(row.try_get_raw(i)?)?);
-      }
-      out.rows.push(cells);
-    }
-  }
-  Ok(())
-}
-
-/// Run a simple-protocol batch: its rows (text format, decoded by type) and how many of its
-/// statements completed on the server. A row that fails to decode here fails the batch, but
-/// Decode one column value by its type OID: binary (the extended protocol) or text (the simple
-/// protocol).
-fn decode(value: PgValueRef<'_>) -> Result<Cell> {
-  if value.is_null() {
-    return Ok(Cell::Null);
-  }
-  let ty = value.type_info().into_owned();
-  let bytes = value.as_bytes().map_err(|e| Error::Database {
-    sqlstate: None,
-    message: e.to_string(),
-  })?;
-  if value.format() == sqlx::postgres::PgValueFormat::Text {
-    // The simple query protocol: text, decoded by type OID only (a type the server did not
-    // describe has no name or kind to ask for).
-    let s = std::str::from_utf8(bytes).map_err(|_| Error::Database {
-      sqlstate: None,
-      message: "a text-format value is not UTF-8".into(),
-    })?;
-    return text::decode(s, type_oid(&ty));
-  }
-  decode_bytes(bytes, &ty)
-}
-
-/// the rest is still read, so the count says what the server ran.
-pub(crate) async fn simple(conn: &mut PgConnection, sql: &str) -> (Result<QueryResult>, usize) {
-  let mut out = Ok(QueryResult::default());
-  let mut completed = 0;
-  let mut stream = conn.fetch_many(sql);
-  loop {
-    match stream.try_next().await {
-      Ok(Some(item)) => {
-        if matches!(item, sqlx::Either::Left(_)) {
-          completed += 1;
-        }
-        if let Ok(r) = &mut out {
-          if let Err(e) = collect(r, item) {
-            out = Err(e);
-          }
-        }
-      }
-      Ok(None) => return (out, completed),
-      Err(e) => return (Err(e.into()), completed),
-    }
-  }
-}
-
 /// The connection (class 08), or the server session (57P01 admin shutdown, 57P02 crash
 /// shutdown, 57P03 cannot connect now), is gone; or the protocol broke.
-fn is_fatal(e: &Error) -> bool {
+pub(crate) fn is_fatal(e: &Error) -> bool {
   match e {
     Error::Connection(_) => true,
     Error::Database { sqlstate: None, .. } => true,

@@ -15,42 +15,30 @@ use crate::error::{Error, Result};
 use crate::value::{civil, format_number, iso_string, Cell, Param};
 use sqlx::postgres::PgTypeInfo;
 
-/// An escape-string literal (`E'…'`): read the same whatever `standard_conforming_strings`
-/// says, so nothing depends on a session setting a pooler might not carry.
-pub(crate) fn quote(s: &str) -> Result<String> {
+/// Text bound as a parameter: PostgreSQL text cannot hold NUL, and the server's answer for one
+/// is given here, before anything is sent.
+fn checked(s: String) -> Result<String> {
   if s.contains('\0') {
-    // What the server answers for a NUL in a bound text parameter, so both statement modes
-    // fail the same way.
     return Err(Error::Database {
       sqlstate: Some("22021".into()),
       message: "invalid byte sequence for encoding \"UTF8\": 0x00".into(),
     });
   }
-  let mut out = String::with_capacity(s.len() + 4);
-  out.push_str("E'");
-  for c in s.chars() {
-    match c {
-      '\\' => out.push_str("\\\\"),
-      '\'' => out.push_str("''"),
-      c => out.push(c),
-    }
-  }
-  out.push('\'');
-  Ok(out)
+  Ok(s)
 }
 
 /// A parameter of the service's own SQL, where every placeholder carries a cast (`$1::int4`):
-/// its plain text form, quoted.
-pub(crate) fn literal(p: &Param) -> Result<String> {
+/// its plain text form (`None`: NULL).
+pub(crate) fn plain(p: &Param) -> Result<Option<String>> {
   Ok(match p {
-    Param::Null => "NULL".into(),
-    Param::Array(items) => quote(&array_literal(items, &|item| {
+    Param::Null => None,
+    Param::Array(items) => Some(checked(array_literal(items, &|item| {
       Ok(match item {
         Param::Null => None,
         other => Some(plain_text(other)?),
       })
-    })?)?,
-    other => quote(&plain_text(other)?)?,
+    })?)?),
+    other => Some(checked(plain_text(other)?)?),
   })
 }
 
@@ -64,34 +52,14 @@ fn plain_text(p: &Param) -> Result<String> {
   })
 }
 
-/// Replace `$1…$n` in the service's own SQL (which holds no string or identifier with a `$`)
-/// with the parameters' literals.
-pub(crate) fn inline(sql: &str, params: &[Param]) -> Result<String> {
-  let rendered = params.iter().map(literal).collect::<Result<Vec<_>>>()?;
-  let mut out = String::with_capacity(sql.len() + rendered.iter().map(String::len).sum::<usize>());
-  let mut rest = sql;
-  while let Some(at) = rest.find('$') {
-    out.push_str(&rest[..at]);
-    let digits = rest[at + 1..]
-      .bytes()
-      .take_while(u8::is_ascii_digit)
-      .count();
-    let n: usize = rest[at + 1..at + 1 + digits].parse().unwrap_or(0);
-    let value = n
-      .checked_sub(1)
-      .and_then(|i| rendered.get(i))
-      .ok_or_else(|| Error::Internal(format!("no parameter ${n} for the service's statement")))?;
-    out.push_str(value);
-    rest = &rest[at + 1 + digits..];
-  }
-  out.push_str(rest);
-  Ok(out)
-}
-
-/// A user's parameter as a literal of the type the server inferred for it.
-pub(crate) fn typed_literal(p: &Param, ty: &PgTypeInfo, index: usize) -> Result<String> {
-  if matches!(p, Param::Null) {
-    return Ok("NULL".into());
+/// A callback's parameter as the text of the type the server inferred for it (`None`: NULL).
+/// A string or a BigInt goes as it is, as node-postgres sends it (the type's input function
+/// judges it); any other JS value is checked against the type and written as its text.
+pub(crate) fn typed(p: &Param, ty: &PgTypeInfo, index: usize) -> Result<Option<String>> {
+  match p {
+    Param::Null => return Ok(None),
+    Param::Text(s) | Param::BigInt(s) => return checked(s.clone()).map(Some),
+    _ => {}
   }
   let refuse = |why: String| {
     Error::invalid(format!(
@@ -100,7 +68,7 @@ pub(crate) fn typed_literal(p: &Param, ty: &PgTypeInfo, index: usize) -> Result<
       type_name(ty)
     ))
   };
-  // The binary encoder decides what is accepted, in both modes alike.
+  // The binary encoder decides what is accepted.
   let bytes = encode(p, ty).map_err(refuse)?;
   let t = type_oid(ty);
   let text = if let Some(elem) = array_element(t) {
@@ -130,7 +98,7 @@ pub(crate) fn typed_literal(p: &Param, ty: &PgTypeInfo, index: usize) -> Result<
   } else {
     scalar_text(p, &bytes, t)
   };
-  quote(&text)
+  checked(text).map(Some)
 }
 
 /// The text form of a value already encoded in binary as type `t`.
@@ -265,10 +233,13 @@ pub(crate) fn decode(s: &str, t: u32) -> Result<Cell> {
     sqlstate: None,
     message: format!("could not decode a value of type oid {t}"),
   };
-  if let Some(elem) = array_element(t) {
+  if let Some(elem) = parsed_array_element(t) {
     return parse_array(s, elem).ok_or_else(bad);
   }
   Ok(match t {
+    INTERVAL => parse_interval(s).ok_or_else(bad)?,
+    POINT => parse_point(s).map_or(Cell::Null, Cell::Json),
+    CIRCLE => parse_circle(s).map_or(Cell::Null, Cell::Json),
     oid::BOOL => Cell::Bool(s == "t"),
     oid::INT2 | oid::INT4 | oid::OID => Cell::Number(s.parse::<i64>().map_err(|_| bad())? as f64),
     oid::FLOAT4 | oid::FLOAT8 => Cell::Number(parse_float(s).ok_or_else(bad)?),
@@ -289,6 +260,138 @@ pub(crate) fn decode(s: &str, t: u32) -> Result<Cell> {
     // int8, numeric, uuid, the text types and every other type: the server's text, as is.
     _ => Cell::Text(s.to_owned()),
   })
+}
+
+const INTERVAL: u32 = 1186;
+const POINT: u32 = 600;
+const CIRCLE: u32 = 718;
+
+/// The array types node-postgres (`pg-types`) parses into JS arrays, and their element
+/// types; any other array (char[], name[], an enum's…) comes back as the server's text.
+fn parsed_array_element(t: u32) -> Option<u32> {
+  Some(match t {
+    1000 => oid::BOOL,
+    1001 => oid::BYTEA,
+    1005 => oid::INT2,
+    1007 => oid::INT4,
+    1028 => oid::OID,
+    1016 => oid::INT8,
+    1017 => POINT,
+    1021 => oid::FLOAT4,
+    1022 => oid::FLOAT8,
+    1231 => oid::NUMERIC,
+    // Parsed as arrays of strings.
+    1014 | 1015 | 1008 | 1009 | 1040 | 1041 | 651 | 3907 | 2951 | 791 | 1183 | 1270 => oid::TEXT,
+    1115 => oid::TIMESTAMP,
+    1182 => oid::DATE,
+    1185 => oid::TIMESTAMPTZ,
+    1187 => INTERVAL,
+    199 => oid::JSON,
+    3807 => oid::JSONB,
+    _ => return None,
+  })
+}
+
+/// An interval in IntervalStyle `postgres` (`1 year 2 mons -3 days -04:05:06.789`) as
+/// node-postgres' `postgres-interval` makes it: only the non-zero fields of years, months,
+/// days, hours, minutes, seconds and milliseconds (the time's sign applies to its parts).
+fn parse_interval(s: &str) -> Option<Cell> {
+  use serde_json::{Map, Number, Value};
+  let mut out = Map::new();
+  let mut put = |k: &str, v: f64| {
+    if v != 0.0 {
+      out.insert(
+        k.into(),
+        Number::from_f64(v).map_or(Value::Null, Value::Number),
+      );
+    }
+  };
+  let mut words = s.split_whitespace().peekable();
+  while let Some(w) = words.next() {
+    if w.contains(':') {
+      let (neg, body) = match w.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, w.strip_prefix('+').unwrap_or(w)),
+      };
+      let mut parts = body.split(':');
+      let h: f64 = parts.next()?.parse().ok()?;
+      let m: f64 = parts.next()?.parse().ok()?;
+      let sec = parts.next()?;
+      let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
+      let secs: f64 = whole.parse().ok()?;
+      let ms = if frac.is_empty() {
+        0.0
+      } else {
+        let padded = format!("{frac:0<6}");
+        padded.get(..6)?.parse::<f64>().ok()? / 1000.0
+      };
+      let sign = if neg { -1.0 } else { 1.0 };
+      put("hours", sign * h);
+      put("minutes", sign * m);
+      put("seconds", sign * secs);
+      put("milliseconds", sign * ms);
+      continue;
+    }
+    let n: f64 = w.parse().ok()?;
+    let unit = words.next()?;
+    let key = match unit.trim_end_matches('s') {
+      "year" => "years",
+      "mon" => "months",
+      "day" => "days",
+      _ => return None,
+    };
+    put(key, n);
+  }
+  // postgres-interval's order of fields.
+  let order = [
+    "years",
+    "months",
+    "days",
+    "hours",
+    "minutes",
+    "seconds",
+    "milliseconds",
+  ];
+  let mut sorted = Map::new();
+  for k in order {
+    if let Some(v) = out.remove(k) {
+      sorted.insert(k.into(), v);
+    }
+  }
+  Some(Cell::Json(Value::Object(sorted)))
+}
+
+fn numbers_in(s: &str) -> Vec<f64> {
+  s.trim_matches(|c| matches!(c, '(' | ')' | '<' | '>'))
+    .split(',')
+    .map(|p| parse_float(p.trim_matches(|c| matches!(c, '(' | ')' | ' '))).unwrap_or(f64::NAN))
+    .collect()
+}
+
+fn json_number(n: f64) -> serde_json::Value {
+  serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
+/// `(x,y)` as `{ x, y }` (pg-types' parsePoint).
+fn parse_point(s: &str) -> Option<serde_json::Value> {
+  if !s.starts_with('(') {
+    return None;
+  }
+  let n = numbers_in(s);
+  Some(serde_json::json!({ "x": json_number(*n.first()?), "y": json_number(*n.get(1)?) }))
+}
+
+/// `<(x,y),r>` as `{ x, y, radius }` (pg-types' parseCircle).
+fn parse_circle(s: &str) -> Option<serde_json::Value> {
+  if !s.starts_with('<') {
+    return None;
+  }
+  let n = numbers_in(s);
+  Some(serde_json::json!({
+    "x": json_number(*n.first()?),
+    "y": json_number(*n.get(1)?),
+    "radius": json_number(*n.get(2)?),
+  }))
 }
 
 fn parse_float(s: &str) -> Option<f64> {
@@ -478,227 +581,9 @@ fn element(s: &str, elem: u32) -> Option<Cell> {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// A statement written into a simple-protocol message
-
-/// Check that `sql` is one statement that ends where its text ends, as PostgreSQL's lexer
-/// reads it, before it is written into a message with statements of ours after it: no `;`
-/// followed by another statement, and no string, quoted identifier, dollar quote or comment
-/// left open (which would swallow what follows). String literals are read with
-/// `standard_conforming_strings` on (PostgreSQL's default since 9.1; poolers pass it through).
-pub(crate) fn one_statement(sql: &str) -> Result<()> {
-  scan(sql).map(|_| ())
-}
-
-/// `COPY … FROM STDIN` / `TO STDOUT`: a statement that streams its data over the connection
-/// in COPY sub-protocol messages, which a stage's connection does not speak (the server would
-/// wait for CopyData forever). Read by words outside quotes and comments, so a quoted
-/// `"stdin"` table is no stream. `None` when the text does not scan (the server judges it).
-pub(crate) fn copies_through_client(sql: &str) -> Option<bool> {
-  let (_, words) = scan_words(sql).ok()?;
-  let word = |&(a, b): &(usize, usize)| &sql[a..b];
-  let mut all = words.iter().map(word);
-  Some(
-    all.next().is_some_and(|w| w.eq_ignore_ascii_case("copy"))
-      && all.any(|w| w.eq_ignore_ascii_case("stdin") || w.eq_ignore_ascii_case("stdout")),
-  )
-}
-
-/// How many `$n` placeholders the statement refers to (the highest n), once checked to be one
-/// statement as [`one_statement`] checks it.
-pub(crate) fn placeholders(sql: &str) -> Result<usize> {
-  Ok(scan(sql)?.iter().map(|p| p.2).max().unwrap_or(0))
-}
-
-/// Lex `sql` as [`one_statement`] describes; the `$n` placeholders found: (start, end, n).
-fn scan(sql: &str) -> Result<Vec<(usize, usize, usize)>> {
-  scan_words(sql).map(|(places, _)| places)
-}
-
-/// The placeholders (`$n`: start, end, n) and the bare words (start, end) of one statement.
-type Scanned = (Vec<(usize, usize, usize)>, Vec<(usize, usize)>);
-
-fn scan_words(sql: &str) -> Result<Scanned> {
-  let mut places = Vec::new();
-  let mut words = Vec::new();
-  let syntax = |why: &str| Error::Database {
-    sqlstate: Some("42601".into()),
-    message: why.to_owned(),
-  };
-  let b = sql.as_bytes();
-  let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-  let mut i = 0;
-  let mut ended = false; // a top-level `;` was seen
-  while i < b.len() {
-    let c = b[i];
-    match c {
-      b'-' if b.get(i + 1) == Some(&b'-') => {
-        // PostgreSQL ends a `--` comment at a newline or a carriage return.
-        i = sql[i..].find(['\n', '\r']).map_or(b.len(), |n| i + n + 1);
-        continue;
-      }
-      b'/' if b.get(i + 1) == Some(&b'*') => {
-        let mut depth = 0;
-        loop {
-          if b.get(i..i + 2) == Some(b"/*") {
-            depth += 1;
-            i += 2;
-          } else if b.get(i..i + 2) == Some(b"*/") {
-            depth -= 1;
-            i += 2;
-            if depth == 0 {
-              break;
-            }
-          } else if i >= b.len() {
-            return Err(syntax("unterminated /* comment"));
-          } else {
-            i += 1;
-          }
-        }
-        continue;
-      }
-      _ if c.is_ascii_whitespace() => {
-        i += 1;
-        continue;
-      }
-      b';' => {
-        ended = true;
-        i += 1;
-        continue;
-      }
-      _ => {}
-    }
-    if ended {
-      return Err(syntax(
-        "cannot insert multiple commands into a prepared statement",
-      ));
-    }
-    match c {
-      b'\'' => {
-        i = quoted(b, i, b'\'', false).ok_or_else(|| syntax("unterminated quoted string"))?
-      }
-      b'"' => {
-        i = quoted(b, i, b'"', false).ok_or_else(|| syntax("unterminated quoted identifier"))?
-      }
-      b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
-        let digits = b[i + 1..].iter().take_while(|x| x.is_ascii_digit()).count();
-        let n: usize = sql[i + 1..i + 1 + digits]
-          .parse()
-          .map_err(|_| syntax("bad parameter number"))?;
-        if n == 0 {
-          return Err(syntax("there is no parameter $0"));
-        }
-        places.push((i, i + 1 + digits, n));
-        i += 1 + digits;
-      }
-      b'$' => {
-        // A dollar quote: $$ or $tag$ (a tag does not start with a digit).
-        let tag_len = b[i + 1..]
-          .iter()
-          .take_while(|&&x| ident(x) && x != b'$')
-          .count();
-        if b.get(i + 1 + tag_len) == Some(&b'$') {
-          let tag = &sql[i..i + tag_len + 2];
-          let body = i + tag.len();
-          let close = sql[body..]
-            .find(tag)
-            .ok_or_else(|| syntax("unterminated dollar-quoted string"))?;
-          i = body + close + tag.len();
-        } else {
-          i += 1;
-        }
-      }
-      _ if ident(c) => {
-        let start = i;
-        while i < b.len() && ident(b[i]) {
-          i += 1;
-        }
-        // E'…' reads backslash escapes; other prefixes (B, X, N, U&) do not.
-        if b.get(i) == Some(&b'\'') && sql[start..i].eq_ignore_ascii_case("e") {
-          i = quoted(b, i, b'\'', true).ok_or_else(|| syntax("unterminated quoted string"))?;
-        } else {
-          words.push((start, i));
-        }
-      }
-      _ => i += 1,
-    }
-  }
-  Ok((places, words))
-}
-
-/// The index after a quoted token starting at `start` (doubled quotes inside; backslash
-/// escapes when `escapes`), or `None` if it never closes.
-fn quoted(b: &[u8], start: usize, q: u8, escapes: bool) -> Option<usize> {
-  let mut i = start + 1;
-  loop {
-    match *b.get(i)? {
-      b'\\' if escapes => i += 2,
-      c if c == q => {
-        if b.get(i + 1) == Some(&q) {
-          i += 2;
-        } else if q == b'\'' {
-          // `'a'` newline `'b'` is one string constant, in the first one's escape mode.
-          match continuation(b, i + 1) {
-            Some(next) => i = next + 1,
-            None => return Some(i + 1),
-          }
-        } else {
-          return Some(i + 1);
-        }
-      }
-      _ => i += 1,
-    }
-  }
-}
-
-/// Where a string constant continues after its closing quote at `from - 1`: whitespace with at
-/// least one newline (and `--` comments ending in one), then a quote; the index of that quote.
-fn continuation(b: &[u8], from: usize) -> Option<usize> {
-  let mut i = from;
-  let mut newline = false;
-  loop {
-    match *b.get(i)? {
-      b'\n' | b'\r' => {
-        newline = true;
-        i += 1;
-      }
-      b' ' | b'\t' | b'\x0c' => i += 1,
-      b'-' if newline && b.get(i + 1) == Some(&b'-') => {
-        while !matches!(*b.get(i)?, b'\n' | b'\r') {
-          i += 1;
-        }
-      }
-      b'\'' if newline => return Some(i),
-      _ => return None,
-    }
-  }
-}
-
 #[cfg(test)]
 mod tests {
   use super::*;
-
-  #[test]
-  fn copy_through_the_client_is_told_from_other_statements() {
-    for sql in [
-      "COPY t FROM STDIN",
-      "copy t (a, b) from stdin with (format csv)",
-      "/* c */ COPY (SELECT 1) TO STDOUT",
-      "COPY t TO stdout",
-    ] {
-      assert_eq!(copies_through_client(sql), Some(true), "{sql}");
-    }
-    for sql in [
-      "COPY t FROM '/tmp/f'",
-      "COPY \"stdin\" FROM '/tmp/f'",
-      "SELECT 'COPY t FROM STDIN'",
-      "SELECT stdin FROM copy",
-      "INSERT INTO t SELECT 1 -- COPY t FROM STDIN",
-    ] {
-      assert_eq!(copies_through_client(sql), Some(false), "{sql}");
-    }
-    assert_eq!(copies_through_client("COPY t FROM STDIN; SELECT 1"), None);
-  }
 
   #[test]
   fn timestamps_round_trip_through_text() {
@@ -750,62 +635,6 @@ mod tests {
     );
     assert_eq!(parse_array("[0:1]={7,8}", oid::INT8).map(|_| ()), Some(()));
     assert_eq!(parse_array("{}", oid::INT4), Some(Cell::Array(vec![])));
-  }
-
-  #[test]
-  fn literals_escape_quotes_and_backslashes() {
-    assert_eq!(quote(r"it's \n").unwrap(), r"E'it''s \\n'");
-    assert!(quote("a\0b").is_err());
-    assert_eq!(
-      inline(
-        "SELECT $1::int4, $2::text, $10",
-        &[
-          Param::Number(1.0),
-          Param::Text("x".into()),
-          Param::Null,
-          Param::Null,
-          Param::Null,
-          Param::Null,
-          Param::Null,
-          Param::Null,
-          Param::Null,
-          Param::Bool(true),
-        ]
-      )
-      .unwrap(),
-      "SELECT E'1'::int4, E'x'::text, E't'"
-    );
-  }
-
-  #[test]
-  fn one_statement_as_postgres_lexes_it() {
-    for ok in [
-      "SELECT 1",
-      "SELECT 1;",
-      "SELECT 1; -- done",
-      "SELECT 1 ;; /* c */ ;",
-      "SELECT ';' AS a, \"x;\"\"y\" FROM t -- ; DROP",
-      "SELECT $$ ; $$, $tag$ ' ; $$ $tag$, $1, a$b",
-      "SELECT E'it\\'s ; fine', 'a''b;'",
-      "SELECT /* nested /* ; */ still */ 1",
-    ] {
-      assert!(one_statement(ok).is_ok(), "{ok}");
-    }
-    for bad in [
-      "SELECT 1; SELECT 2",
-      "SELECT 1; DROP TABLE t",
-      "SELECT 'open",
-      "SELECT \"open",
-      "SELECT 1 /* open",
-      "SELECT /* a /* b */ 1",
-      "SELECT $x$ open",
-      "SELECT E'\\'; DROP TABLE t",
-      "SELECT 1 -- x\r; DROP TABLE t",
-      "SELECT E'a'\n'\\', 1 --'; DROP TABLE t",
-      "SELECT 'a\\'; SELECT 2",
-    ] {
-      assert!(one_statement(bad).is_err(), "{bad}");
-    }
   }
 
   #[test]

@@ -32,7 +32,9 @@ impl Transaction for PgConn<Lease> {
   ) -> BoxFuture<'static, Result<IdempotencyKey>> {
     let PgConn(mut lease) = *self;
     async move {
-      let rows = lease.apply_and_commit(&sql::apply_params(&id, r)).await?;
+      let rows = lease
+        .apply_and_commit(&sql::apply_sql(), &sql::apply_params(&id, r))
+        .await?;
       sql::first(rows)?.ok_or_else(|| Error::not_found(&id))
     }
     .boxed()
