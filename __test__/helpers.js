@@ -9,6 +9,14 @@
 //                                    of its own (test-support/pgbouncer.js: transaction mode,
 //                                    default_pool_size IDEM_PG_POOL_SIZE, default 4), and the
 //                                    SERVICE connects through it; `db` stays direct.
+//   IDEM_PG_POOLER=pgbouncer125      the same with PgBouncer 1.25 (built by
+//                                    scripts/ensure-pgbouncer.sh) and max_prepared_statements.
+//   IDEM_PG_POOLER=recorder          the service connects through a recording proxy
+//                                    (test-support/wire-recorder.js); a file fails at cleanup if
+//                                    the service sent SQL-level PREPARE/EXECUTE/DEALLOCATE, a
+//                                    simple Query (but the migration) or, in the default mode, a
+//                                    named statement.
+//   IDEM_PG_PREPARED=1               services connect with preparedStatements: true by default.
 //
 // Either way the test sees the same `db.query(sql, params) -> rows` / `db.exec(sql)` verification
 // client, independent of the addon, with `$1, $2…` placeholders on both.
@@ -25,9 +33,11 @@ if (!BACKENDS.includes(backend)) {
 const isPostgres = backend === 'postgres'
 const isSqlite = backend === 'sqlite'
 const pooler = process.env.IDEM_PG_POOLER || null
-if (pooler !== null && (pooler !== 'pgbouncer' || !isPostgres)) {
-  throw new Error(`IDEM_PG_POOLER must be 'pgbouncer' (with IDEM_BACKEND=postgres), got ${JSON.stringify(pooler)}`)
+const POOLERS = ['pgbouncer', 'pgbouncer125', 'recorder']
+if (pooler !== null && (!POOLERS.includes(pooler) || !isPostgres)) {
+  throw new Error(`IDEM_PG_POOLER must be one of ${POOLERS.join(', ')} (with IDEM_BACKEND=postgres), got ${JSON.stringify(pooler)}`)
 }
+const preparedDefault = process.env.IDEM_PG_PREPARED === '1'
 
 /** Choose a per-backend value (SQL text, expected code…): `pick({ postgres: a, sqlite: b })`. */
 function pick(choices) {
@@ -76,16 +86,25 @@ async function freshPostgres() {
   await admin(`CREATE DATABASE ${name}`)
   const directUrl = dbUrl(name)
   let bouncer = null
-  if (pooler) {
-    const { startPgBouncer } = require('../test-support/pgbouncer')
+  let recorder = null
+  const dropNow = () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {})
+  if (pooler === 'pgbouncer' || pooler === 'pgbouncer125') {
+    const { startPgBouncer, pgbouncer125Bin } = require('../test-support/pgbouncer')
     const poolSize = Number(process.env.IDEM_PG_POOL_SIZE || 4)
-    bouncer = await startPgBouncer({ database: name, poolSize }).catch(async (e) => {
-      await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {})
+    const current = pooler === 'pgbouncer125'
+    if (current && !pgbouncer125Bin()) throw new Error('PgBouncer 1.25 is not built: run `bash scripts/ensure-pgbouncer.sh`')
+    const extra = current ? { bin: pgbouncer125Bin(), settings: { max_prepared_statements: 100, server_tls_sslmode: 'disable' } } : {}
+    bouncer = await startPgBouncer({ database: name, poolSize, ...extra }).catch(async (e) => {
+      await dropNow()
       throw e
     })
+  } else if (pooler === 'recorder') {
+    const { startRecorder } = require('../test-support/wire-recorder')
+    const target = new URL(ADMIN_URL)
+    recorder = await startRecorder({ host: target.hostname, port: Number(target.port || 5432) })
   }
   // The service's URL (through the pooler, if any); the verification client is always direct.
-  const url = bouncer ? bouncer.url : directUrl
+  const url = bouncer ? bouncer.url : recorder ? recorder.url(name) : directUrl
   const pg = new Client({ connectionString: directUrl })
   await pg.connect()
   const db = {
@@ -104,8 +123,13 @@ async function freshPostgres() {
   const drop = async () => {
     if (bouncer) await bouncer.stop()
     await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    if (recorder) {
+      await recorder.stop()
+      const bad = recorder.violations({ prepared: preparedDefault })
+      if (bad.length) throw new Error(`the service sent what its statement path must not: ${JSON.stringify(bad.slice(0, 5))}`)
+    }
   }
-  return { url, directUrl, bouncer, name, db, drop }
+  return { url, directUrl, bouncer, recorder, name, db, drop }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -205,7 +229,7 @@ async function freshDb(options = {}) {
   }
   const { url } = target
   const connect = async (opts = {}) => {
-    const s = await IdempotencyKeyService.connect({ url, ...options, ...opts })
+    const s = await IdempotencyKeyService.connect({ url, ...(preparedDefault ? { preparedStatements: true } : {}), ...options, ...opts })
     opened.push(s)
     return s
   }
@@ -229,6 +253,7 @@ async function freshDb(options = {}) {
     out.pg = db.pg
     out.directUrl = target.directUrl // = url unless IDEM_PG_POOLER
     out.bouncer = target.bouncer // the PgBouncer instance under IDEM_PG_POOLER, else null
+    out.recorder = target.recorder // the recording proxy under IDEM_PG_POOLER=recorder, else null
   } else {
     out.sqlite = db.sqlite
     out.file = target.file

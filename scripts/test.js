@@ -8,6 +8,11 @@ const { execSync } = require('node:child_process')
 const { Client } = require('pg')
 
 const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
+const testFiles = require('node:fs')
+  .readdirSync('__test__')
+  .filter((f) => f.endsWith('.test.js'))
+  .sort()
+  .map((f) => `__test__/${f}`)
 
 function run(cmd, env = {}) {
   console.log(`\n$ ${cmd}`)
@@ -46,19 +51,27 @@ async function withDbPrefix(fn) {
   run('npx attw --pack .')
   run('node scripts/test-packed.js')
   // One contract suite, run against each backend.
+  // Files, not the directory: `node --test <dir>` takes no directory on Node 22 and 24.
   for (const backend of ['sqlite', 'postgres']) {
-    run('node --test --test-concurrency=1 __test__/', { IDEM_BACKEND: backend, RUST_BACKTRACE: '0' })
+    run(`node --test --test-concurrency=1 ${testFiles.join(' ')}`, { IDEM_BACKEND: backend, RUST_BACKTRACE: '0' })
   }
-  // And on PostgreSQL with the service behind PgBouncer in transaction mode (each fresh database
-  // gets its own, pool 4: test-support/pgbouncer.js). Direct only: connection-level tests (TLS,
-  // backend pids), the opt-in prepared mode (not pooler-safe on PgBouncer 1.18), pooler.test.js.
-  const directOnly = ['connectivity.test.js', 'statements.test.js', 'pooler.test.js']
-  const pooled = require('node:fs').readdirSync('__test__').filter((f) => f.endsWith('.test.js') && !directOnly.includes(f)).sort()
-  run(`node --test --test-concurrency=1 ${pooled.map((f) => `__test__/${f}`).join(' ')}`, { IDEM_BACKEND: 'postgres', IDEM_PG_POOLER: 'pgbouncer', RUST_BACKTRACE: '0' })
+  // And on PostgreSQL with the service behind a pooler or a recording proxy (each fresh database
+  // gets its own instance: test-support/). Direct only: connection-level tests (TLS, backend
+  // pids), the statement-mode and type suites (their own connections and databases), and the
+  // files that start their own poolers and proxies.
+  //   - Debian's PgBouncer 1.18, transaction mode, pool 4, default mode (as before);
+  //   - PgBouncer 1.25 with max_prepared_statements, in the prepared mode and in the default mode;
+  //   - the recording proxy (test-support/wire-recorder.js), which fails a file whose service sent
+  //     SQL-level PREPARE/EXECUTE/DEALLOCATE, a simple Query or (default mode) a named statement.
+  const directOnly = ['connectivity.test.js', 'statements.test.js', 'pooler.test.js', 'wire.test.js', 'types.test.js']
+  const pooled = testFiles.filter((f) => !directOnly.includes(f.slice('__test__/'.length)))
+  for (const [pooler, prepared] of [['pgbouncer', '0'], ['pgbouncer125', '1'], ['pgbouncer125', '0'], ['recorder', '0']]) {
+    run(`node --test --test-concurrency=1 ${pooled.join(' ')}`, { IDEM_BACKEND: 'postgres', IDEM_PG_POOLER: pooler, IDEM_PG_PREPARED: prepared, RUST_BACKTRACE: '0' })
+  }
   // The stress scenarios with small counts (no PostgreSQL stop/start); `npm run stress` is the
   // full run. Memory is left to the full run: its RSS figure needs 100k stages to settle (the
   // allocator and V8 keep growing for the first ~40k), which a short run cannot give.
-  run('node stress/run.js --short --only=load,crash,backend-loss,pool,fuzz,multiprocess', { FUZZ_SEED: '20261127' })
+  run('node stress/run.js --short --only=load,crash,backend-loss,pool,fuzz,guard,multiprocess', { FUZZ_SEED: '20261127' })
   // One small iteration of every benchmark scenario (installs bench/'s own dependencies,
   // Medusa included, the first time), so the bench cannot rot.
   run('npm run bench:smoke')

@@ -60,6 +60,17 @@ function pgbouncerVersion({ full = false } = {}) {
   return full ? versionCache.line : versionCache.version
 }
 
+/**
+ * The PgBouncer 1.25 that scripts/ensure-pgbouncer.sh builds into the cache (PGBOUNCER125_BIN
+ * overrides), or null when it is not built.
+ */
+function pgbouncer125Bin() {
+  if (process.env.PGBOUNCER125_BIN) return process.env.PGBOUNCER125_BIN
+  const cache = process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache')
+  const p = path.join(cache, 'medusa-idempotency-native', 'pgbouncer-1.25.2', 'bin', 'pgbouncer')
+  return fs.existsSync(p) ? p : null
+}
+
 /** Throws a clear error when PgBouncer is not installed (the tests must not skip silently). */
 function requirePgBouncer() {
   const bin = pgbouncerBin()
@@ -161,8 +172,9 @@ async function startPgBouncer(options = {}) {
     ignoreStartupParameters = process.env.PGBOUNCER_IGNORE_STARTUP_PARAMETERS || '',
     settings = {},
     timeoutMs = 10000,
+    bin: chosen,
   } = options
-  const bin = requirePgBouncer()
+  const bin = chosen || requirePgBouncer()
   const target = new URL(ADMIN_URL)
   const serverHost = target.hostname || '127.0.0.1'
   const serverPort = Number(target.port || 5432)
@@ -343,4 +355,4 @@ async function startPgBouncer(options = {}) {
   throw lastError
 }
 
-module.exports = { startPgBouncer, pgbouncerVersion, pgbouncerBin, requirePgBouncer, ADMIN_URL }
+module.exports = { startPgBouncer, pgbouncerVersion, pgbouncerBin, pgbouncer125Bin, requirePgBouncer, ADMIN_URL }

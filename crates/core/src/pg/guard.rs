@@ -348,10 +348,12 @@ pub(crate) fn judge(sql: &str, scs: bool) -> Verdict {
     }
     // A temporary table that ends with the transaction (ON COMMIT DROP) leaves nothing.
     "CREATE" => {
+      // CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} …
       t.iter()
         .skip(1)
-        .take(4)
-        .any(|x| matches!(word(Some(x)), "TEMP" | "TEMPORARY"))
+        .map(|x| word(Some(x)))
+        .find(|w| !matches!(*w, "OR" | "REPLACE" | "GLOBAL" | "LOCAL"))
+        .is_some_and(|w| matches!(w, "TEMP" | "TEMPORARY"))
         && !t.windows(3).any(|p| {
           word(p.first()) == "ON" && word(p.get(1)) == "COMMIT" && word(p.get(2)) == "DROP"
         })
@@ -516,6 +518,7 @@ mod tests {
       "SELECT set_config('a.b', (SELECT 'x'), 'false')",
       "CREATE TEMP TABLE t (a int)",
       "CREATE GLOBAL TEMPORARY TABLE t (a int)",
+      "create or replace temp view v as select 1",
       "SELECT 1 INTO TEMP t",
       "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
       "PREPARE p AS SELECT 1",

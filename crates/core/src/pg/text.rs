@@ -59,6 +59,9 @@ pub(crate) fn typed(p: &Param, ty: &PgTypeInfo, index: usize) -> Result<Option<S
   match p {
     Param::Null => return Ok(None),
     Param::Text(s) | Param::BigInt(s) => return checked(s.clone()).map(Some),
+    // NaN and ±Infinity as node-postgres writes them (`String(n)`): float, numeric, timestamp
+    // and date read them; other types refuse them, server-side, as they would its.
+    Param::Number(n) if !n.is_finite() => return Ok(Some(float_text(*n))),
     _ => {}
   }
   let refuse = |why: String| {

@@ -251,9 +251,14 @@ impl Wire {
       ("database", &config.database),
       ("client_encoding", "UTF8"),
     ];
-    if let Some(app) = &config.application_name {
-      params.push(("application_name", app));
-    }
+    // Named in pg_stat_activity (and to a pooler) as what it is, unless the URL names it.
+    params.push((
+      "application_name",
+      config
+        .application_name
+        .as_deref()
+        .unwrap_or("medusa-idempotency-native"),
+    ));
     frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(io_error)?;
     self.flush().await?;
     let mut scram: Option<ScramSha256> = None;

@@ -100,3 +100,40 @@ pub(crate) fn refused_by_authorizer(e: Error) -> Error {
     _ => e,
   }
 }
+
+/// Transaction control by its first words, for spellings SQLite does not parse and so never
+/// shows the authorizer (`START TRANSACTION`): refused as the authorizer refuses the rest, so the
+/// caller sees the same `INVALID_ARGUMENT` for every spelling. SQLite's comments do not nest.
+pub(crate) fn refuse_transaction_words(sql: &str) -> Result<()> {
+  let mut rest = sql;
+  loop {
+    rest = rest.trim_start();
+    if let Some(r) = rest.strip_prefix("--") {
+      rest = r.split_once('\n').map_or("", |(_, r)| r);
+    } else if let Some(r) = rest.strip_prefix("/*") {
+      rest = r.split_once("*/").map_or("", |(_, r)| r);
+    } else {
+      break;
+    }
+  }
+  let words: Vec<String> = rest
+    .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+    .filter(|w| !w.is_empty())
+    .take(2)
+    .map(str::to_ascii_uppercase)
+    .collect();
+  let first = words.first().map_or("", String::as_str);
+  let second = words.get(1).map_or("", String::as_str);
+  let control = match first {
+    "BEGIN" | "COMMIT" | "END" | "ABORT" => true,
+    "START" => second == "TRANSACTION",
+    "ROLLBACK" => second != "TO",
+    _ => false,
+  };
+  if control {
+    return Err(Error::invalid(
+      "transaction control is not allowed inside a stage: the stage commits or rolls back itself",
+    ));
+  }
+  Ok(())
+}

@@ -48,6 +48,7 @@ impl Transaction for LiteStage {
     params: &'a [Param],
   ) -> BoxFuture<'a, Result<QueryResult>> {
     async move {
+      super::authorizer::refuse_transaction_words(sql)?;
       // Armed at the callback's first statement (a worker round trip), not at BEGIN: stages
       // that run no statement of their own never pay for it.
       if self.armed.is_none() {
