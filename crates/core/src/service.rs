@@ -736,7 +736,10 @@ fn caught(e: Error) -> Error {
 }
 
 async fn backoff(attempt: u32) {
-  let base = 5u64 * (1 << attempt.min(5));
-  let jitter = rand::random::<u64>() % (base + 1);
-  tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+  // Exponential, with full jitter (a uniform wait up to the step): stages that failed together
+  // on one conflict do not retry together into the next one. 20, 40, 80 … ms steps, at most
+  // 640 ms.
+  let step = 10u64 << attempt.clamp(1, 6);
+  let wait = rand::random::<u64>() % (step + 1);
+  tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
 }

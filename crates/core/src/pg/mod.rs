@@ -13,6 +13,7 @@ pub(crate) mod guard;
 pub(crate) mod pool;
 mod rows;
 pub(crate) mod sql;
+pub(crate) mod statement;
 pub(crate) mod text;
 mod transaction;
 pub(crate) mod wire;
