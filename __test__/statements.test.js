@@ -111,6 +111,21 @@ for (const preparedStatements of [false, true]) {
       assert.ok(n > 0, 'the DELETE did not run')
     })
 
+    if (preparedStatements) test('the prepared mode keeps at most 256 named statements per connection, closing the least recently used', async () => {
+      const one = await fx.connect({ maxConnections: 1, preparedStatements: true })
+      await one.create({ idempotency_key: 'evict' })
+      const n = await helpers.inStage(one, 'evict', async (tx) => {
+        for (let i = 0; i < 300; i++) await tx.query(`SELECT ${i} AS v`)
+        const [{ n }] = await tx.query('SELECT count(*)::int AS n FROM pg_prepared_statements')
+        return n
+      }, 'evicted')
+      assert.ok(n <= 256 + 1 && n >= 200, `${n} statements prepared`)
+      // An evicted statement is prepared again when it comes back.
+      const [row] = await helpers.inStage(one, 'evict', (tx) => tx.query('SELECT 0 AS v'), 'again')
+      assert.deepStrictEqual(row, { v: 0 })
+      await one.close()
+    })
+
     test('no SQL-level PREPARE ever; the default mode leaves no statement on the connection, the prepared mode only protocol-level ones', async () => {
       // One connection, so the next stage runs on the same server session.
       const one = await fx.connect({ maxConnections: 1, preparedStatements })
