@@ -67,6 +67,19 @@ impl Config {
   /// the URL's TLS settings. Missing parts default as libpq's do (`PGUSER`, `PGPASSWORD`,
   /// `PGHOST`, `PGPORT`, `PGDATABASE`, then `localhost:5432` and the user's name).
   pub(crate) fn parse(url: &str, ssl: Option<&Ssl>) -> Result<Config> {
+    // An empty host (`postgres://user@/db?host=/socket/dir`, as libpq allows) is parsed as
+    // localhost, which `host` then overrides.
+    let filled;
+    let url = match url.split_once("://") {
+      Some((scheme, rest))
+        if rest.starts_with('/') || rest.split('/').next().is_some_and(|a| a.ends_with('@')) =>
+      {
+        let (auth, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        filled = format!("{scheme}://{auth}localhost{path}");
+        filled.as_str()
+      }
+      _ => url,
+    };
     let u = url::Url::parse(url).map_err(|_| bad_url())?;
     if !matches!(u.scheme(), "postgres" | "postgresql") {
       return Err(bad_url());
@@ -367,4 +380,55 @@ fn percent_decode(s: &str) -> String {
     }
   }
   String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+  use super::{Config, Host, SslMode};
+
+  fn parse(url: &str) -> Config {
+    Config::parse(url, None).unwrap()
+  }
+
+  #[test]
+  fn urls_as_libpq_reads_them() {
+    let c =
+      parse("postgres://u%40x:p%2Fw@db.example.com:6543/shop?sslmode=require&application_name=api");
+    assert!(matches!(&c.host, Host::Tcp(h) if h == "db.example.com"));
+    assert_eq!(
+      (c.port, c.user.as_str(), c.database.as_str()),
+      (6543, "u@x", "shop")
+    );
+    assert_eq!(c.password.as_deref(), Some("p/w"));
+    assert_eq!(c.ssl_mode, SslMode::Require);
+    assert_eq!(c.application_name.as_deref(), Some("api"));
+    let v6 = parse("postgresql://postgres@[::1]/x?sslmode=disable");
+    assert!(matches!(&v6.host, Host::Tcp(h) if h == "::1"));
+    assert!(v6.tls.is_none());
+    let sock = parse("postgres://postgres@/x?host=/var/run/postgresql&port=5433");
+    assert!(matches!(&sock.host, Host::Socket(d) if d == "/var/run/postgresql"));
+    assert_eq!(sock.port, 5433);
+    assert_eq!(parse("postgres://u@h/d").ssl_mode, SslMode::Prefer);
+    assert_eq!(
+      parse("postgres://u@h/d?connect_timeout=1").connect_timeout,
+      Some(std::time::Duration::from_secs(2))
+    );
+  }
+
+  #[test]
+  fn bad_urls_are_invalid_and_never_echo_the_password() {
+    for url in [
+      "mysql://u@h/d",
+      "postgres://u@h/d?sslmode=sometimes",
+      "not a url",
+    ] {
+      let e = Config::parse(url, None).unwrap_err();
+      assert_eq!(e.code(), "INVALID_ARGUMENT", "{url}");
+    }
+    let e = Config::parse("postgres://u:s3cret@h/d?sslrootcert=/nope.pem", None).unwrap_err();
+    assert!(!e.to_string().contains("s3cret"));
+    assert!(format!("{:?}", parse("postgres://u:s3cret@h/d"))
+      .find("s3cret")
+      .is_none());
+  }
 }
