@@ -75,9 +75,15 @@ const { measure, mergeSlices, pgBackendProbe } = require('./lib/measure')
 const impls = require('./lib/impls')
 const { median } = require('./lib/report')
 
+/**
+ * Every implementation gets this URL. Plain TCP for all (`sslmode=disable`): node-postgres and
+ * TypeORM do not use TLS unless told to, while the addon, like libpq, prefers it when the server
+ * offers it; over loopback the comparison is of the statement paths, not of TLS.
+ */
 function dbUrl(name) {
   const u = new URL(ADMIN_URL)
   u.pathname = '/' + name
+  if (!u.searchParams.has('sslmode')) u.searchParams.set('sslmode', 'disable')
   return u.toString()
 }
 
