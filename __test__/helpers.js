@@ -11,6 +11,7 @@
 //                                    SERVICE connects through it; `db` stays direct.
 //   IDEM_PG_POOLER=pgbouncer125      the same with PgBouncer 1.25 (built by
 //                                    scripts/ensure-pgbouncer.sh) and max_prepared_statements.
+//   IDEM_PG_POOLER=pgbouncer125+recorder  both: the recording proxy in front of PgBouncer 1.25.
 //   IDEM_PG_POOLER=recorder          the service connects through a recording proxy
 //                                    (test-support/wire-recorder.js); a file fails at cleanup if
 //                                    the service sent SQL-level PREPARE/EXECUTE/DEALLOCATE, a
@@ -33,7 +34,7 @@ if (!BACKENDS.includes(backend)) {
 const isPostgres = backend === 'postgres'
 const isSqlite = backend === 'sqlite'
 const pooler = process.env.IDEM_PG_POOLER || null
-const POOLERS = ['pgbouncer', 'pgbouncer125', 'recorder']
+const POOLERS = ['pgbouncer', 'pgbouncer125', 'recorder', 'pgbouncer125+recorder']
 if (pooler !== null && (!POOLERS.includes(pooler) || !isPostgres)) {
   throw new Error(`IDEM_PG_POOLER must be one of ${POOLERS.join(', ')} (with IDEM_BACKEND=postgres), got ${JSON.stringify(pooler)}`)
 }
@@ -88,23 +89,25 @@ async function freshPostgres() {
   let bouncer = null
   let recorder = null
   const dropNow = () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {})
-  if (pooler === 'pgbouncer' || pooler === 'pgbouncer125') {
+  const [poolerKind, recording] = pooler === 'pgbouncer125+recorder' ? ['pgbouncer125', true] : [pooler, pooler === 'recorder']
+  if (poolerKind === 'pgbouncer' || poolerKind === 'pgbouncer125') {
     const { startPgBouncer, pgbouncer125Bin } = require('../test-support/pgbouncer')
     const poolSize = Number(process.env.IDEM_PG_POOL_SIZE || 4)
-    const current = pooler === 'pgbouncer125'
+    const current = poolerKind === 'pgbouncer125'
     if (current && !pgbouncer125Bin()) throw new Error('PgBouncer 1.25 is not built: run `bash scripts/ensure-pgbouncer.sh`')
     const extra = current ? { bin: pgbouncer125Bin(), settings: { max_prepared_statements: 100, server_tls_sslmode: 'disable' } } : {}
     bouncer = await startPgBouncer({ database: name, poolSize, ...extra }).catch(async (e) => {
       await dropNow()
       throw e
     })
-  } else if (pooler === 'recorder') {
+  }
+  if (recording) {
     const { startRecorder } = require('../test-support/wire-recorder')
-    const target = new URL(ADMIN_URL)
+    const target = new URL(bouncer ? bouncer.url : ADMIN_URL)
     recorder = await startRecorder({ host: target.hostname, port: Number(target.port || 5432) })
   }
   // The service's URL (through the pooler, if any); the verification client is always direct.
-  const url = bouncer ? bouncer.url : recorder ? recorder.url(name) : directUrl
+  const url = recorder ? recorder.url(name) : bouncer ? bouncer.url : directUrl
   const pg = new Client({ connectionString: directUrl })
   await pg.connect()
   const db = {

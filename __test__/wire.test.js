@@ -95,6 +95,21 @@ describe('the wire', { skip }, () => {
     })
   }
 
+  test('the recorder itself flags what the statement path must not send (so the suites run through it can fail)', async () => {
+    const { Client } = require('pg')
+    const c = new Client({ connectionString: rec.url(fx.name), application_name: 'medusa-idempotency-native-selftest' })
+    await c.connect()
+    rec.clear()
+    await c.query('PREPARE p1 AS SELECT 1; EXECUTE p1; DEALLOCATE p1')
+    await c.query({ name: 'named', text: 'SELECT $1::int AS n', values: [1] })
+    await c.end()
+    const bad = rec.violations()
+    assert.ok(bad.some((r) => r.type === 'Q' && /PREPARE p1/.test(r.query)), JSON.stringify(bad))
+    assert.ok(bad.some((r) => r.type === 'P' && r.name === 'named'), JSON.stringify(bad))
+    assert.ok(!rec.violations({ prepared: true }).some((r) => r.type === 'P'), 'named statements are allowed in the prepared mode')
+    rec.clear()
+  })
+
   test('no simple Query and no SQL-level PREPARE / EXECUTE / DEALLOCATE anywhere in a full cycle', async () => {
     rec.clear()
     await cycle('full-1')
