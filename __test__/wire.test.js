@@ -209,6 +209,10 @@ describe('session state never outlives a stage', { skip }, () => {
     'DECLARE held CURSOR WITH HOLD FOR SELECT 1',
     'SELECT pg_advisory_lock(42)',
     '/* a /* nested */ comment */ SET statement_timeout = 1',
+    'SET LOCAL search_path = pg_catalog',
+    'CREATE TEMP TABLE idempotency_key (LIKE public.idempotency_key) ON COMMIT DROP',
+    'CREATE TABLE pg_temp.leftover2 (a int)',
+    'SELECT 1 AS a INTO LOCAL TEMP leftover3',
   ]) {
     test(`${JSON.stringify(sql)} is refused, typed, and the next stage on the connection is unaffected`, async () => {
       const e = await rejects(helpers.inStage(one, 'sess', (tx) => tx.query(sql), 'sess'))

@@ -166,6 +166,22 @@ impl Config {
         key = Some(k.as_bytes().to_vec());
       }
     }
+    // verify-ca checks the chain and not the host name: against the public web roots anyone
+    // with a certificate for any domain would pass. As libpq, it needs the server's CA
+    // (~/.postgresql/root.crt by default).
+    if ssl_mode == SslMode::VerifyCa && ca.is_none() {
+      let default = std::env::var_os("HOME").map(|h| {
+        std::path::PathBuf::from(h)
+          .join(".postgresql")
+          .join("root.crt")
+      });
+      ca = default.and_then(|p| std::fs::read(p).ok());
+      if ca.is_none() {
+        return Err(Error::invalid(
+          "sslmode=verify-ca needs the server's CA: give sslrootcert=<file> (or ssl.ca), or use verify-full",
+        ));
+      }
+    }
     let tls = match ssl_mode {
       SslMode::Disable => None,
       mode => Some(Arc::new(tls_config(

@@ -182,7 +182,9 @@ pub(crate) fn lex(sql: &str, scs: bool) -> (Vec<Token>, Option<Unterminated>) {
         continue;
       }
       if matches!(c, 'b' | 'B' | 'x' | 'X' | 'n' | 'N') && next == Some('\'') {
-        match string(&chars, i + 1, false) {
+        // N'…' reads backslashes as a plain '…' does (by standard_conforming_strings); B'…'
+        // and X'…' hold no backslash or quote that matters.
+        match string(&chars, i + 1, matches!(c, 'n' | 'N') && !scs) {
           Some((end, body)) => {
             tokens.push(Token::Str(body));
             i = end;
@@ -206,7 +208,7 @@ pub(crate) fn lex(sql: &str, scs: bool) -> (Vec<Token>, Option<Unterminated>) {
           Some('"') => {
             match quoted_ident(&chars, i + 2) {
               Some((end, name)) => {
-                tokens.push(Token::Quoted(name));
+                tokens.push(Token::Quoted(unicode_unescape(&name)));
                 i = end;
               }
               None => return (tokens, Some(Unterminated)),
@@ -287,6 +289,41 @@ fn continuation(chars: &[char], from: usize) -> Option<usize> {
   }
 }
 
+/// A `U&"…"` identifier's name with its `\XXXX` / `\+XXXXXX` escapes applied (the default
+/// escape character; a statement with `UESCAPE` is refused whole, see [`judge`]).
+fn unicode_unescape(name: &str) -> String {
+  let chars: Vec<char> = name.chars().collect();
+  let mut out = String::new();
+  let mut i = 0;
+  while i < chars.len() {
+    if chars[i] == '\\' {
+      let hex = |from: usize, n: usize| -> Option<char> {
+        let s: String = chars.get(from..from + n)?.iter().collect();
+        char::from_u32(u32::from_str_radix(&s, 16).ok()?)
+      };
+      if chars.get(i + 1) == Some(&'\\') {
+        out.push('\\');
+        i += 2;
+        continue;
+      }
+      if chars.get(i + 1) == Some(&'+') {
+        if let Some(c) = hex(i + 2, 6) {
+          out.push(c);
+          i += 8;
+          continue;
+        }
+      } else if let Some(c) = hex(i + 1, 4) {
+        out.push(c);
+        i += 5;
+        continue;
+      }
+    }
+    out.push(chars[i]);
+    i += 1;
+  }
+  out
+}
+
 fn quoted_ident(chars: &[char], start: usize) -> Option<(usize, String)> {
   let mut i = start + 1;
   let mut name = String::new();
@@ -341,28 +378,35 @@ pub(crate) fn judge(sql: &str, scs: bool) -> Verdict {
   if control {
     return Verdict::TransactionControl;
   }
+  let temp = |p: &[Token]| matches!(word(p.first()), "TEMP" | "TEMPORARY");
   let session = match w0 {
-    "SET" => !matches!(w1, "LOCAL" | "TRANSACTION" | "CONSTRAINTS"),
+    // search_path, even for the transaction: the stage's own UPDATE of its key must reach the
+    // table its lock read, not one the callback's path put first.
+    "SET" => {
+      !matches!(w1, "LOCAL" | "TRANSACTION" | "CONSTRAINTS")
+        || t.iter().skip(1).any(|x| word(Some(x)) == "SEARCH_PATH")
+    }
     "RESET" | "DISCARD" | "LISTEN" | "UNLISTEN" | "LOAD" | "PREPARE" | "EXECUTE" | "DEALLOCATE" => {
       true
     }
-    // A temporary table that ends with the transaction (ON COMMIT DROP) leaves nothing.
-    "CREATE" => {
-      // CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} …
-      t.iter()
-        .skip(1)
-        .map(|x| word(Some(x)))
-        .find(|w| !matches!(*w, "OR" | "REPLACE" | "GLOBAL" | "LOCAL"))
-        .is_some_and(|w| matches!(w, "TEMP" | "TEMPORARY"))
-        && !t.windows(3).any(|p| {
-          word(p.first()) == "ON" && word(p.get(1)) == "COMMIT" && word(p.get(2)) == "DROP"
-        })
-    }
     _ => false,
-  } || t.windows(2).any(|p| {
-    (word(p.first()) == "INTO" && matches!(word(p.get(1)), "TEMP" | "TEMPORARY"))
-      || (word(p.first()) == "WITH" && word(p.get(1)) == "HOLD")
-  }) || t.iter().enumerate().any(|(i, x)| session_call(t, i, x));
+  }
+    || lasting_temp_object(t)
+    // SELECT … INTO [GLOBAL | LOCAL] TEMP t; cursors WITH HOLD.
+    || t.windows(3).any(|p| {
+      (word(p.first()) == "INTO"
+        && (temp(&p[1..]) || (matches!(word(p.get(1)), "LOCAL" | "GLOBAL") && temp(&p[2..]))))
+        || (word(p.first()) == "WITH" && word(p.get(1)) == "HOLD")
+    })
+    || t.last().is_some_and(|x| word(Some(x)) == "HOLD") && t.len() >= 2 && word(t.get(t.len() - 2)) == "WITH"
+    // Anything named in pg_temp (CREATE TABLE pg_temp.t …), and U&"…" UESCAPE, which this
+    // lexer does not decode.
+    || t.iter().any(|x| match x {
+      Token::Word(w) => w == "PG_TEMP" || w == "UESCAPE",
+      Token::Quoted(q) => q.eq_ignore_ascii_case("pg_temp"),
+      _ => false,
+    })
+    || t.iter().enumerate().any(|(i, x)| session_call(t, i, x));
   if session {
     return Verdict::SessionState;
   }
@@ -374,6 +418,25 @@ pub(crate) fn judge(sql: &str, scs: bool) -> Verdict {
     return Verdict::CopyThroughClient;
   }
   Verdict::Allowed
+}
+
+/// `CREATE [OR REPLACE] [GLOBAL | LOCAL] {TEMP | TEMPORARY} …` anywhere in the statement
+/// (`EXPLAIN ANALYZE CREATE …` too), unless it ends with the transaction (`ON COMMIT DROP`) and
+/// cannot stand in for the service's own table.
+fn lasting_temp_object(t: &[Token]) -> bool {
+  let creates_temp = t.iter().enumerate().any(|(i, x)| {
+    word(Some(x)) == "CREATE"
+      && t[i + 1..]
+        .iter()
+        .map(|x| word(Some(x)))
+        .find(|w| !matches!(*w, "OR" | "REPLACE" | "GLOBAL" | "LOCAL"))
+        .is_some_and(|w| matches!(w, "TEMP" | "TEMPORARY"))
+  });
+  let dropped_at_commit = t
+    .windows(3)
+    .any(|p| word(p.first()) == "ON" && word(p.get(1)) == "COMMIT" && word(p.get(2)) == "DROP");
+  let shadows_ours = t.iter().any(|x| word(Some(x)) == "IDEMPOTENCY_KEY");
+  creates_temp && (!dropped_at_commit || shadows_ours)
 }
 
 /// A call at `i` of a function that sets session state: `set_config` unless its third argument
@@ -392,6 +455,9 @@ fn session_call(t: &[Token], i: usize, x: &Token) -> bool {
     | "pg_advisory_lock_shared"
     | "pg_try_advisory_lock"
     | "pg_try_advisory_lock_shared" => true,
+    "set_config" if matches!(t.get(i + 2), Some(Token::Str(s)) if s.eq_ignore_ascii_case("search_path")) => {
+      true
+    }
     "set_config" => {
       // The third argument's tokens, at depth 1.
       let mut depth = 0usize;
@@ -525,6 +591,17 @@ mod tests {
       "EXECUTE p",
       "DEALLOCATE p",
       "SELECT pg_advisory_lock(1)",
+      "SELECT U&\"\\0073et_config\"('statement_timeout', '1', false)",
+      "SELECT U&\"pg\\005fadvisory_lock\"(1)",
+      "SELECT 1 INTO LOCAL TEMP t",
+      "SELECT 1 INTO GLOBAL TEMPORARY t",
+      "CREATE TABLE pg_temp.t (a int)",
+      "CREATE VIEW \"pg_temp\".v AS SELECT 1",
+      "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+      "SET LOCAL search_path = tenant_b",
+      "SELECT set_config('search_path', 'x', true)",
+      "CREATE TEMP TABLE idempotency_key (LIKE public.idempotency_key) ON COMMIT DROP",
+      "SELECT U&\"a!0061\" UESCAPE '!' FROM t",
     ] {
       assert_eq!(v(sql), Verdict::SessionState, "{sql:?}");
     }
@@ -561,6 +638,18 @@ mod tests {
     ] {
       assert_eq!(v(sql), Verdict::Allowed, "{sql}");
     }
+  }
+
+  #[test]
+  fn n_strings_follow_standard_conforming_strings_too() {
+    // With it off, N'\'' is one string holding a quote: set_config is outside it.
+    assert_eq!(
+      judge(
+        "SELECT N'\\'', set_config('statement_timeout','1',false) --'",
+        false
+      ),
+      Verdict::SessionState
+    );
   }
 
   #[test]

@@ -312,7 +312,8 @@ impl Lease {
   /// The first statement on a connection that waited in the pool failed because the
   /// connection was already dead: replace it, once, and say whether to send again.
   pub(super) async fn replace_if_dead(&mut self, e: &Error) -> Result<bool> {
-    if !(std::mem::take(&mut self.reused) && is_fatal(e)) {
+    // Only a connection-level failure (the socket), never a statement's error.
+    if !(std::mem::take(&mut self.reused) && matches!(e, Error::Connection(_))) {
       return Ok(false);
     }
     self.conn = Some(open(&self.pool.config, self.pool.cfg.connect_timeout).await?);

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 /// The settings a value's text form depends on, as node-postgres reads it with its defaults.
 const PINNED: [(&str, &str); 4] = [
-  ("DateStyle", "ISO, MDY"),
+  // The output style only: the field order for input (MDY, DMY) stays the database's.
+  ("DateStyle", "ISO"),
   ("IntervalStyle", "postgres"),
   ("extra_float_digits", "1"),
   ("bytea_output", "hex"),
@@ -95,6 +96,17 @@ impl Lease {
           conn.named.insert((*sql).to_owned(), (name.clone(), tick));
         }
       }
+      // A cached statement the server no longer runs (its result type changed after DDL: 0A000;
+      // gone: 26000) is dropped, to be prepared again on next use.
+      for (i, ((sql, _, _), _)) in stmts.iter().zip(&plan).enumerate() {
+        if let Some(Outcome::Failed(e)) = answer.outcomes.get(i) {
+          if matches!(e.sqlstate(), Some("0A000" | "26000")) {
+            if let Some((name, _)) = conn.named.remove(*sql) {
+              conn.closing.push(name);
+            }
+          }
+        }
+      }
       while conn.named.len() > PREPARED_MAX {
         let oldest = conn
           .named
@@ -157,11 +169,22 @@ impl Lease {
       return Err(Error::TransactionClosed);
     }
     self.state = State::Stuck;
-    let answer = self.flight(stmts).await;
-    let answer = match answer {
+    let answer = match self.flight(stmts).await {
       Ok(a) => a,
+      // Refused before anything was sent (a value too large): the transaction is as it was.
+      Err(e @ Error::InvalidArgument(_)) => {
+        self.state = State::InTx;
+        return Err(e);
+      }
       Err(e) => return Err(e), // stays Stuck: the connection broke mid-flight
     };
+    if answer.status == b'I' {
+      // The transaction ended under us (nothing the guard lets through should do that): never
+      // send the stage's UPDATE and COMMIT into an implicit transaction of their own.
+      return Err(Error::Internal(
+        "the stage's transaction ended before the stage did".into(),
+      ));
+    }
     self.state = State::InTx;
     let mut last = Ok(QueryResult::default());
     for o in answer.outcomes {
@@ -262,7 +285,11 @@ impl Lease {
     let conn = self.conn();
     let reported = |k: &str, want: &str| conn.wire.params.get(k).is_none_or(|v| v == want);
     conn.defaults_differ
-      || !reported("DateStyle", "ISO, MDY")
+      || !conn
+        .wire
+        .params
+        .get("DateStyle")
+        .is_none_or(|v| v.starts_with("ISO"))
       || !reported("IntervalStyle", "postgres")
   }
 
@@ -339,6 +366,14 @@ impl Lease {
     if self.state == State::Stuck {
       return Err(Error::TransactionClosed);
     }
+    if self.conn().wire.status != b'T' {
+      // Failed (E) or, never expected, ended (I): nothing may commit.
+      self.rollback().await;
+      return Err(Error::Database {
+        sqlstate: Some("25P02".into()),
+        message: "the stage's transaction is not open: nothing was committed".into(),
+      });
+    }
     self.state = State::Stuck;
     let answer = match self.flight(&first).await {
       Ok(a) => a,
@@ -400,8 +435,14 @@ impl Lease {
       State::Clean => {}
       _ => {
         self.state = State::Stuck;
-        let r = self.flight(&[("ROLLBACK", Vec::new(), Format::Text)]).await;
-        if r.is_ok() {
+        // Bounded: a server that stopped answering gets the connection closed instead (it
+        // rolls back on its own), never a caller or a pool slot held forever.
+        let r = tokio::time::timeout(
+          Duration::from_secs(5),
+          self.flight(&[("ROLLBACK", Vec::new(), Format::Text)]),
+        )
+        .await;
+        if matches!(r, Ok(Ok(_))) {
           self.ended();
         }
       }

@@ -471,15 +471,21 @@ impl Wire {
             closes_left = 0;
           }
           current = Raw::default();
+          if outcomes.len() == stmts.len() && !stmts.is_empty() {
+            // Raised at Sync (the implicit transaction's commit): the last statement failed.
+            outcomes.pop();
+          }
           outcomes.push(Outcome::Failed(server_error(&body)));
         }
         Message::CopyInResponse(_) => {
-          // Never asked for (COPY FROM STDIN is refused before it is sent): end it.
+          // Never asked for (COPY FROM STDIN is refused before it is sent): end it. The Sync
+          // already sent was consumed by the copy: CopyFail, then a new Sync.
           frontend::copy_fail(
             "COPY FROM STDIN is not supported in a stage",
             &mut self.wbuf,
           )
           .map_err(io_error)?;
+          frontend::sync(&mut self.wbuf);
           self.flush().await?;
         }
         Message::CopyOutResponse(_) | Message::CopyData(_) | Message::CopyDone => {}

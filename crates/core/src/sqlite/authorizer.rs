@@ -119,7 +119,7 @@ pub(crate) fn refuse_transaction_words(sql: &str) -> Result<()> {
   let words: Vec<String> = rest
     .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
     .filter(|w| !w.is_empty())
-    .take(2)
+    .take(3)
     .map(str::to_ascii_uppercase)
     .collect();
   let first = words.first().map_or("", String::as_str);
@@ -127,7 +127,10 @@ pub(crate) fn refuse_transaction_words(sql: &str) -> Result<()> {
   let control = match first {
     "BEGIN" | "COMMIT" | "END" | "ABORT" => true,
     "START" => second == "TRANSACTION",
-    "ROLLBACK" => second != "TO",
+    // ROLLBACK [TRANSACTION] TO [SAVEPOINT] name is allowed.
+    "ROLLBACK" => {
+      !(second == "TO" || (second == "TRANSACTION" && words.get(2).is_some_and(|w| w == "TO")))
+    }
     _ => false,
   };
   if control {
