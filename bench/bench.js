@@ -35,7 +35,7 @@ const IMPLS = ['original', 'bound', 'native', 'prepared', 'pg']
 const LABEL = {
   original: 'Medusa 1.20 original (TypeORM)',
   bound: 'ours, bound mode (TypeORM executor)',
-  native: 'ours, native mode (pooler-safe, the default)',
+  native: 'ours, native mode (default: unnamed statements, every pooler)',
   prepared: 'ours, native mode, preparedStatements: true',
   pg: 'bare `pg` floor',
 }
