@@ -4,6 +4,7 @@
 // `query(sql, params) => Promise`). Its result shapes are normalised here, in one place, and
 // its failures are turned into values, so the Rust core never sees a rejected promise from it.
 const dc = require('node:diagnostics_channel')
+const { AsyncResource } = require('node:async_hooks')
 const { performance } = require('node:perf_hooks')
 const native = require('./binding.js') // native.js, with an error naming the missing binary
 
@@ -71,7 +72,9 @@ function isExecutor(manager) {
 const nativeWithTransaction = IdempotencyKeyService.prototype.withTransaction
 IdempotencyKeyService.prototype.withTransaction = function withTransaction(manager) {
   if (!isExecutor(manager)) return nativeWithTransaction.call(this, manager)
-  const bound = this.bindExecutor(wrapExecutor(manager))
+  // The addon calls the executor from a thread-safe function, outside any async context: it
+  // runs in the one withTransaction() was called in (a request's, inside its transaction).
+  const bound = this.bindExecutor(AsyncResource.bind(wrapExecutor(manager)))
   bound[EXECUTOR] = manager
   return bound
 }
@@ -191,6 +194,10 @@ const nativeWorkStage = IdempotencyKeyService.prototype.workStage
 IdempotencyKeyService.prototype.workStage = function workStage(key, callback, options) {
   if (typeof callback !== 'function') return nativeWorkStage.call(this, key, callback, options)
   const executor = executorOf(this)
+  // The addon calls back from a thread-safe function, outside any async context (on Node 24's
+  // AsyncContextFrame, AsyncLocalStorage would see nothing there): the callback runs in the
+  // context of this call, as a JS service's would.
+  callback = AsyncResource.bind(callback)
   // An async wrapper awaits whatever the callback returns, thenables included, as `await`
   // would; bound mode hands the callback the caller's executor, like Medusa's.
   if (!stageChannels.some((c) => c.hasSubscribers)) {
