@@ -194,15 +194,14 @@ const nativeWorkStage = IdempotencyKeyService.prototype.workStage
 IdempotencyKeyService.prototype.workStage = function workStage(key, callback, options) {
   if (typeof callback !== 'function') return nativeWorkStage.call(this, key, callback, options)
   const executor = executorOf(this)
-  // The addon calls back from a thread-safe function, outside any async context (on Node 24's
-  // AsyncContextFrame, AsyncLocalStorage would see nothing there): the callback runs in the
-  // context of this call, as a JS service's would.
-  callback = AsyncResource.bind(callback)
   // An async wrapper awaits whatever the callback returns, thenables included, as `await`
-  // would; bound mode hands the callback the caller's executor, like Medusa's.
+  // would; bound mode hands the callback the caller's executor, like Medusa's. The addon calls
+  // it from a thread-safe function, outside any async context (on Node 24's AsyncContextFrame,
+  // AsyncLocalStorage would see nothing there): it runs in the context of this call, as a JS
+  // service's callback would (AsyncResource.bind).
   if (!stageChannels.some((c) => c.hasSubscribers)) {
     const run = executor !== undefined ? async () => callback(executor) : async (tx) => callback(tx)
-    return nativeWorkStage.call(this, key, run, options)
+    return nativeWorkStage.call(this, key, AsyncResource.bind(run), options)
   }
   const event = { key, tenant: tenantOf(this), recoveryPoint: expectedPoint(options) }
   let attempts = 0
@@ -213,7 +212,7 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
   }
   // The callback runs on a later turn of the event loop, so `start` still comes first; a call
   // the native method refuses synchronously (a wrong `this`) publishes nothing.
-  const pending = nativeWorkStage.call(this, key, run, options)
+  const pending = nativeWorkStage.call(this, key, AsyncResource.bind(run), options)
   const started = performance.now()
   if (channels.stageStart.hasSubscribers) channels.stageStart.publish(event)
   return pending.then(
@@ -238,6 +237,12 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
 const completer = require('./completer.js').install(IdempotencyKeyService, { initializeRequest: nativeInitializeRequest, workStage: nativeWorkStage, isBound: (s) => executorOf(s) !== undefined })
 Object.assign(channels, completer.channels)
 
+// TracingChannel events for every public operation and for tx.query (tracing.js), around the
+// methods above: a callback is bound to its call's context inside the traced call, so a store
+// a subscriber binds to `start` is what the callback and its statements see.
+const { tracing, install: installTracing } = require('./tracing.js')
+installTracing(IdempotencyKeyService, TransactionManager)
+
 // One assignment per export, so Node's CommonJS lexer sees every name and an ES module can
 // import them by name (`import { IdempotencyKeyService } from 'medusa-idempotency-native'`).
 exports.IdempotencyKeyService = IdempotencyKeyService
@@ -245,3 +250,4 @@ exports.TransactionManager = TransactionManager
 exports.__napiBindingTarget = native.__napiBindingTarget
 exports.wrapExecutor = wrapExecutor
 exports.channels = channels
+exports.tracingChannels = tracing
