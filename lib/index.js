@@ -233,6 +233,39 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
   )
 }
 
+// IDEMPOTENCY_KEY_LOCKED carries `retryAfter`: whole seconds until the holder's lease can
+// expire (its `locked_at` + lockTimeoutMs, read after the refusal), at least 1 and at most the
+// lease itself; the middleware sends it as `Retry-After`. A bound copy (caller's transaction,
+// perhaps aborted by the refusal) does not read the row: the whole lease.
+const nativeRetrieve = IdempotencyKeyService.prototype.retrieve
+async function withRetryAfter(service, key, e) {
+  if (field(e, 'code') !== 'IDEMPOTENCY_KEY_LOCKED' || e === null || typeof e !== 'object') throw e
+  let leaseMs = 1000
+  try {
+    leaseMs = service.lockTimeoutMs
+  } catch {}
+  const most = Math.max(1, Math.ceil(leaseMs / 1000))
+  let seconds = most
+  if (executorOf(service) === undefined && typeof key === 'string' && key !== '') {
+    try {
+      const row = await nativeRetrieve.call(service, key)
+      if (row.locked_at instanceof Date) seconds = Math.ceil((row.locked_at.getTime() + leaseMs - Date.now()) / 1000)
+    } catch {
+      // Gone or unreadable meanwhile: the whole lease.
+    }
+  }
+  try {
+    e.retryAfter = Math.min(most, Math.max(1, seconds))
+  } catch {}
+  throw e
+}
+for (const name of ['initializeRequest', 'lock', 'workStage']) {
+  const original = IdempotencyKeyService.prototype[name]
+  IdempotencyKeyService.prototype[name] = function leased(key, ...rest) {
+    return original.call(this, key, ...rest).catch((e) => withRetryAfter(this, key, e))
+  }
+}
+
 // The completer (completer.js): `service.completer(options)`, its channels beside the others.
 const completer = require('./completer.js').install(IdempotencyKeyService, { initializeRequest: nativeInitializeRequest, workStage: nativeWorkStage, isBound: (s) => executorOf(s) !== undefined })
 Object.assign(channels, completer.channels)

@@ -93,6 +93,19 @@ export declare const channels: CompleterChannels & {
 }
 
 /**
+ * What the service's methods reject with (SPEC §6): Medusa's `type`, a stable `code`. An
+ * `IDEMPOTENCY_KEY_LOCKED` refusal (initializeRequest, lock, workStage) also carries
+ * `retryAfter`: whole seconds until the holder's lease can expire, at least 1 (what the
+ * middleware sends as `Retry-After`).
+ */
+export interface IdempotencyError extends Error {
+  type: string
+  code: string
+  date?: Date
+  retryAfter?: number
+}
+
+/**
  * The context object of one traced call, the same object on its start / end / asyncStart /
  * asyncEnd / error events (Node sets `result` or `error` on it).
  */
