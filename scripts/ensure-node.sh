@@ -28,9 +28,9 @@ for major in "$@"; do
   binding="$prefix/node_modules/better-sqlite3/build/Release/better_sqlite3.node"
   if [ -f "$binding" ]; then continue; fi
   rm -rf "$prefix" && mkdir -p "$prefix"
-  # --build-from-source: no prebuilt download (GitHub); node-gyp builds against $dir/include.
-  PATH="$dir/bin:$PATH" npm_config_nodedir="$dir" npm install --prefix "$prefix" --no-save --no-package-lock \
-    --no-audit --no-fund --build-from-source "better-sqlite3@$bs_version" >/dev/null
+  # build_from_source: no prebuilt download (GitHub); node-gyp builds against $dir/include.
+  PATH="$dir/bin:$PATH" npm_config_nodedir="$dir" npm_config_build_from_source=true npm install --prefix "$prefix" \
+    --no-save --no-package-lock --no-audit --no-fund "better-sqlite3@$bs_version" >/dev/null 2>&1
   [ -f "$binding" ] || { echo "ensure-node: better-sqlite3 did not build for Node $major" >&2; exit 1; }
   echo "better-sqlite3 $bs_version built for Node $major"
 done
