@@ -80,8 +80,10 @@ test('a stage: start, end, then the statements inside it, then asyncStart/asyncE
   assert.equal(stage.result.recovery_point, 'charged')
   assert.equal(stage.dbSystem, isPostgres ? 'postgresql' : 'sqlite')
   if (isPostgres) {
-    assert.equal(stage.serverAddress, '127.0.0.1')
-    assert.equal(stage.serverPort, 5432)
+    // The service's URL: the server, or the PgBouncer in front of it (IDEM_PG_POOLER).
+    const url = new URL(fx.url)
+    assert.equal(stage.serverAddress, url.hostname)
+    assert.equal(stage.serverPort, Number(url.port || 5432))
     assert.equal(stage.dbNamespace, fx.name)
   } else {
     assert.equal(stage.serverAddress, null)
