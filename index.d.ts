@@ -79,6 +79,17 @@ export declare class IdempotencyKeyService {
   /** The tenant this copy is scoped to (`forTenant`), or null. */
   get tenant(): string | null
   /**
+   * The database this service talks to, for tracing and tools: `system` is `"postgresql"` or
+   * `"sqlite"`; `url` is the connection URL without its credentials (user, password) and
+   * query string, absent for a service without a pool of its own (`detached`).
+   */
+  get database(): { system: 'postgresql' | 'sqlite', url?: string }
+  /**
+   * How long a request lease holds without progress, in ms (`lockTimeoutMs`): a refused
+   * request may come back after at most this long.
+   */
+  get lockTimeoutMs(): number
+  /**
    * Bound mode, used by `withTransaction(executor)` in index.js: a copy of the service whose
    * every statement goes through `query`, the executor's `query` wrapped so that it resolves
    * to `{ rows }` or `{ error: { code, message } }`.
@@ -154,6 +165,12 @@ export interface ConnectOptions {
   preparedStatements?: boolean
   /** PostgreSQL TLS, overriding the URL's `sslmode`: `true` (verify-full against the bundled web roots), `false` (plain), or `{ ca, cert, key, rejectUnauthorized }` with PEM strings (`rejectUnauthorized: false` encrypts without verifying). */
   ssl?: boolean | SslOptions
+}
+
+/** What `IdempotencyKeyService.database` returns. */
+export interface DatabaseInfo {
+  system: string
+  url?: string
 }
 
 /** A row of Medusa's `idempotency_key` table, every field present. */

@@ -49,12 +49,23 @@ function assertErr(err, type, code) {
   assert.ok(err instanceof Error, `expected an Error, got ${String(err)}`)
   assert.equal(err.type, type, `type of ${err.message} (code ${err.code})`)
   assert.equal(err.code, code, `code of ${err.message} (type ${err.type})`)
+  assertRetryAfter(err)
+}
+
+/**
+ * Every IDEMPOTENCY_KEY_LOCKED carries `retryAfter`: whole seconds until the holder's lease can
+ * expire, at least 1 and at most the lease (every service here leases for 1000 ms or less).
+ */
+function assertRetryAfter(err) {
+  if (err.code !== 'IDEMPOTENCY_KEY_LOCKED') return
+  assert.equal(err.retryAfter, 1, `retryAfter of ${err.message}`)
 }
 
 function assertErrOneOf(err, type, codes) {
   assert.ok(err instanceof Error, `expected an Error, got ${String(err)}`)
   assert.equal(err.type, type, `type of ${err.message} (code ${err.code})`)
   assert.ok(codes.includes(err.code), `code ${err.code} (${err.message}) not in ${codes.join('/')}`)
+  assertRetryAfter(err)
 }
 
 async function makeSide(name) {
@@ -620,4 +631,28 @@ test('10. a key another service instance of this process is working is refused a
   assertErr(err, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
   assert.equal(ran, false, 'the second callback never ran')
   assert.ok(waited < 1000, `refused at once, not after a busy timeout (${waited} ms)`)
+})
+
+test('retryAfter: the seconds until the holder\'s lease can expire, from its locked_at, at least 1', async () => {
+  const s = await fx.connect({ lockTimeoutMs: 10_000 })
+  const key = uniqueKey('retry-after')
+  await s.initializeRequest(key, METHOD, PARAMS, PATH)
+  const fresh = await rejects(s.initializeRequest(key, METHOD, PARAMS, PATH))
+  assert.equal(fresh.code, 'IDEMPOTENCY_KEY_LOCKED')
+  assert.ok(fresh.retryAfter >= 9 && fresh.retryAfter <= 10, `retryAfter ${fresh.retryAfter}`)
+  // The lease taken 6.5 s ago: 4 seconds left (3.5, rounded up).
+  const { locked_at: lockedAt } = await oneRow(key)
+  const aged = new Date(lockedAt.getTime() - 6_500)
+  await db.query('UPDATE idempotency_key SET locked_at = $1 WHERE idempotency_key = $2', [isPostgres ? aged : aged.toISOString(), key])
+  const older = await rejects(s.lock(key))
+  assert.equal(older.code, 'IDEMPOTENCY_KEY_LOCKED')
+  assert.ok(older.retryAfter >= 3 && older.retryAfter <= 4, `retryAfter ${older.retryAfter}`)
+  // A stage holding the row: the same number on workStage's refusal.
+  const holder = holdStage(s, key)
+  await holder.inside
+  const held = await rejects(s.workStage(key, async () => ({ recovery_point: 'never' })))
+  holder.release()
+  await holder.done
+  assert.equal(held.code, 'IDEMPOTENCY_KEY_LOCKED')
+  assert.ok(Number.isInteger(held.retryAfter) && held.retryAfter >= 1 && held.retryAfter <= 10, `retryAfter ${held.retryAfter}`)
 })

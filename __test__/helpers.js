@@ -156,7 +156,10 @@ function toSqliteParams(params) {
 function openSqliteVerifier(file) {
   const Database = require('better-sqlite3')
   // Wait for the addon's write lock like any other writer would (reads never wait in WAL mode).
-  const sqlite = new Database(file, { timeout: 5000 })
+  // On another Node version than the one `npm ci` ran, scripts/test.js points at a copy of
+  // better-sqlite3's addon built for it (scripts/ensure-node.sh).
+  const nativeBinding = process.env.IDEM_BETTER_SQLITE3_BINDING || undefined
+  const sqlite = new Database(file, { timeout: 5000, nativeBinding })
   const run = (sql, params) => {
     const stmt = sqlite.prepare(toSqliteSql(sql))
     const args = params.length ? [toSqliteParams(params)] : []

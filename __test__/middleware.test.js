@@ -314,6 +314,9 @@ for (const kind of KINDS) {
       const second = await call(base, { key: k, body: CART })
       assertError(second, 409, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
       assertProtocolHeaders(second, k)
+      // Retry-After: whole seconds until the first request's lease (10 s, just taken) can expire.
+      const retryAfter = Number(header(second, 'retry-after'))
+      assert.ok(Number.isInteger(retryAfter) && retryAfter >= 8 && retryAfter <= 10, `Retry-After ${header(second, 'retry-after')}`)
       g.release()
       const r1 = await first
       assert.equal(r1.status, 201, r1.text)

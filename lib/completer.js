@@ -20,6 +20,7 @@
 
 const dc = require('node:diagnostics_channel')
 const { performance } = require('node:perf_hooks')
+const { tracing, dbOf } = require('./tracing.js')
 
 const channels = {
   completerPass: dc.channel('medusa-idempotency:completer:pass'),
@@ -229,7 +230,11 @@ function install(IdempotencyKeyService, native) {
       if (this.#running) return this.#running
       const control = { stop: false }
       this.#pass = control
-      const pending = this.#runPass(control).finally(() => {
+      // A pass is one `medusa-idempotency:completer.pass` TracingChannel call (tracing.js).
+      const pass = tracing.completerPass.hasSubscribers
+        ? tracing.completerPass.tracePromise(() => this.#runPass(control), { operation: 'completer.pass', ...dbOf(this.#service), tenant: this.tenant })
+        : this.#runPass(control)
+      const pending = pass.finally(() => {
         if (this.#running === pending) {
           this.#running = null
           this.#pass = null

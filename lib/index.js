@@ -4,6 +4,7 @@
 // `query(sql, params) => Promise`). Its result shapes are normalised here, in one place, and
 // its failures are turned into values, so the Rust core never sees a rejected promise from it.
 const dc = require('node:diagnostics_channel')
+const { AsyncResource } = require('node:async_hooks')
 const { performance } = require('node:perf_hooks')
 const native = require('./binding.js') // native.js, with an error naming the missing binary
 
@@ -71,7 +72,9 @@ function isExecutor(manager) {
 const nativeWithTransaction = IdempotencyKeyService.prototype.withTransaction
 IdempotencyKeyService.prototype.withTransaction = function withTransaction(manager) {
   if (!isExecutor(manager)) return nativeWithTransaction.call(this, manager)
-  const bound = this.bindExecutor(wrapExecutor(manager))
+  // The addon calls the executor from a thread-safe function, outside any async context: it
+  // runs in the one withTransaction() was called in (a request's, inside its transaction).
+  const bound = this.bindExecutor(AsyncResource.bind(wrapExecutor(manager)))
   bound[EXECUTOR] = manager
   return bound
 }
@@ -192,10 +195,13 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
   if (typeof callback !== 'function') return nativeWorkStage.call(this, key, callback, options)
   const executor = executorOf(this)
   // An async wrapper awaits whatever the callback returns, thenables included, as `await`
-  // would; bound mode hands the callback the caller's executor, like Medusa's.
+  // would; bound mode hands the callback the caller's executor, like Medusa's. The addon calls
+  // it from a thread-safe function, outside any async context (on Node 24's AsyncContextFrame,
+  // AsyncLocalStorage would see nothing there): it runs in the context of this call, as a JS
+  // service's callback would (AsyncResource.bind).
   if (!stageChannels.some((c) => c.hasSubscribers)) {
     const run = executor !== undefined ? async () => callback(executor) : async (tx) => callback(tx)
-    return nativeWorkStage.call(this, key, run, options)
+    return nativeWorkStage.call(this, key, AsyncResource.bind(run), options)
   }
   const event = { key, tenant: tenantOf(this), recoveryPoint: expectedPoint(options) }
   let attempts = 0
@@ -206,7 +212,7 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
   }
   // The callback runs on a later turn of the event loop, so `start` still comes first; a call
   // the native method refuses synchronously (a wrong `this`) publishes nothing.
-  const pending = nativeWorkStage.call(this, key, run, options)
+  const pending = nativeWorkStage.call(this, key, AsyncResource.bind(run), options)
   const started = performance.now()
   if (channels.stageStart.hasSubscribers) channels.stageStart.publish(event)
   return pending.then(
@@ -227,9 +233,48 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
   )
 }
 
+// IDEMPOTENCY_KEY_LOCKED carries `retryAfter`: whole seconds until the holder's lease can
+// expire (its `locked_at` + lockTimeoutMs, read after the refusal), at least 1 and at most the
+// lease itself; the middleware sends it as `Retry-After`. A bound copy (caller's transaction,
+// perhaps aborted by the refusal) does not read the row: the whole lease.
+const nativeRetrieve = IdempotencyKeyService.prototype.retrieve
+async function withRetryAfter(service, key, e) {
+  if (field(e, 'code') !== 'IDEMPOTENCY_KEY_LOCKED' || e === null || typeof e !== 'object') throw e
+  let leaseMs = 1000
+  try {
+    leaseMs = service.lockTimeoutMs
+  } catch {}
+  const most = Math.max(1, Math.ceil(leaseMs / 1000))
+  let seconds = most
+  if (executorOf(service) === undefined && typeof key === 'string' && key !== '') {
+    try {
+      const row = await nativeRetrieve.call(service, key)
+      if (row.locked_at instanceof Date) seconds = Math.ceil((row.locked_at.getTime() + leaseMs - Date.now()) / 1000)
+    } catch {
+      // Gone or unreadable meanwhile: the whole lease.
+    }
+  }
+  try {
+    e.retryAfter = Math.min(most, Math.max(1, seconds))
+  } catch {}
+  throw e
+}
+for (const name of ['initializeRequest', 'lock', 'workStage']) {
+  const original = IdempotencyKeyService.prototype[name]
+  IdempotencyKeyService.prototype[name] = function leased(key, ...rest) {
+    return original.call(this, key, ...rest).catch((e) => withRetryAfter(this, key, e))
+  }
+}
+
 // The completer (completer.js): `service.completer(options)`, its channels beside the others.
 const completer = require('./completer.js').install(IdempotencyKeyService, { initializeRequest: nativeInitializeRequest, workStage: nativeWorkStage, isBound: (s) => executorOf(s) !== undefined })
 Object.assign(channels, completer.channels)
+
+// TracingChannel events for every public operation and for tx.query (tracing.js), around the
+// methods above: a callback is bound to its call's context inside the traced call, so a store
+// a subscriber binds to `start` is what the callback and its statements see.
+const { tracing, install: installTracing } = require('./tracing.js')
+installTracing(IdempotencyKeyService, TransactionManager)
 
 // One assignment per export, so Node's CommonJS lexer sees every name and an ES module can
 // import them by name (`import { IdempotencyKeyService } from 'medusa-idempotency-native'`).
@@ -238,3 +283,4 @@ exports.TransactionManager = TransactionManager
 exports.__napiBindingTarget = native.__napiBindingTarget
 exports.wrapExecutor = wrapExecutor
 exports.channels = channels
+exports.tracingChannels = tracing

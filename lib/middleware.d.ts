@@ -78,7 +78,7 @@ export interface IdempotencyContext {
  * string), claims the key, and then:
  * - missing (when required) or malformed key: 400 `IDEMPOTENCY_KEY_MISSING` / `_MALFORMED`;
  *   a key the service refuses: 400 with its code; invalid JSON body: 400 `INVALID_JSON`;
- * - key in flight: 409 `IDEMPOTENCY_KEY_LOCKED`; key used for another request: 422 `IDEMPOTENCY_KEY_REUSED`;
+ * - key in flight: 409 `IDEMPOTENCY_KEY_LOCKED` with `Retry-After` (seconds until the holder's lease can expire, at least 1); key used for another request: 422 `IDEMPOTENCY_KEY_REUSED`;
  * - finished key: its stored response, with `Idempotent-Replayed: true`; the handler does not run;
  * - anything else: under Express `next(err)`; on node:http a JSON 500 (Medusa's status for the
  *   error's `type`), also for a handler that throws or rejects.

@@ -197,7 +197,7 @@ function answerError(req, res, next, err, express, report) {
   else if (err && err.code === 'IDEMPOTENCY_KEY_REUSED') status = 422
   else if (err && err.type === 'invalid_data') status = 400
   if (status !== undefined) {
-    writeJson(res, status, errorBody(err), status === 413 ? { Connection: 'close' } : undefined)
+    writeJson(res, status, errorBody(err), status === 413 ? { Connection: 'close' } : status === 409 ? retryAfter(err) : undefined)
     return
   }
   if (express) {
@@ -208,6 +208,12 @@ function answerError(req, res, next, err, express, report) {
   if (!typed) report(err)
   const body = typed ? errorBody(err) : { type: 'unknown_error', code: 'unknown_error', message: 'An unknown error occurred.' }
   writeJson(res, (typed && STATUS_BY_TYPE[err.type]) || 500, body)
+}
+
+/** `Retry-After` for a 409: the seconds the service put on the error (until the holder's lease can expire). */
+function retryAfter(err) {
+  const seconds = err.retryAfter
+  return Number.isInteger(seconds) && seconds >= 1 ? { 'Retry-After': String(seconds) } : undefined
 }
 
 /** Hand over to the handler. On node:http `next` is the handler: catch its throw or rejection. */

@@ -1,6 +1,6 @@
 // The package's types: the generated binding types (the package root's index.d.ts, written by `napi build`) plus
 // what index.js adds in JavaScript — the tracing channels and the executor wrapper.
-import type { Channel } from 'node:diagnostics_channel'
+import type { Channel, TracingChannel } from 'node:diagnostics_channel'
 import type { IdempotencyKey } from '../index'
 import type { CompleterChannels } from './completer'
 
@@ -90,6 +90,68 @@ export declare const channels: CompleterChannels & {
   conflict: Channel<ConflictEvent>
   replay: Channel<ReplayEvent>
   reap: Channel<ReapEvent>
+}
+
+/**
+ * What the service's methods reject with (SPEC §6): Medusa's `type`, a stable `code`. An
+ * `IDEMPOTENCY_KEY_LOCKED` refusal (initializeRequest, lock, workStage) also carries
+ * `retryAfter`: whole seconds until the holder's lease can expire, at least 1 (what the
+ * middleware sends as `Retry-After`).
+ */
+export interface IdempotencyError extends Error {
+  type: string
+  code: string
+  date?: Date
+  retryAfter?: number
+}
+
+/**
+ * The context object of one traced call, the same object on its start / end / asyncStart /
+ * asyncEnd / error events (Node sets `result` or `error` on it).
+ */
+export interface TracingContext {
+  operation: 'initializeRequest' | 'workStage' | 'retrieve' | 'lock' | 'update' | 'create' | 'reap' | 'listAbandoned' | 'query' | 'completer.pass'
+  /** `'postgresql'` or `'sqlite'`; null when unknown. */
+  dbSystem: 'postgresql' | 'sqlite' | null
+  /** PostgreSQL: the host and port of the connection URL. */
+  serverAddress: string | null
+  serverPort: number | null
+  /** PostgreSQL: the database name; SQLite: the file (or `:memory:`). */
+  dbNamespace: string | null
+  /** The service's tenant (`forTenant`), or null (absent on `query`). */
+  tenant?: string | null
+  /** The key the caller named (initializeRequest, workStage, retrieve, lock, update), or null. */
+  key?: string | null
+  /** workStage: the recovery point the caller expects, if given. */
+  recoveryPoint?: string
+  /** workStage: how many times the callback has run (0 when refused before it; more than 1 after retries). */
+  attempts?: number
+  /** query: the statement text the stage callback passed to `tx.query`. */
+  query?: string | null
+  /** query: how many rows it returned (null until it resolved). */
+  rowCount?: number | null
+  /** What the call resolved to. */
+  result?: unknown
+  /** What the call rejected with. */
+  error?: unknown
+}
+
+/**
+ * TracingChannels (`diagnostics_channel.tracingChannel('medusa-idempotency:<operation>')`), one per
+ * public operation, one for each statement a native stage's callback sends (`tx.query`) and one
+ * for a completer pass. Nothing is built or published while a channel has no subscriber.
+ */
+export declare const tracingChannels: {
+  initializeRequest: TracingChannel<unknown, TracingContext>
+  workStage: TracingChannel<unknown, TracingContext>
+  retrieve: TracingChannel<unknown, TracingContext>
+  lock: TracingChannel<unknown, TracingContext>
+  update: TracingChannel<unknown, TracingContext>
+  create: TracingChannel<unknown, TracingContext>
+  reap: TracingChannel<unknown, TracingContext>
+  listAbandoned: TracingChannel<unknown, TracingContext>
+  query: TracingChannel<unknown, TracingContext>
+  completerPass: TracingChannel<unknown, TracingContext>
 }
 
 /**

@@ -55,7 +55,7 @@ try {
   console.log(`packing ${pkg.name} and ${platformPackage} in ${tmp}`)
   const rootTarball = pack(root, tmp)
   assert.ok(!rootTarball.files.some((f) => f.endsWith('.node')), 'the root package ships no binary')
-  const lib = ['index.js', 'binding.js', 'native.js', 'medusa.js', 'middleware.js', 'completer.js', 'types.d.ts', 'medusa.d.ts', 'middleware.d.ts', 'completer.d.ts']
+  const lib = ['index.js', 'binding.js', 'native.js', 'medusa.js', 'middleware.js', 'completer.js', 'tracing.js', 'otel.js', 'cli.js', 'types.d.ts', 'medusa.d.ts', 'middleware.d.ts', 'completer.d.ts', 'otel.d.ts']
   for (const f of ['index.d.ts', ...lib.map((f) => `lib/${f}`)]) {
     assert.ok(rootTarball.files.includes(f), `the root package ships ${f}`)
   }
@@ -96,6 +96,15 @@ try {
   process.stdout.write(sh(process.execPath, ['dist/typed.mjs'], app, env))
   const check = "const s = require('./dist/service.cjs'); if (!s.same || s.default !== require('medusa-idempotency-native/medusa')) process.exit(1); console.log('service.cts: ok')"
   process.stdout.write(sh(process.execPath, ['-e', check], app, env))
+  // The command line as npx runs it (the package's bin, linked by npm), on a throwaway SQLite file.
+  const bin = path.join(app, 'node_modules', '.bin', process.platform === 'win32' ? `${pkg.name}.cmd` : pkg.name)
+  assert.match(sh(bin, ['--help'], app, env), /^Usage: medusa-idempotency-native <command>/)
+  const migrated = sh(bin, ['migrate', '--json'], app, { ...env, DATABASE_URL: `sqlite://${path.join(app, 'cli.db')}` })
+  assert.deepEqual(JSON.parse(migrated), { migrated: true })
+  console.log('bin: ok')
+  // The otel subpath without its optional peer dependency: a clear error, only when used.
+  const otel = "try { require('medusa-idempotency-native/otel').instrument(); process.exit(1) } catch (e) { if (e.code !== 'OTEL_API_MISSING') throw e; console.log('otel without @opentelemetry/api: ok') }"
+  process.stdout.write(sh(process.execPath, ['-e', otel], app, env))
 
   // No binary for this platform: the root package alone. Its platform package is not
   // published, so npm skips it, and loading must say what is missing and what to do.

@@ -103,6 +103,34 @@ fn service_to_js(env: &Env, core: Arc<Service>, bound: Option<Bound>) -> Result<
   }))
 }
 
+/// What `IdempotencyKeyService.database` returns.
+#[napi(object)]
+pub struct DatabaseInfo {
+  pub system: String,
+  pub url: Option<String>,
+}
+
+/// `url` without its user and password (the authority's part before `@`) and without its
+/// query string (`?password=…`, `sslkey=…`).
+fn redact_url(url: &str) -> String {
+  let url = url.split(['?', '#']).next().unwrap_or("");
+  let Some(scheme_end) = url.find("://") else {
+    return url.to_owned();
+  };
+  let rest = &url[scheme_end + 3..];
+  let authority_end = rest.find('/').unwrap_or(rest.len());
+  let authority = &rest[..authority_end];
+  let host = authority
+    .rsplit_once('@')
+    .map_or(authority, |(_, host)| host);
+  format!(
+    "{}{}{}",
+    &url[..scheme_end + 3],
+    host,
+    &rest[authority_end..]
+  )
+}
+
 /// Throw `e` as a typed JS error from a sync method.
 fn throw(env: &Env, e: &Error) -> napi::Error {
   // SAFETY: called on the JS thread during a napi callback, with that callback's env.
@@ -367,6 +395,32 @@ impl IdempotencyKeyService {
   #[napi(getter)]
   pub fn tenant(&self) -> Option<String> {
     self.core.tenant().map(str::to_owned)
+  }
+
+  /// The database this service talks to, for tracing and tools: `system` is `"postgresql"` or
+  /// `"sqlite"`; `url` is the connection URL without its credentials (user, password) and
+  /// query string, absent for a service without a pool of its own (`detached`).
+  #[napi(
+    getter,
+    ts_return_type = "{ system: 'postgresql' | 'sqlite', url?: string }"
+  )]
+  pub fn database(&self) -> DatabaseInfo {
+    let system = match self.core.backend_name() {
+      "sqlite" => "sqlite",
+      _ => "postgresql",
+    };
+    let url = &self.core.options().url;
+    DatabaseInfo {
+      system: system.to_owned(),
+      url: (!url.is_empty()).then(|| redact_url(url)),
+    }
+  }
+
+  /// How long a request lease holds without progress, in ms (`lockTimeoutMs`): a refused
+  /// request may come back after at most this long.
+  #[napi(getter)]
+  pub fn lock_timeout_ms(&self) -> f64 {
+    self.core.options().lock_timeout.as_secs_f64() * 1000.0
   }
 
   /// Bound mode, used by `withTransaction(executor)` in index.js: a copy of the service whose

@@ -1,11 +1,13 @@
 // The README's TypeScript examples, compiled by `npm test` (tsc --noEmit against the package's
-// own types: lib/types.d.ts, index.d.ts, lib/middleware.d.ts), so the documented API cannot
+// own types: lib/types.d.ts, index.d.ts, lib/middleware.d.ts, lib/otel.d.ts), so the documented API cannot
 // drift from the declared one. Never run.
 import dc from 'node:diagnostics_channel'
 import http from 'node:http'
 import express from 'express'
 import { IdempotencyKeyService, TransactionManager, channels, type IdempotencyKey, type StageEndEvent, type ConflictEvent, type CompleterRoute, type CompleterStage, type CompleterPassResult, type CompleterGiveUpEvent } from 'medusa-idempotency-native'
 import { idempotency } from 'medusa-idempotency-native/middleware'
+import { instrument } from 'medusa-idempotency-native/otel'
+import { tracingChannels, type IdempotencyError } from 'medusa-idempotency-native'
 
 export async function api(req: express.Request, res: express.Response) {
   const service = await IdempotencyKeyService.connect('postgres://postgres@127.0.0.1:5432/app')
@@ -153,4 +155,23 @@ export function counters() {
   channels.reap.subscribe((m: any) => (counters.reaped += m.removed))
   channels.completerGiveUp.subscribe((m) => { const e = m as CompleterGiveUpEvent; alert(`completer gave up on ${e.key} after ${e.attempts} attempts`) })
   return counters
+}
+
+// Tracing and metrics: the TracingChannels and the OpenTelemetry subpath.
+export function tracing(tracerProvider: import('@opentelemetry/api').TracerProvider, meterProvider: import('@opentelemetry/api').MeterProvider) {
+  const otel = instrument({ tracerProvider, meterProvider })
+  instrument({ captureQueryText: true }).disable()
+  tracingChannels.query.subscribe({ asyncEnd: (ctx) => console.log(ctx.query, ctx.rowCount), start() {}, end() {}, asyncStart() {}, error() {} })
+  return otel.disable
+}
+
+// Retry-After for callers without the middleware.
+export async function retryAfter(service: IdempotencyKeyService) {
+  try {
+    await service.lock('k')
+  } catch (e) {
+    const err = e as IdempotencyError
+    if (err.code === 'IDEMPOTENCY_KEY_LOCKED') return err.retryAfter
+  }
+  return service.database.system === 'postgresql' ? service.lockTimeoutMs : 0
 }

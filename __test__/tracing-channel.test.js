@@ -1,0 +1,230 @@
+// TracingChannel events (lib/tracing.js): one `medusa-idempotency:<operation>` tracing channel per
+// public operation and one for tx.query, observed with Node's own `tracingChannel().subscribe`:
+// start / end / asyncStart / asyncEnd / error in Node's order on one context object, the
+// context's fields, a store bound to `start` seen inside stage callbacks. Runs on the backend
+// IDEM_BACKEND selects.
+const { test, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const dc = require('node:diagnostics_channel')
+const { AsyncLocalStorage } = require('node:async_hooks')
+const { freshDb, holdStage, isPostgres, sleep } = require('./helpers')
+const { tracingChannels } = require('..')
+
+const OPERATIONS = ['initializeRequest', 'workStage', 'retrieve', 'lock', 'update', 'create', 'reap', 'listAbandoned', 'query', 'completer.pass']
+
+let fx
+let service
+before(async () => {
+  fx = await freshDb()
+  service = await fx.connect({ lockTimeoutMs: 100 })
+})
+after(async () => {
+  if (fx) await fx.cleanup()
+})
+
+let seq = 0
+const uniq = (p) => `${p}-${process.pid}-${++seq}`
+
+/** Every event of every operation while `fn` runs: [operation, phase, context]. */
+async function record(fn) {
+  const seen = []
+  const subscriptions = OPERATIONS.map((op) => {
+    const handlers = {}
+    for (const phase of ['start', 'end', 'asyncStart', 'asyncEnd', 'error']) handlers[phase] = (ctx) => seen.push([op, phase, ctx])
+    dc.tracingChannel(`medusa-idempotency:${op}`).subscribe(handlers)
+    return [op, handlers]
+  })
+  try {
+    await fn()
+  } finally {
+    for (const [op, handlers] of subscriptions) dc.tracingChannel(`medusa-idempotency:${op}`).unsubscribe(handlers)
+  }
+  return seen
+}
+
+const phasesOf = (seen, op) => seen.filter(([o]) => o === op).map(([, phase]) => phase)
+
+test('the exported tracing channels are the named ones, and nothing subscribes by default', () => {
+  assert.equal(tracingChannels.workStage.start, dc.channel('tracing:medusa-idempotency:workStage:start'))
+  assert.equal(tracingChannels.query.asyncEnd, dc.channel('tracing:medusa-idempotency:query:asyncEnd'))
+  assert.equal(tracingChannels.completerPass.error, dc.channel('tracing:medusa-idempotency:completer.pass:error'))
+  for (const c of Object.values(tracingChannels)) assert.equal(c.hasSubscribers, false)
+})
+
+test('a stage: start, end, then the statements inside it, then asyncStart/asyncEnd; one context with its fields and result', async () => {
+  const key = uniq('stage')
+  await service.create({ idempotency_key: key })
+  const seen = await record(() =>
+    service.workStage(key, async (tx) => {
+      await tx.query('SELECT 1 AS one UNION ALL SELECT 2')
+      return { recovery_point: 'charged' }
+    }, { recoveryPoint: 'started' }),
+  )
+  assert.deepEqual(seen.map(([op, phase]) => `${op}:${phase}`), [
+    'workStage:start',
+    'workStage:end',
+    'query:start',
+    'query:end',
+    'query:asyncStart',
+    'query:asyncEnd',
+    'workStage:asyncStart',
+    'workStage:asyncEnd',
+  ])
+  const stage = seen[0][2]
+  assert.ok(seen.filter(([op]) => op === 'workStage').every(([, , ctx]) => ctx === stage), 'one context object per call')
+  assert.equal(stage.operation, 'workStage')
+  assert.equal(stage.key, key)
+  assert.equal(stage.recoveryPoint, 'started')
+  assert.equal(stage.attempts, 1)
+  assert.equal(stage.tenant, null)
+  assert.equal(stage.result.recovery_point, 'charged')
+  assert.equal(stage.dbSystem, isPostgres ? 'postgresql' : 'sqlite')
+  if (isPostgres) {
+    // The service's URL: the server, or the PgBouncer in front of it (IDEM_PG_POOLER).
+    const url = new URL(fx.url)
+    assert.equal(stage.serverAddress, url.hostname)
+    assert.equal(stage.serverPort, Number(url.port || 5432))
+    assert.equal(stage.dbNamespace, fx.name)
+  } else {
+    assert.equal(stage.serverAddress, null)
+    assert.equal(stage.dbNamespace, fx.file)
+  }
+  const query = seen[2][2]
+  assert.equal(query.operation, 'query')
+  assert.equal(query.query, 'SELECT 1 AS one UNION ALL SELECT 2')
+  assert.equal(query.rowCount, 2)
+  assert.equal(query.dbSystem, stage.dbSystem)
+  assert.deepEqual(query.result, [{ one: 1 }, { one: 2 }])
+})
+
+test('a failing stage and a failing statement publish error with the rejection; a LOCKED stage too', async () => {
+  const key = uniq('fail')
+  await service.create({ idempotency_key: key })
+  const boom = new Error('card declined')
+  let seen = await record(() =>
+    assert.rejects(
+      service.workStage(key, async (tx) => {
+        await tx.query('SELECT * FROM no_such_table').catch(() => {})
+        throw boom
+      }),
+      (e) => e === boom,
+    ),
+  )
+  assert.deepEqual(phasesOf(seen, 'workStage'), ['start', 'end', 'error', 'asyncStart', 'asyncEnd'])
+  assert.deepEqual(phasesOf(seen, 'query'), ['start', 'end', 'error', 'asyncStart', 'asyncEnd'])
+  assert.equal(seen.find(([op, phase]) => op === 'workStage' && phase === 'error')[2].error, boom)
+  const failed = seen.find(([op, phase]) => op === 'query' && phase === 'error')[2]
+  assert.equal(failed.query, 'SELECT * FROM no_such_table')
+  if (isPostgres) assert.equal(failed.error.code, '42P01')
+  else assert.match(failed.error.message, /no such table/)
+
+  const holder = holdStage(service, key)
+  await holder.inside
+  seen = await record(() => assert.rejects(service.workStage(key, async () => ({ recovery_point: 'x' })), { code: 'IDEMPOTENCY_KEY_LOCKED' }))
+  holder.release()
+  await holder.done
+  const locked = seen.find(([op, phase]) => op === 'workStage' && phase === 'error')[2]
+  assert.equal(locked.error.code, 'IDEMPOTENCY_KEY_LOCKED')
+  assert.equal(locked.attempts, 0, 'refused before the callback ran')
+})
+
+test('every other operation publishes its own tracing channel', async () => {
+  const key = uniq('ops')
+  const seen = await record(async () => {
+    await service.initializeRequest(key, 'POST', { a: 1 }, '/ops')
+    await service.retrieve(key)
+    await service.update(key, { recovery_point: 'moved' })
+    await sleep(150)
+    await service.lock(key)
+    await service.create({ idempotency_key: uniq('created') })
+    await service.listAbandoned({ idleMs: 1 })
+    await service.reap({ olderThanMs: 3_600_000 })
+    await assert.rejects(service.retrieve(uniq('missing')), { code: 'IDEMPOTENCY_KEY_NOT_FOUND' })
+  })
+  for (const op of ['initializeRequest', 'update', 'lock', 'create', 'listAbandoned', 'reap']) {
+    assert.deepEqual(phasesOf(seen, op), ['start', 'end', 'asyncStart', 'asyncEnd'], op)
+  }
+  assert.deepEqual(phasesOf(seen, 'retrieve'), ['start', 'end', 'asyncStart', 'asyncEnd', 'start', 'end', 'error', 'asyncStart', 'asyncEnd'])
+  const init = seen.find(([op]) => op === 'initializeRequest')[2]
+  assert.equal(init.key, key)
+  assert.equal(init.result.idempotency_key, key)
+  assert.equal(typeof seen.find(([op]) => op === 'reap')[2].result, 'number')
+  assert.ok(Array.isArray(seen.find(([op]) => op === 'listAbandoned')[2].result))
+})
+
+test('a tenant-scoped copy puts its tenant on the context', async () => {
+  const scoped = service.forTenant(uniq('acme'))
+  const key = uniq('tk')
+  const seen = await record(() => scoped.create({ idempotency_key: key }))
+  assert.equal(seen[0][2].tenant, scoped.tenant)
+  assert.equal(seen[0][2].dbSystem, isPostgres ? 'postgresql' : 'sqlite')
+})
+
+test('a completer pass is one completer.pass call around its listAbandoned and stages', async () => {
+  const key = uniq('pass')
+  await service.initializeRequest(key, 'POST', {}, '/pass')
+  await sleep(200)
+  const completer = service.completer({ routes: { 'POST /pass': () => ({ started: async () => ({ response_code: 200, response_body: {} }) }) }, idleMs: 50 })
+  const seen = await record(() => completer.runOnce())
+  const ops = seen.map(([op, phase]) => `${op}:${phase}`)
+  assert.equal(ops[0], 'completer.pass:start')
+  assert.equal(ops.at(-1), 'completer.pass:asyncEnd')
+  assert.ok(ops.includes('workStage:asyncEnd') && ops.includes('listAbandoned:asyncEnd'), ops.join(' '))
+  const pass = seen[0][2]
+  assert.equal(pass.operation, 'completer.pass')
+  assert.ok(pass.result.completed >= 1)
+})
+
+test('a store bound to start is what the stage callback, its statements and user code inside see', async () => {
+  const als = new AsyncLocalStorage()
+  const key = uniq('store')
+  await service.create({ idempotency_key: key })
+  const stageChannel = dc.tracingChannel('medusa-idempotency:workStage')
+  const queryChannel = dc.tracingChannel('medusa-idempotency:query')
+  stageChannel.start.bindStore(als, (ctx) => ({ span: `stage ${ctx.key}` }))
+  const parents = []
+  const onQuery = { start: () => parents.push(als.getStore()) }
+  queryChannel.subscribe(onQuery)
+  let inside
+  try {
+    await als.run({ span: 'request' }, () =>
+      service.workStage(key, async (tx) => {
+        inside = als.getStore()
+        await tx.query('SELECT 1 AS one')
+        return { recovery_point: 'x' }
+      }),
+    )
+  } finally {
+    stageChannel.start.unbindStore(als)
+    queryChannel.unsubscribe(onQuery)
+  }
+  assert.deepEqual(inside, { span: `stage ${key}` })
+  assert.deepEqual(parents, [{ span: `stage ${key}` }])
+})
+
+// PostgreSQL only: SQLite serialises writers, so it has no 40001 to retry.
+if (isPostgres) test('a serialization failure re-runs the callback: attempts counts the runs', async () => {
+  const a = uniq('skew-a')
+  const b = uniq('skew-b')
+  await service.create({ idempotency_key: a })
+  await service.create({ idempotency_key: b })
+  await fx.db.exec('CREATE TABLE IF NOT EXISTS tc_skew (k text PRIMARY KEY, v int)')
+  await fx.db.exec(`INSERT INTO tc_skew VALUES ('${a}', 0), ('${b}', 0)`)
+  let arrived = 0
+  let go
+  const gate = new Promise((r) => (go = r))
+  const stage = (mine, other) =>
+    service.workStage(mine, async (tx) => {
+      await tx.query('SELECT v FROM tc_skew WHERE k = $1', [other])
+      if (++arrived === 2) go()
+      await gate
+      await tx.query('UPDATE tc_skew SET v = v + 1 WHERE k = $1', [mine])
+      return { recovery_point: 'skewed' }
+    })
+  const seen = await record(() => Promise.all([stage(a, b), stage(b, a)]))
+  const ends = seen.filter(([op, phase]) => op === 'workStage' && phase === 'asyncEnd').map(([, , ctx]) => ctx)
+  assert.equal(ends.length, 2)
+  assert.ok(ends.some((ctx) => ctx.attempts >= 2), `attempts ${ends.map((c) => c.attempts)}`)
+  // Each run's statements are published again: more query starts than the 4 of one run each.
+  assert.ok(seen.filter(([op, phase]) => op === 'query' && phase === 'start').length > 4)
+})
