@@ -408,6 +408,8 @@ function idempotency(options) {
     )
   }
 
+  const releases = releaseQueue(report)
+
   // A client that leaves mid-body is nobody's failure, and a client can do it at will: report it
   // at most once per ABORT_REPORT_MS, with how many were left unreported before it.
   let lastAbortReport = -Infinity
@@ -567,7 +569,7 @@ function idempotency(options) {
     // A request that ends before its handler began its work (refused by authentication or
     // validation, a 404, a client gone) leaves no idempotent result: its key is released.
     const onEnd = () => {
-      if (!began) release(service, key).catch(report)
+      if (!began) releases.push(service, key)
     }
     if (res.destroyed || res.writableFinished) setImmediate(onEnd)
     else res.once('close', onEnd)
@@ -587,6 +589,57 @@ const RELEASE_SQL = `UPDATE idempotency_key SET idempotency_key = idempotency_ke
   AND NOT EXISTS (SELECT 1 FROM idempotency_key_accepted a WHERE a.key_id = $1)
   RETURNING id`
 const NOT_RELEASED = Symbol('not released')
+/** Releases waiting beyond this many are dropped (their keys stay until reaped), reported once a minute. */
+const MAX_PENDING_RELEASES = 10_000
+const RELEASE_RETRIES = [20, 80, 250]
+
+/**
+ * Releases run one at a time, after their responses: concurrent ones (each renames a key, a write
+ * to the unique index another one's stage has read) fail each other's SERIALIZABLE transactions,
+ * and nobody waits for them. A serialization failure is retried after a pause.
+ */
+function releaseQueue(report) {
+  const pending = []
+  let running = false
+  let dropped = 0
+  let lastDropReport = -Infinity
+  async function drain() {
+    running = true
+    while (pending.length > 0) {
+      const [service, key] = pending.shift()
+      for (let i = 0; ; i++) {
+        try {
+          await release(service, key)
+          break
+        } catch (e) {
+          const code = field(e, 'code')
+          if ((code === '40001' || code === '40P01') && i < RELEASE_RETRIES.length) {
+            await new Promise((r) => setTimeout(r, RELEASE_RETRIES[i] * (0.5 + Math.random())))
+            continue
+          }
+          report(e)
+          break
+        }
+      }
+    }
+    running = false
+  }
+  return {
+    push(service, key) {
+      if (pending.length >= MAX_PENDING_RELEASES) {
+        dropped++
+        if (Date.now() - lastDropReport >= ABORT_REPORT_MS) {
+          lastDropReport = Date.now()
+          report(new Error(`${dropped} key releases dropped (more than ${MAX_PENDING_RELEASES} waiting); those keys stay until reaped`))
+          dropped = 0
+        }
+        return
+      }
+      pending.push([service, key])
+      if (!running) drain().catch(report)
+    },
+  }
+}
 const LEFT_ALONE = new Set(['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE', 'IDEMPOTENCY_KEY_NOT_FOUND', 'DATABASE_BUSY'])
 
 async function release(service, key) {
