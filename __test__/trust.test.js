@@ -209,7 +209,7 @@ test('300 POSTs to a 404 path leave no stored body; older unaccepted keys never 
   const route = checkout(payments)
   // Keys claimed but never accepted, older than the real one: a process that died before any
   // handler ran (nothing released them).
-  const junkBody = { pad: 'x'.repeat(2000) }
+  const junkBody = { pad: 'x'.repeat(200_000) } // 300 of them: 60 MB a pass must not load
   for (let i = 0; i < 300; i++) await service.initializeRequest(uniq('junk'), 'POST', junkBody, '/no-such-route')
   const real = uniq('real')
   await service.initializeRequest(real, 'POST', { cart_id: 'real-cart' }, '/checkout')
@@ -234,7 +234,18 @@ test('300 POSTs to a 404 path leave no stored body; older unaccepted keys never 
   }
 
   await sleep(IDLE + LEASE + 50)
-  const pass = await service.completer({ routes: { 'POST /checkout': route }, idleMs: IDLE, limit: 1 }).runOnce()
+  // The heap while the pass runs (sampled between its awaits): the junk rows' 60 MB never arrive.
+  const baseline = process.memoryUsage().heapUsed
+  let peak = baseline
+  const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().heapUsed)), 1)
+  let pass
+  try {
+    pass = await service.completer({ routes: { 'POST /checkout': route }, idleMs: IDLE, limit: 1 }).runOnce()
+  } finally {
+    clearInterval(sampler)
+  }
+  peak = Math.max(peak, process.memoryUsage().heapUsed)
+  assert.ok(peak - baseline < 20e6, `the pass grew the heap by ${((peak - baseline) / 1e6).toFixed(1)} MB`)
   assert.equal(pass.completed, 1, JSON.stringify(pass))
   assert.equal(pass.skipped, 0, `no unrelated key was listed: ${JSON.stringify(pass)}`)
   assert.equal((await stored(real))[0].recovery_point, 'finished')

@@ -203,4 +203,4 @@ async function sweepAccepted(tx, tenant, batch) {
   return rows
 }
 
-module.exports = { ANCHOR, onAnchor, sweepAccepted, acceptedStage, RESERVED_PREFIX, parseRouteName, targetPath, matchPath, routeOf, rowsOf, scopedKey, recordAcceptance, migrationHint, invalid }
+module.exports = { onAnchor, sweepAccepted, acceptedStage, RESERVED_PREFIX, parseRouteName, targetPath, matchPath, routeOf, rowsOf, scopedKey, recordAcceptance, migrationHint }
