@@ -129,6 +129,8 @@ test('a request refused before its handler (401 from auth after an app-wide midd
     const again = await post(srv.port, '/checkout', key, { cart_id: 'victim-cart' })
     assert.equal(again.status, 401)
     assert.equal(again.replayed, false)
+    // Released again once that response ended (a retry sent before then meets the lease: 409).
+    await until(async () => (await stored(key)).length === 0, 'the second refused claim to be released')
     const mine = await post(srv.port, '/checkout', key, { cart_id: 'my-cart' }, { authorization: 'Bearer ok' })
     assert.equal(mine.status, 201, mine.text)
     assert.equal(mine.replayed, false)
