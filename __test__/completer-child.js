@@ -49,6 +49,7 @@ async function server(url, tenant) {
       const idem = req.idempotency
       const k = idem.key.idempotency_key
       const stages = checkout(req.body, idem.key)
+      await idem.accept({ route: 'POST /checkout' })
       await idem.service.workStage(k, stages.started, { recoveryPoint: 'started' })
       if (req.headers['x-pause'] === 'between') {
         print(`between ${k}`)

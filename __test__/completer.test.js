@@ -45,9 +45,10 @@ async function collect(channel, fn) {
   return seen
 }
 
-/** A key left at `at` by a request whose client went away: claimed, stages up to `at` committed, lease released by a failed stage. */
-async function abandon(svc, key, { method = 'POST', path: p, params, stages, at }) {
+/** A key left at `at` by a request whose client went away: claimed, accepted for `route` (default: its method and path), stages up to `at` committed. */
+async function abandon(svc, key, { method = 'POST', path: p, params, stages, at, route = `${method} ${p}`, pathParams }) {
   let k = await svc.initializeRequest(key, method, params, p)
+  k = await svc.accept(key, { route, pathParams })
   while (k.recovery_point !== at) k = await svc.workStage(key, stages[k.recovery_point], { recoveryPoint: k.recovery_point })
   return k
 }
@@ -223,7 +224,7 @@ test('12 requests SIGKILLed after their first stage, two completer processes at 
 
 // ---------------------------------------------------------------------------------------------
 
-test('keys of an unregistered route, keys with a fresh lease and finished keys are not touched; an abandoned one of the route is completed', async () => {
+test('keys of an unregistered route, keys no handler accepted (a live one), keys made by create() and finished keys are not even listed; an abandoned one of the route is completed', async () => {
   // The completer's service leases for 5 s and lists keys idle for 150 ms, so a key claimed
   // 300 ms ago by a live request is listed but still leased.
   const svc = await fx.connect({ lockTimeoutMs: 5000 })
@@ -250,10 +251,9 @@ test('keys of an unregistered route, keys with a fresh lease and finished keys a
   const afterRows = await Promise.all(watched.map(row))
   assert.deepEqual(afterRows, before, 'not a column of them changed')
   for (const k of watched) assert.equal(await attemptsRow(k), undefined, `${k}: no attempt counted`)
-  assert.ok(result.skippedBy.route >= 2, JSON.stringify(result))
-  assert.ok(result.skippedBy.locked >= 1, JSON.stringify(result))
+  // Selected by route and acceptance in SQL: the others are not listed, so not even skipped.
+  assert.deepEqual([result.completed, result.skipped], [1, 0], JSON.stringify(result))
   assert.equal((await row(mine)).recovery_point, 'finished')
-  assert.ok(result.completed >= 1)
 })
 
 test('a key a stage is working on is skipped as locked, its stage unaffected', async () => {
@@ -271,7 +271,9 @@ test('a key a stage is working on is skipped as locked, its stage unaffected', a
   const k = await held.done
   assert.equal(k.recovery_point, 'charged')
   assert.equal(ran, 0)
-  assert.equal(result.skippedBy.locked, 1, JSON.stringify(result))
+  // PostgreSQL lists it and fails to claim it; SQLite's stage holds the write lock, which the
+  // listing (a transaction of its own) waits for up to busyTimeoutMs: that pass lists nothing.
+  assert.equal(result.skippedBy.locked, isPostgres ? 1 : 0, JSON.stringify(result))
   assert.equal(result.completed, 0)
 })
 
@@ -441,7 +443,7 @@ test('a scoped completer completes only its tenant\'s keys; :name path segments 
   }
   for (const tenant of ['ta', 'tb']) {
     const scoped = service.forTenant(tenant)
-    await abandon(scoped, key, { path: p(`cart_${tenant}`), params: { cart: tenant }, stages: checkout({ cart: tenant }, { idempotency_key: key }), at: 'reserved' })
+    await abandon(scoped, key, { path: p(`cart_${tenant}`), route: 'POST /store/carts/:id/complete', pathParams: { id: `cart_${tenant}` }, params: { cart: tenant }, stages: checkout({ cart: tenant }, { idempotency_key: key }), at: 'reserved' })
   }
   await sleep(IDLE + 50)
   const r = await service.forTenant('ta').completer({ routes: { 'POST /store/carts/:id/complete': cart }, idleMs: IDLE }).runOnce()

@@ -568,7 +568,7 @@ test('node: a client gone before its body was read settles the middleware and is
     sock.destroy()
     for (let i = 0; i < 100 && !reported.includes('settled'); i++) await sleep(20)
     assert.ok(reported.includes('settled'), `the middleware settled (reported: ${reported.map(String)})`)
-    assert.ok(reported.some((e) => e instanceof Error && e.aborted), 'the abort was reported')
+    assert.ok(reported.some((e) => e instanceof Error && e.aborted), `the abort was reported: ${reported.map(String)}`)
   } finally {
     server.closeAllConnections()
     await new Promise((r) => server.close(r))

@@ -45,7 +45,8 @@ function send(res, status, body) {
  * key and the database hold, so it is safe to run again from another process.
  */
 function checkoutStages(body, key) {
-  const k = key.idempotency_key
+  // The key as stored, unique across tenants: what side rows and a payment provider are keyed by.
+  const k = key.scoped_key
   return {
     started: async (tx) => {
       await tx.query('INSERT INTO reservations VALUES ($1, $2, $3)', [k, body.cart_id, body.qty])
@@ -89,7 +90,9 @@ async function checkout(req, res) {
     }
   }
   try {
-    const key = await idem.run(stages)
+    // Accepted when its first stage commits; node:http has no req.route, so the route is named
+    // here, as the completer registers it.
+    const key = await idem.run(stages, { route: 'POST /checkout' })
     res.setHeader('x-stages-run', [...walked, 'finished'].join(','))
     idem.respond(key) // the stored response: a replay later sends these same bytes
   } catch (e) {

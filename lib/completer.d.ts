@@ -10,7 +10,7 @@ export type CompleterStage = (tx: TransactionManager | any) => StageReturnValue 
 export interface RouteMatch {
   /** The route as registered, `"POST /store/carts/:id/complete"`. */
   route: string
-  /** `{ id: "cart_123" }` for `/store/carts/:id/complete` and a stored path `/store/carts/cart_123/complete`. */
+  /** `{ id: "cart_123" }` for `/store/carts/:id/complete`: the decoded `req.params` the handler saw when it accepted the request. */
   pathParams: Record<string, string>
 }
 
@@ -20,20 +20,21 @@ export interface RouteMatch {
  * `req.body` and `req.idempotency.key`, so both run the same code. The completer also passes
  * `match` (the handler has `req.params`).
  */
-export type CompleterRoute = (params: any, key: IdempotencyKey, match?: RouteMatch) => Record<string, CompleterStage>
+export type CompleterRoute = (params: any, key: IdempotencyKey & { scoped_key: string }, match?: RouteMatch) => Record<string, CompleterStage>
 
 export interface CompleterOptions {
   /**
-   * `"METHOD /path"` as stored in `request_method` / `request_path` (what the middleware stores:
-   * the method and the path without the query string) → the route's stages. `:name` segments
-   * match one path segment. Keys of other routes are never touched.
+   * `"METHOD /path"` as the app declares the route (Express's `req.baseUrl + req.route.path`, or
+   * the `route` given to `run`/`accept`) → the route's stages. Only keys a handler accepted for
+   * one of these routes are selected; keys of other routes, and keys no handler accepted, are
+   * never listed or touched.
    */
   routes: Record<string, CompleterRoute>
   /** A key is abandoned when unfinished with no progress (stage commit, else creation) for this long, as `listAbandoned` (default 60000). Keep it above `lockTimeoutMs`. */
   idleMs?: number
   /** The time between passes of `start()`, from the end of one to the start of the next (default 30000). */
   intervalMs?: number
-  /** Keys a pass drives at most (default 100). */
+  /** Keys a pass selects and drives at most (default 100, at most 10000). */
   limit?: number
   /** Attempts per key, counted across passes, processes and restarts; then the key is left for an operator (default 5). */
   maxAttempts?: number
@@ -47,7 +48,7 @@ export interface CompleterOptions {
 
 /** Why keys were skipped in a pass. */
 export interface CompleterSkipped {
-  /** No registered route for its method and path (or none stored). Not touched. */
+  /** Kept for compatibility: keys of unregistered routes are not selected, so this is 0. */
   route: number
   /** Its lease is fresh (a live request, another completer) or its row is locked by a stage. Not touched. */
   locked: number
@@ -55,9 +56,9 @@ export interface CompleterSkipped {
   finished: number
   /** Moved on by someone else while this pass was driving it. */
   stale: number
-  /** Failed before and still backing off. */
+  /** Failed before and still backing off (counted, not selected). */
   backoff: number
-  /** `maxAttempts` reached: left for an operator. */
+  /** `maxAttempts` reached: left for an operator (counted, not selected). */
   gaveUp: number
 }
 
@@ -161,5 +162,12 @@ declare module '../index' {
      * Needs `migrate()` (its attempts table).
      */
     completer(options: CompleterOptions): Completer
+    /**
+     * Mark a claimed key's request accepted by the handler that took it, in a committed step of
+     * its own, so a completer registering `route` may finish it. The middleware does this itself
+     * (with the first stage, or `req.idempotency.accept()`); code that claims keys with
+     * `initializeRequest` calls it once its own checks passed. A finished key is returned as is.
+     */
+    accept(idempotencyKey: string, options?: { route?: string | null; pathParams?: Record<string, string> }): Promise<IdempotencyKey>
   }
 }

@@ -3,7 +3,14 @@
 // stages rebuilt from what the key stores (`request_params`), so the HTTP handler and the
 // completer run the same code.
 //
-// A pass lists abandoned keys (`listAbandoned`), and for each key of a registered route:
+// It drives only requests a handler accepted (lib/route.js: a row in idempotency_key_accepted,
+// committed with the first stage the handler ran or by accept()), never one that ended before
+// its handler began (refused by authentication or validation, a 404): that one has no result to
+// finish. A pass selects, in one statement, accepted keys of its registered routes (by the route
+// the handler recorded, so no stored path is re-parsed) that are unfinished and idle and not
+// backing off, oldest progress first, up to `limit`, loading only ids, route and path
+// parameters; however many other keys the table holds, memory stays bounded by `limit` and the
+// oldest eligible key is reached. For each:
 //   1. claims it with `initializeRequest` called with the key's own stored fingerprint: the
 //      same atomic lease a request takes, so a client coming back meanwhile gets 409 and two
 //      completers (in two processes) never drive one key; a finished key comes back as is;
@@ -16,9 +23,11 @@
 //      which no completer retries it, again in its own committed transaction.
 // Bookkeeping transactions go through the native `workStage` (they lock the key's row, check its
 // recovery point and commit without moving it), so they are not reported as stages on
-// diagnostics_channel; the route's stages are.
+// diagnostics_channel; the route's stages are. The listing runs in a stage on the service's own
+// row (route.js `onAnchor`), as does the sweep of rows of finished or deleted keys.
 
 const dc = require('node:diagnostics_channel')
+const { onAnchor, sweepAccepted, acceptedStage, parseRouteName, recordAcceptance, scopedKey, migrationHint } = require('./route.js')
 const { performance } = require('node:perf_hooks')
 const { tracing, dbOf } = require('./tracing.js')
 
@@ -30,7 +39,7 @@ const channels = {
 }
 
 const HOUR = 3_600_000
-/** How far past the shown limit a pass looks for keys it may drive (unregistered routes, keys backing off). */
+/** The largest `limit`. */
 const MAX_SCAN = 10_000
 /** A key given up on is looked at again (its attempts row re-read) after this long, or on restart. */
 const GIVE_UP_RECHECK_MS = HOUR
@@ -55,6 +64,35 @@ const sweepSql = (scoped) => `DELETE FROM idempotency_key_completer WHERE key_id
   SELECT c.key_id FROM idempotency_key_completer c LEFT JOIN idempotency_key k ON k.id = c.key_id
   WHERE (k.id IS NULL OR k.recovery_point = 'finished') AND c.last_attempt_at < $1
   ${scoped ? 'AND substr(c.idempotency_key, 1, $3) = $4' : ''} LIMIT $2)`
+
+/**
+ * The accepted keys a pass may drive: of a registered route, unfinished, idle, not backing off
+ * and not given up on (a key at maxAttempts whose give-up is not yet recorded is listed once more,
+ * to record it). Only the columns the pass needs; the key's stored request is read when it is
+ * driven, one at a time. `countSql` counts the keys of the same routes left out for backing off
+ * or given up on (the pass reports them as skipped).
+ */
+function listSql({ routes, idleBefore, now, maxAttempts, prefix, limit }) {
+  const params = []
+  const p = (v) => `$${params.push(v)}`
+  const accepted = `FROM idempotency_key_accepted a JOIN idempotency_key k ON k.id = a.key_id
+  WHERE a.route IN (${routes.map(p).join(', ')}) AND k.recovery_point <> 'finished'
+  AND COALESCE(k.locked_at, k.created_at) < ${p(idleBefore)} AND k.created_at < ${p(idleBefore)}
+  ${prefix === null ? '' : `AND substr(k.idempotency_key, 1, ${p(prefix.length)}) = ${p(prefix)}`}`
+  const common = params.length
+  const waiting = (c) => `(${c}.gave_up_at IS NOT NULL OR (${c}.attempts < ${p(maxAttempts)} AND ${c}.next_attempt_at > ${p(now)}))`
+  const sql = `SELECT k.id AS id, k.idempotency_key AS idempotency_key, a.route AS route, a.path_params AS path_params
+  ${accepted}
+  AND NOT EXISTS (SELECT 1 FROM idempotency_key_completer c WHERE c.key_id = a.key_id AND ${waiting('c')})
+  ORDER BY COALESCE(k.locked_at, k.created_at), k.id LIMIT ${p(limit)}`
+  const countParams = params.slice(0, common)
+  const q = (v) => `$${countParams.push(v)}`
+  const countSql = `SELECT COALESCE(SUM(CASE WHEN c.gave_up_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS gave_up,
+  COALESCE(SUM(CASE WHEN c.gave_up_at IS NULL THEN 1 ELSE 0 END), 0) AS backoff
+  ${accepted.replace('WHERE', 'JOIN idempotency_key_completer c ON c.key_id = a.key_id WHERE')}
+  AND (c.gave_up_at IS NOT NULL OR (c.attempts < ${q(maxAttempts)} AND c.next_attempt_at > ${q(now)}))`
+  return { sql, params, countSql, countParams }
+}
 
 function invalid(message) {
   return Object.assign(new Error(message), { type: 'invalid_data', code: 'INVALID_ARGUMENT', date: new Date() })
@@ -119,54 +157,43 @@ function optionNumber(options, name, fallback, { min = 0, integer = false, max =
   return v
 }
 
-const ROUTE = /^([A-Za-z]+) (\/\S*)$/
-
 /**
  * `"METHOD /path"` → a matcher over the stored `request_method` / `request_path`. `:name`
  * segments match one path segment each (`/store/carts/:id/complete`); the values are passed to
  * the route's function as `match.pathParams`.
  */
+/**
+ * `"METHOD /path"` → the route as the handler that accepted a request recorded it: the method
+ * and the path as the app declared it (`/store/carts/:id/complete`, with a router's mount
+ * path in front). Keys are selected by that name; `:name` values come from what the handler saw
+ * (`req.params`, decoded), never from re-parsing the stored path.
+ */
 function compileRoute(name, build) {
-  const m = typeof name === 'string' ? ROUTE.exec(name) : null
-  if (!m) throw invalid(`completer(): route ${JSON.stringify(name)} must be "METHOD /path", as stored in request_method and request_path`)
+  const parsed = parseRouteName(name)
+  if (!parsed) throw invalid(`completer(): route ${JSON.stringify(name)} must be "METHOD /path", as the app declares the route`)
   if (typeof build !== 'function') throw invalid(`completer(): route "${name}" must be a function (params, key, match) => stages`)
-  const method = m[1].toUpperCase()
-  const path = m[2]
-  const names = []
-  let pattern = null
-  if (path.split('/').some((s) => s.startsWith(':'))) {
-    const source = path
-      .split('/')
-      .map((s) => {
-        if (!s.startsWith(':')) return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
-        names.push(s.slice(1))
-        return '([^/]+)'
-      })
-      .join('/')
-    pattern = new RegExp(`^${source}$`)
-  }
-  return {
-    name,
-    build,
-    method,
-    match(reqPath) {
-      if (pattern === null) return reqPath === path ? {} : null
-      const found = pattern.exec(reqPath)
-      if (!found) return null
-      const pathParams = {}
-      names.forEach((n, i) => (pathParams[n] = found[i + 1]))
-      return pathParams
-    },
-    exact: pattern === null,
-  }
+  return { name: parsed.name, build }
 }
 
 function compileRoutes(routes) {
   if (routes === null || typeof routes !== 'object') throw invalid('completer(): `routes` must be an object of "METHOD /path": (params, key) => stages')
-  const compiled = Object.keys(routes).map((name) => compileRoute(name, routes[name]))
-  if (compiled.length === 0) throw invalid('completer(): `routes` names no route')
-  // Exact paths win over patterns; patterns are tried in the order given.
-  return [...compiled.filter((r) => r.exact), ...compiled.filter((r) => !r.exact)]
+  const compiled = new Map()
+  for (const name of Object.keys(routes)) {
+    const r = compileRoute(name, routes[name])
+    if (compiled.has(r.name)) throw invalid(`completer(): route "${r.name}" is registered twice`)
+    compiled.set(r.name, r)
+  }
+  if (compiled.size === 0) throw invalid('completer(): `routes` names no route')
+  return compiled
+}
+
+function pathParamsOf(text) {
+  try {
+    const v = JSON.parse(text)
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? v : {}
+  } catch {
+    return {}
+  }
 }
 
 function defaultOnError(err) {
@@ -289,15 +316,10 @@ function install(IdempotencyKeyService, native) {
       return t === null ? key : `${t}/${key}`
     }
 
-    #route(key) {
-      if (typeof key.request_method !== 'string' || typeof key.request_path !== 'string') return null
-      const method = key.request_method.toUpperCase()
-      for (const r of this.#routes) {
-        if (r.method !== method) continue
-        const pathParams = r.match(key.request_path)
-        if (pathParams) return { route: r, match: { route: r.name, pathParams } }
-      }
-      return null
+    /** A listed stored key as this service addresses it (a tenant's copy without its prefix). */
+    #shownKey(stored) {
+      const t = this.tenant
+      return t !== null && stored.startsWith(`${t}/`) ? stored.slice(t.length + 1) : stored
     }
 
     #parkedReason(id, now) {
@@ -310,23 +332,43 @@ function install(IdempotencyKeyService, native) {
       return p.reason
     }
 
-    /** The abandoned keys this pass considers: listed further while ineligible ones hide `limit` eligible ones. */
-    async #candidates() {
-      let fetch = this.limit
-      let listed
+    /**
+     * The keys this pass considers (see listSql), read in a stage on the service's own row; the
+     * first pass of a completer also sweeps rows of finished or deleted keys there. Another
+     * completer listing at the same moment: this pass lists nothing.
+     */
+    async #list() {
       const now = Date.now()
-      for (;;) {
-        listed = await this.#service.listAbandoned({ idleMs: this.idleMs, limit: fetch })
-        const eligible = listed.filter((k) => this.#route(k) && !this.#parkedReason(k.id, now)).length
-        if (eligible >= this.limit || listed.length < fetch || fetch >= MAX_SCAN) break
-        fetch = Math.min(MAX_SCAN, fetch * 4)
+      const tenant = this.tenant
+      const prefix = tenant === null ? null : `${tenant}/`
+      // Keys parked in this process are listed and skipped: list that many more.
+      const limit = Math.min(MAX_SCAN, this.limit + this.#parked.size)
+      const { sql, params, countSql, countParams } = listSql({ routes: [...this.#routes.keys()], idleBefore: new Date(now - this.idleMs), now: new Date(now), maxAttempts: this.maxAttempts, prefix, limit })
+      const sweep = !this.#swept
+      let rows
+      try {
+        rows = await retryLocked(() =>
+          onAnchor(this.#service, workStage, async (tx) => {
+            if (sweep) {
+              const cutoff = new Date(now - SWEEP_AFTER_MS)
+              await tx.query(sweepSql(prefix !== null), prefix === null ? [cutoff, SWEEP_BATCH] : [cutoff, SWEEP_BATCH, prefix.length, prefix])
+              await sweepAccepted(tx, tenant, SWEEP_BATCH)
+            }
+            const [waiting] = await tx.query(countSql, countParams)
+            return { listed: await tx.query(sql, params), backoff: Number(waiting?.backoff ?? 0), gaveUp: Number(waiting?.gave_up ?? 0) }
+          }),
+        )
+      } catch (e) {
+        if (HELD.has(field(e, 'code'))) return { listed: [], backoff: 0, gaveUp: 0 }
+        throw this.#bookkeepingError(e)
       }
-      if (listed.length < fetch) {
-        // The whole abandoned set was seen: forget keys that are no longer in it.
-        const seen = new Set(listed.map((k) => k.id))
+      if (sweep) this.#swept = true
+      if (rows.listed.length < limit) {
+        // The whole eligible set was seen: forget parked keys that are no longer in it.
+        const seen = new Set(rows.listed.map((r) => r.id))
         for (const id of this.#parked.keys()) if (!seen.has(id)) this.#parked.delete(id)
       }
-      return listed
+      return rows
     }
 
     async #runPass(control) {
@@ -339,22 +381,24 @@ function install(IdempotencyKeyService, native) {
       this.#swept = false
       let error
       try {
-        const listed = await this.#candidates()
+        const { listed, backoff, gaveUp } = await this.#list()
+        for (let i = 0; i < backoff; i++) skip('backoff')
+        for (let i = 0; i < gaveUp; i++) skip('gaveUp')
         let driven = 0
-        for (const k of listed) {
+        for (const row of listed) {
           if (control.stop || driven >= this.limit) break
-          const routed = this.#route(k)
-          if (!routed) {
+          const route = this.#routes.get(row.route)
+          if (!route) {
             skip('route')
             continue
           }
-          const parked = this.#parkedReason(k.id, Date.now())
+          const parked = this.#parkedReason(row.id, Date.now())
           if (parked) {
             skip(parked)
             continue
           }
           driven++
-          const outcome = await this.#drive(k, routed)
+          const outcome = await this.#drive(row, { route, match: { route: route.name, pathParams: pathParamsOf(row.path_params) } })
           if (outcome === 'completed' || outcome === 'failed') tally[outcome]++
           else skip(outcome)
         }
@@ -370,9 +414,18 @@ function install(IdempotencyKeyService, native) {
     }
 
     /** Drive one key: 'completed', 'failed', or the reason it was skipped. */
-    async #drive(listedKey, { route, match }) {
+    async #drive(row, { route, match }) {
       const service = this.#service
       const started = performance.now()
+      let listedKey
+      try {
+        // The stored request (the listing left it out), one key at a time.
+        listedKey = await service.retrieve(this.#shownKey(row.idempotency_key))
+      } catch (e) {
+        if (field(e, 'code') === 'IDEMPOTENCY_KEY_NOT_FOUND') return 'stale' // reaped meanwhile
+        throw e
+      }
+      if (listedKey.id !== row.id) return 'stale'
       let key
       try {
         key = await initializeRequest.call(service, listedKey.idempotency_key, listedKey.request_method, listedKey.request_params, listedKey.request_path)
@@ -407,6 +460,7 @@ function install(IdempotencyKeyService, native) {
         return gate.skip
       }
       key = gate.key
+      key.scoped_key = this.#storedKey(key.idempotency_key)
       const attempt = gate.attempt
 
       let at = key.recovery_point
@@ -418,7 +472,7 @@ function install(IdempotencyKeyService, native) {
           if (typeof stage !== 'function') {
             throw Object.assign(new Error(`completer: route "${route.name}" has no stage for recovery point "${at}"`), { type: 'unexpected_state', code: 'COMPLETER_NO_STAGE' })
           }
-          key = await service.workStage(key.idempotency_key, stage, { recoveryPoint: at })
+          key = await service.workStage(key.idempotency_key, acceptedStage(stage, key, null), { recoveryPoint: at })
         }
       } catch (e) {
         const code = field(e, 'code')
@@ -439,19 +493,12 @@ function install(IdempotencyKeyService, native) {
     async #countAttempt(key) {
       let outcome
       const storedKey = this.#storedKey(key.idempotency_key)
-      const tenant = this.tenant
-      const sweep = !this.#swept
       const updated = await workStage.call(
         this.#service,
         key.idempotency_key,
         async (tx) => {
           outcome = undefined // a stage re-run after a serialization failure starts over
           const now = new Date()
-          if (sweep) {
-            const cutoff = new Date(now.getTime() - SWEEP_AFTER_MS)
-            const prefix = tenant === null ? null : `${tenant}/`
-            await tx.query(sweepSql(prefix !== null), prefix === null ? [cutoff, SWEEP_BATCH] : [cutoff, SWEEP_BATCH, prefix.length, prefix])
-          }
           const counted = await tx.query(COUNT_ATTEMPT, [key.id, storedKey, now, this.maxAttempts])
           if (counted.length > 0) {
             outcome = { attempt: Number(counted[0].attempts) }
@@ -470,7 +517,6 @@ function install(IdempotencyKeyService, native) {
         },
         { recoveryPoint: key.recovery_point },
       )
-      if (sweep) this.#swept = true
       return { key: updated, ...outcome }
     }
 
@@ -516,8 +562,8 @@ function install(IdempotencyKeyService, native) {
     /** A bookkeeping statement failed: say so when the completer's table is missing. */
     #bookkeepingError(e) {
       const { code, message } = describe(e)
-      if (code === '42P01' || /no such table: idempotency_key_completer/.test(message)) {
-        return Object.assign(new Error('completer: the idempotency_key_completer table is missing; run service.migrate()'), { type: 'database_error', code, cause: e, date: new Date() })
+      if (code === '42P01' || /no such table: idempotency_key_(completer|accepted)/.test(message)) {
+        return Object.assign(new Error('completer: the idempotency_key_completer or idempotency_key_accepted table is missing; run service.migrate()'), { type: 'database_error', code, cause: e, date: new Date() })
       }
       return e
     }
@@ -525,6 +571,38 @@ function install(IdempotencyKeyService, native) {
 
   IdempotencyKeyService.prototype.completer = function completer(options) {
     return new Completer(this, options)
+  }
+
+  /**
+   * Mark a claimed key's request accepted by the handler that took it (`route`, as the app
+   * declares it, and its decoded path parameters), in a committed step of its own: from then on
+   * a completer registering `route` may finish it. The middleware does this itself (with the
+   * first stage, or `req.idempotency.accept()`); code that claims keys with `initializeRequest`
+   * calls this once its own checks passed. A finished key is returned as it is.
+   */
+  IdempotencyKeyService.prototype.accept = async function accept(idempotencyKey, options = {}) {
+    if (options === null || typeof options !== 'object') throw invalid('accept(key, options): options must be an object')
+    const { route: name = null, pathParams = {} } = options
+    const route = name === null ? null : parseRouteName(name)
+    if (name !== null && route === null) throw invalid(`accept(): route ${JSON.stringify(name)} must be "METHOD /path"`)
+    if (pathParams === null || typeof pathParams !== 'object' || Object.values(pathParams).some((v) => typeof v !== 'string')) {
+      throw invalid('accept(): pathParams must be an object of strings')
+    }
+    const key = await this.retrieve(idempotencyKey)
+    if (key.recovery_point === 'finished') return key
+    const at = key.recovery_point
+    try {
+      return await this.workStage(
+        idempotencyKey,
+        async (tx) => {
+          await recordAcceptance(tx, key, scopedKey(this.tenant, key.idempotency_key), { name: route && route.name, pathParams: { ...pathParams } })
+          return { recovery_point: at }
+        },
+        { recoveryPoint: at },
+      )
+    } catch (e) {
+      throw migrationHint(e)
+    }
   }
   return { Completer, channels }
 }

@@ -11,6 +11,62 @@ const native = require('./binding.js') // native.js, with an error naming the mi
 const { IdempotencyKeyService, TransactionManager } = native
 const EXECUTOR = Symbol('medusa-idempotency-native.executor')
 
+// A native method called on something that is not its class's instance (`const { retrieve } =
+// service`, `.call(other)`) is refused by V8 ("Illegal invocation") or by napi's unwrap before
+// any of our code runs, with an untyped error. Every native method and getter is wrapped once so
+// that refusal is a typed INVALID_ARGUMENT like any other bad argument: thrown by the synchronous
+// ones, a rejection from those that return a promise. Typed errors pass through unchanged.
+const SYNC = new Set(['bindExecutor', 'forTenant', 'withTransaction', 'tenant', 'active'])
+
+function wrongThis(e, owner, name) {
+  let typed
+  try {
+    typed = typeof e?.type === 'string'
+  } catch {
+    typed = false
+  }
+  if (typed) return e
+  return Object.assign(new Error(`${owner}.${name} needs a ${owner} as \`this\`: call it on one (obj.${name}), not detached from it or on another object`), {
+    type: 'invalid_data',
+    code: 'INVALID_ARGUMENT',
+    cause: e,
+    date: new Date(),
+  })
+}
+
+function guardReceivers(Class) {
+  for (const name of Object.getOwnPropertyNames(Class.prototype)) {
+    if (name === 'constructor') continue
+    const d = Object.getOwnPropertyDescriptor(Class.prototype, name)
+    if (d.get) {
+      const get = d.get
+      Object.defineProperty(Class.prototype, name, {
+        ...d,
+        get: { [name]() {
+          try {
+            return get.call(this)
+          } catch (e) {
+            throw wrongThis(e, Class.name, name)
+          }
+        } }[name],
+      })
+    } else if (typeof d.value === 'function') {
+      const method = d.value
+      const sync = SYNC.has(name)
+      Class.prototype[name] = { [name](...args) {
+        try {
+          return method.apply(this, args)
+        } catch (e) {
+          if (sync) throw wrongThis(e, Class.name, name)
+          return Promise.reject(wrongThis(e, Class.name, name))
+        }
+      } }[name]
+    }
+  }
+}
+guardReceivers(IdempotencyKeyService)
+guardReceivers(TransactionManager)
+
 /**
  * Rows from whatever an executor resolved to: TypeORM returns `[rows, rowCount]` for
  * UPDATE/DELETE … RETURNING and a rows array otherwise; node-postgres returns `{ rows }`.
@@ -211,7 +267,8 @@ IdempotencyKeyService.prototype.workStage = function workStage(key, callback, op
     return callback(executor !== undefined ? executor : tx)
   }
   // The callback runs on a later turn of the event loop, so `start` still comes first; a call
-  // the native method refuses synchronously (a wrong `this`) publishes nothing.
+  // refused before it starts (a wrong `this`) publishes nothing.
+  if (!(this instanceof IdempotencyKeyService)) return nativeWorkStage.call(this, key, run, options)
   const pending = nativeWorkStage.call(this, key, AsyncResource.bind(run), options)
   const started = performance.now()
   if (channels.stageStart.hasSubscribers) channels.stageStart.publish(event)

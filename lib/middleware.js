@@ -10,15 +10,43 @@
 // tenant-scoped) service, `run(stages)` to walk the work stages and `respond()` to send the
 // stored response, so the first answer and every replay are the same bytes.
 
+const { RESERVED_PREFIX, targetPath, routeOf, rowsOf, scopedKey, acceptedStage, recordAcceptance, migrationHint } = require('./route.js')
+
 const MINUTE = 60_000
 const DAY = 24 * 60 * MINUTE
 const EXPOSED = ['Idempotency-Key', 'Idempotent-Replayed']
 // Medusa's error handler statuses by `MedusaError.Types` (node:http mode only; under Express
-// anything but the protocol's own answers goes to the application's error handler).
-const STATUS_BY_TYPE = { invalid_data: 400, not_allowed: 400, not_found: 404, conflict: 409, duplicate_error: 422 }
+// anything but the protocol's own answers goes to the application's error handler). Only these
+// types have their message shown to the client, as Medusa's handler does; any other thrown value
+// (a payment library's error carrying a secret) gets "An unknown error occurred.".
+const STATUS_BY_TYPE = {
+  invalid_data: 400,
+  not_allowed: 400,
+  unauthorized: 401,
+  not_found: 404,
+  conflict: 409,
+  duplicate_error: 422,
+  payment_authorization_error: 422,
+  unexpected_state: 500,
+  invalid_argument: 500,
+  database_error: 500,
+}
+// Medusa answers every conflict with this text, whatever the error said.
+const CONFLICT_MESSAGE = 'The request conflicted with another request. You may retry the request with the provided Idempotency-Key.'
+/** Aborted bodies are reported at most once per this interval (a client can send many). */
+const ABORT_REPORT_MS = MINUTE
 
 function httpError(status, code, message) {
   return Object.assign(new Error(message), { type: 'invalid_data', code, status, date: new Date() })
+}
+
+/** A field of a thrown value, never throwing (a getter that throws, a revoked proxy). */
+function field(e, name) {
+  try {
+    return e != null && (typeof e === 'object' || typeof e === 'function') ? e[name] : undefined
+  } catch {
+    return undefined
+  }
 }
 
 // RFC 8941 sf-string: DQUOTE *( %x20-21 / %x23-5B / %x5D-7E / "\" ( DQUOTE / "\" ) ) DQUOTE,
@@ -95,11 +123,12 @@ function exposeHeaders(res) {
   res.setHeader('Access-Control-Expose-Headers', list.join(', '))
 }
 
-/** The request path without query string or fragment: mount-independent, like Medusa's fingerprint. */
+/**
+ * The request path as Express routes it: without query string or fragment, an absolute-form
+ * target reduced to its path; mount-independent (`originalUrl`), like Medusa's fingerprint.
+ */
 function requestPath(req) {
-  const url = String(req.originalUrl ?? req.url ?? '/')
-  const end = url.search(/[?#]/)
-  return end === -1 ? url : url.slice(0, end)
+  return targetPath(req.originalUrl ?? req.url ?? '/')
 }
 
 function isJsonType(contentType) {
@@ -156,18 +185,65 @@ function readStream(req, limit) {
 }
 
 /**
- * The request parameters for the fingerprint: `req.body` when a body parser read the body;
- * otherwise the stream is read here (and `req.body` set): JSON content types parsed, anything
- * else kept as the raw string; no body is `req.body` if something set it, else `null`.
+ * What a request without a body stores as its parameters: a value of its own, never the NULL of
+ * a key made by `create()` (which matches any request).
+ */
+const NO_BODY = ''
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+
+function invalidBody(message) {
+  return httpError(400, 'INVALID_BODY', message)
+}
+
+/** Bytes as text, exactly: bytes that are not UTF-8 are refused, never replaced by U+FFFD. */
+function utf8(buf) {
+  try {
+    return UTF8.decode(buf)
+  } catch {
+    throw invalidBody('the request body is not valid UTF-8 text')
+  }
+}
+
+/**
+ * Refuse what the fingerprint cannot store exactly: a NUL (PostgreSQL's jsonb cannot hold it), a
+ * lone surrogate (JSON escapes one; it has no UTF-8 form) or a number that is not finite (`1e400`
+ * parses to Infinity, which is stored as null). Iterative: a deeply nested body cannot overflow
+ * the stack.
+ */
+function checkBody(value) {
+  const pending = [value]
+  let seen = 0
+  while (pending.length > 0) {
+    const v = pending.pop()
+    if (++seen > 1_000_000) throw invalidBody('the request body has too many values')
+    if (typeof v === 'string') {
+      if (v.includes('\0')) throw invalidBody('the request body contains a NUL character')
+      if (!v.isWellFormed()) throw invalidBody('the request body contains a lone surrogate')
+    } else if (typeof v === 'number') {
+      if (!Number.isFinite(v)) throw invalidBody('the request body contains a number out of range')
+    } else if (Array.isArray(v)) {
+      for (const item of v) pending.push(item)
+    } else if (v !== null && typeof v === 'object' && !(v instanceof Date)) {
+      for (const k of Object.keys(v)) pending.push(k, v[k])
+    }
+  }
+  return value
+}
+
+/**
+ * The request parameters for the fingerprint: `req.body` when a body parser read the body (a
+ * Buffer as its UTF-8 text); otherwise the stream is read here (and `req.body` set): JSON content
+ * types parsed, anything else kept as the text. No body is `req.body` if something set it, else
+ * `""`. Bodies the fingerprint cannot hold exactly are a 400 `INVALID_BODY`.
  */
 async function requestBody(req, limit) {
   // A parser that read the stream (body-parser marks it with `_body`) owns `req.body`. Express
   // 4's json parser also leaves a placeholder `{}` on requests it did not parse (another content
   // type): then the stream is still unread, and its content is the fingerprint, not `{}`.
-  if (req._body === true || req.readableEnded) return req.body === undefined ? null : req.body
+  if (req._body === true || req.readableEnded) return parsedBody(req.body)
   const buf = await readStream(req, limit)
-  if (buf.length === 0) return req.body === undefined ? null : req.body
-  const text = buf.toString('utf8')
+  if (buf.length === 0) return parsedBody(req.body)
+  const text = utf8(buf)
   let body = text
   if (isJsonType(req.headers['content-type'])) {
     try {
@@ -176,15 +252,23 @@ async function requestBody(req, limit) {
       throw httpError(400, 'INVALID_JSON', `the request body is not valid JSON: ${e.message}`)
     }
   }
+  checkBody(body)
   req.body = body
   return body
+}
+
+function parsedBody(body) {
+  if (body === undefined || body === null) return NO_BODY
+  if (Buffer.isBuffer(body)) return checkBody(body.length === 0 ? NO_BODY : utf8(body))
+  return checkBody(body)
 }
 
 /**
  * Answer a failure. The protocol's own refusals (400/409/413/422) are always answered here.
  * Anything else goes to next(err) under Express (the application's error handler answers);
- * node:http has no such chain, so it gets Medusa's status for the error's `type` (500 when
- * untyped, with a generic message, and reported).
+ * node:http has no such chain, so it gets what Medusa's error handler answers: the status for
+ * one of Medusa's error types with its message (a conflict with Medusa's fixed text), anything
+ * else a 500 "An unknown error occurred." (and reported), whatever its `type` says.
  */
 function answerError(req, res, next, err, express, report) {
   if (res.headersSent) {
@@ -204,10 +288,23 @@ function answerError(req, res, next, err, express, report) {
     next(err)
     return
   }
-  const typed = err != null && typeof err.type === 'string'
-  if (!typed) report(err)
-  const body = typed ? errorBody(err) : { type: 'unknown_error', code: 'unknown_error', message: 'An unknown error occurred.' }
-  writeJson(res, (typed && STATUS_BY_TYPE[err.type]) || 500, body)
+  const type = field(err, 'type')
+  const known = typeof type === 'string' && Object.prototype.hasOwnProperty.call(STATUS_BY_TYPE, type)
+  if (!known) {
+    report(err)
+    writeJson(res, 500, { type: 'unknown_error', code: 'unknown_error', message: 'An unknown error occurred.' })
+    return
+  }
+  let body
+  try {
+    body = errorBody(err)
+    if (type === 'conflict') body.message = CONFLICT_MESSAGE
+    if (typeof body.message !== 'string') body.message = String(body.message ?? '')
+    if (body.code !== undefined && typeof body.code !== 'string' && typeof body.code !== 'number') body.code = undefined
+  } catch {
+    body = { type, message: '' }
+  }
+  writeJson(res, STATUS_BY_TYPE[type], body)
 }
 
 /** `Retry-After` for a 409: the seconds the service put on the error (until the holder's lease can expire). */
@@ -317,6 +414,30 @@ function idempotency(options) {
     )
   }
 
+  const releases = releaseQueue(report)
+
+  // A client that leaves mid-body is nobody's failure, and a client can do it at will: report it
+  // at most once per ABORT_REPORT_MS, with how many were left unreported before it.
+  let lastAbortReport = -Infinity
+  let abortsUnreported = 0
+  function reportAborted(err) {
+    const now = Date.now()
+    if (now - lastAbortReport < ABORT_REPORT_MS) {
+      abortsUnreported++
+      return
+    }
+    lastAbortReport = now
+    if (abortsUnreported > 0) {
+      try {
+        err.message = `${err.message} (and ${abortsUnreported} more since the last report)`
+      } catch {
+        // A frozen error keeps its message.
+      }
+      abortsUnreported = 0
+    }
+    report(err)
+  }
+
   return function idempotencyMiddleware(req, res, next) {
     maybeReap()
     // Never rejects: there is nobody to catch it.
@@ -348,6 +469,9 @@ function idempotency(options) {
         headerKey = parsed
         res.setHeader('Idempotency-Key', headerKey)
       }
+      if (headerKey.startsWith(RESERVED_PREFIX)) {
+        throw httpError(400, 'IDEMPOTENCY_KEY_MALFORMED', `an Idempotency-Key cannot start with "${RESERVED_PREFIX}"`)
+      }
 
       if (opts.tenant) {
         const t = opts.tenant(req)
@@ -356,18 +480,19 @@ function idempotency(options) {
           tenant = t
           service = opts.service.forTenant(t)
         }
-        // Tenant keys are stored as `<tenant>/<key>` and the unscoped service addresses stored
-        // keys as they are: an unscoped request must not name (and replay) a tenant's key.
-        if (tenant === undefined && headerKey.includes('/')) {
-          throw httpError(400, 'IDEMPOTENCY_KEY_MALFORMED', 'an Idempotency-Key without a tenant cannot contain "/"')
-        }
+      }
+      // Tenant keys are stored as `<tenant>/<key>` and an unscoped service addresses stored keys
+      // as they are: an unscoped request must not name (probe, replay or squat) a tenant's key,
+      // whether or not this middleware has a `tenant` option (another one on the table may).
+      if (tenant === undefined && headerKey.includes('/')) {
+        throw httpError(400, 'IDEMPOTENCY_KEY_MALFORMED', 'an Idempotency-Key without a tenant cannot contain "/"')
       }
 
       const params = await requestBody(req, opts.limit)
       key = await service.initializeRequest(headerKey, req.method, params, requestPath(req))
       res.setHeader('Idempotency-Key', key.idempotency_key)
     } catch (e) {
-      if (e && e.aborted) return report(e) // the client is gone: nobody to answer
+      if (field(e, 'aborted')) return reportAborted(e) // the client is gone: nobody to answer
       return fail(e)
     }
 
@@ -380,18 +505,62 @@ function idempotency(options) {
       return
     }
 
+    const stored = scopedKey(tenant, key.idempotency_key)
+    const scoped = (k) => Object.assign(k, { scoped_key: scopedKey(tenant, k.idempotency_key) })
+    // Whether the handler began its work (run or accept called), and whether this request has
+    // committed its acceptance row (with its first stage, or accept()).
+    let began = false
+    let accepted = false
+    let route
+
     const context = {
-      key,
+      key: scoped(key),
       service,
       tenant,
+      /** The key as stored, unique across tenants: the key for side effects (a payment provider's idempotency key). */
+      get scopedKey() {
+        return stored
+      },
+      /** Mark the request accepted (committed on its own), before work whose first step is not a stage. */
+      async accept(acceptOptions) {
+        began = true
+        if (accepted) return context.key
+        route ??= routeOf(req, acceptOptions?.route)
+        const at = context.key.recovery_point
+        const first = context.key
+        try {
+          context.key = scoped(await service.workStage(
+            first.idempotency_key,
+            async (tx) => {
+              await recordAcceptance(tx, first, stored, route)
+              return { recovery_point: at }
+            },
+            { recoveryPoint: at },
+          ))
+        } catch (e) {
+          throw migrationHint(e)
+        }
+        accepted = true
+        return context.key
+      },
       /** Walk the stages from the key's recovery point until it is finished; returns the finished key. */
-      async run(stages) {
+      async run(stages, runOptions) {
+        began = true
+        route ??= routeOf(req, runOptions?.route)
         let k = context.key
         while (k.recovery_point !== 'finished') {
           const at = k.recovery_point
           const stage = Object.prototype.hasOwnProperty.call(stages, at) ? stages[at] : undefined
           if (typeof stage !== 'function') throw new Error(`idempotency: no stage for recovery point "${at}"`)
-          k = await service.workStage(k.idempotency_key, stage, { recoveryPoint: at })
+          // The first stage this request runs also records its acceptance, in its transaction:
+          // accepted exactly when that stage commits.
+          const run = acceptedStage(stage, k, accepted ? null : { storedKey: stored, route })
+          try {
+            k = scoped(await service.workStage(k.idempotency_key, run, { recoveryPoint: at }))
+          } catch (e) {
+            throw accepted ? e : migrationHint(e)
+          }
+          accepted = true
           context.key = k
         }
         return k
@@ -403,7 +572,97 @@ function idempotency(options) {
     }
     req.idempotency = context
 
+    // A request that ends before its handler began its work (refused by authentication or
+    // validation, a 404, a client gone) leaves no idempotent result: its key is released.
+    const onEnd = () => {
+      if (!began) releases.push(service, key)
+    }
+    if (res.destroyed || res.writableFinished) setImmediate(onEnd)
+    else res.once('close', onEnd)
+
     await callNext(req, res, next, express, report)
+  }
+}
+
+// The release of a key no handler took: renamed out of every client's reach (a suffix starting
+// with DEL, which no valid key contains), its stored request cleared and its row finished without
+// a response, so the client's key is free again, no body is kept, and neither a retry nor the
+// completer can finish it. reap() removes the row. A key that was accepted meanwhile (by an
+// earlier request's accept()) or moved on is left as it is.
+const RELEASE_SQL = `UPDATE idempotency_key SET idempotency_key = idempotency_key || $2,
+  request_method = NULL, request_path = NULL, request_params = NULL
+  WHERE id = $1 AND recovery_point = 'started'
+  AND NOT EXISTS (SELECT 1 FROM idempotency_key_accepted a WHERE a.key_id = $1)
+  RETURNING id`
+const NOT_RELEASED = Symbol('not released')
+/** Releases waiting beyond this many are dropped (their keys stay until reaped), reported once a minute. */
+const MAX_PENDING_RELEASES = 10_000
+const RELEASE_RETRIES = [20, 80, 250]
+
+/**
+ * Releases run one at a time, after their responses: concurrent ones (each renames a key, a write
+ * to the unique index another one's stage has read) fail each other's SERIALIZABLE transactions,
+ * and nobody waits for them. A serialization failure is retried after a pause.
+ */
+function releaseQueue(report) {
+  const pending = []
+  let running = false
+  let dropped = 0
+  let lastDropReport = -Infinity
+  async function drain() {
+    running = true
+    while (pending.length > 0) {
+      const [service, key] = pending.shift()
+      for (let i = 0; ; i++) {
+        try {
+          await release(service, key)
+          break
+        } catch (e) {
+          const code = field(e, 'code')
+          if ((code === '40001' || code === '40P01') && i < RELEASE_RETRIES.length) {
+            await new Promise((r) => setTimeout(r, RELEASE_RETRIES[i] * (0.5 + Math.random())))
+            continue
+          }
+          report(e)
+          break
+        }
+      }
+    }
+    running = false
+  }
+  return {
+    push(service, key) {
+      if (pending.length >= MAX_PENDING_RELEASES) {
+        dropped++
+        if (Date.now() - lastDropReport >= ABORT_REPORT_MS) {
+          lastDropReport = Date.now()
+          report(new Error(`${dropped} key releases dropped (more than ${MAX_PENDING_RELEASES} waiting); those keys stay until reaped`))
+          dropped = 0
+        }
+        return
+      }
+      pending.push([service, key])
+      if (!running) drain().catch(report)
+    },
+  }
+}
+const LEFT_ALONE = new Set(['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE', 'IDEMPOTENCY_KEY_NOT_FOUND', 'DATABASE_BUSY'])
+
+async function release(service, key) {
+  try {
+    await service.workStage(
+      key.idempotency_key,
+      async (tx) => {
+        const rows = rowsOf(await tx.query(RELEASE_SQL, [key.id, `\x7freleased ${key.id}`]))
+        // Thrown, so the stage rolls back and releases the lease of a key that stays.
+        if (rows.length === 0) throw NOT_RELEASED
+        return { recovery_point: 'finished' }
+      },
+      { recoveryPoint: 'started' },
+    )
+  } catch (e) {
+    if (e === NOT_RELEASED || LEFT_ALONE.has(field(e, 'code'))) return
+    throw migrationHint(e)
   }
 }
 

@@ -38,16 +38,17 @@ export async function expressApp() {
   const app = express()
   app.use(express.json())
   app.use(idempotency({ service }))
-  app.post('/store/carts/:id/complete', async (req, res, next) => {
+  const requireCustomer: express.RequestHandler = (req, res, next) => (req.headers.authorization ? next() : res.status(401).end())
+  app.post('/store/carts/:id/complete', requireCustomer, async (req, res, next) => {
     try {
       const idem = req.idempotency!
       const key = await idem.run({
         started: async (tx) => {
-          await tx.query('INSERT INTO reservations (cart_id) VALUES ($1)', [req.params.id])
+          await tx.query('INSERT INTO reservations (idem_key, cart_id) VALUES ($1, $2)', [idem.key.scoped_key, req.params.id])
           return { recovery_point: 'stock_reserved' }
         },
         stock_reserved: async (tx) => {
-          const [order] = await tx.query('INSERT INTO orders (cart_id) VALUES ($1) RETURNING id', [req.params.id])
+          const [order] = await tx.query('INSERT INTO orders (idem_key, cart_id) VALUES ($1, $2) RETURNING id', [idem.key.scoped_key, req.params.id])
           return { response_code: 201, response_body: { order_id: order.id } }
         },
       })
@@ -63,13 +64,14 @@ export function nodeHttp(service: IdempotencyKeyService) {
   const mw = idempotency({ service, ttl: 24 * 3600_000 })
   return http.createServer((req, res) =>
     mw(req, res, async () => {
-      const key = await req.idempotency!.run({
+      const idem = req.idempotency!
+      const key = await idem.run({
         started: async (tx) => {
-          await tx.query('INSERT INTO charges (amount) VALUES ($1)', [(req as any).body.amount])
+          await tx.query('INSERT INTO charges (idem_key, amount) VALUES ($1, $2)', [idem.key.scoped_key, (req as any).body.amount])
           return { response_code: 201, response_body: { charged: true } }
         },
-      })
-      req.idempotency!.respond(key)
+      }, { route: 'POST /charges' })
+      idem.respond(key)
     }),
   )
 }
@@ -100,23 +102,27 @@ export async function completer(service: IdempotencyKeyService, app: express.Exp
   // One definition per route: the stages, built from the stored request params and the key.
   const checkout: CompleterRoute = (params, key) => ({
     started: async (tx) => {
-      await tx.query('INSERT INTO reservations (idem_key, cart_id) VALUES ($1, $2)', [key.idempotency_key, params.cart_id])
+      await tx.query('INSERT INTO reservations (idem_key, cart_id) VALUES ($1, $2)', [key.scoped_key, params.cart_id])
       return { recovery_point: 'reserved' }
     },
     reserved: async (tx) => {
       // The provider deduplicates by the key: a charge whose stage rolled back is not made twice.
-      const charge = await payments.charge({ amount: params.amount, idempotencyKey: key.idempotency_key })
-      await tx.query('INSERT INTO charges (idem_key, charge_id) VALUES ($1, $2)', [key.idempotency_key, charge.id])
+      const charge = await payments.charge({ amount: params.amount, idempotencyKey: key.scoped_key })
+      await tx.query('INSERT INTO charges (idem_key, charge_id) VALUES ($1, $2)', [key.scoped_key, charge.id])
       return { recovery_point: 'charged' }
     },
     charged: async (tx) => {
-      const [order] = await tx.query('INSERT INTO orders (idem_key, cart_id) VALUES ($1, $2) RETURNING id', [key.idempotency_key, params.cart_id])
+      const [order] = await tx.query('INSERT INTO orders (idem_key, cart_id) VALUES ($1, $2) RETURNING id', [key.scoped_key, params.cart_id])
       return { response_code: 201, response_body: { order_id: order.id } }
     },
   })
 
-  app.post('/checkout', idempotency({ service }), async (req, res, next) => {
+  const requireCustomer: express.RequestHandler = (req, res, next) => (req.headers.authorization ? next() : res.status(401).end())
+  app.use(express.json())
+  app.use(idempotency({ service }))
+  app.post('/checkout', requireCustomer, async (req, res, next) => {
     try {
+      // Accepted when its first stage commits; a request requireCustomer refused is released.
       await req.idempotency!.run(checkout(req.body, req.idempotency!.key))
       req.idempotency!.respond()
     } catch (e) {
@@ -125,12 +131,19 @@ export async function completer(service: IdempotencyKeyService, app: express.Exp
   })
 
   const completer = service.completer({
-    routes: { 'POST /checkout': checkout }, // "METHOD /path" as stored in request_method / request_path
+    routes: { 'POST /checkout': checkout }, // "METHOD /path" as the route is declared (req.route)
     idleMs: 60_000, // abandoned: unfinished, no progress for idleMs (as listAbandoned)
     intervalMs: 30_000, // for start()
     limit: 100, // keys per pass
     maxAttempts: 5, // per key, across passes, processes and restarts; then left for an operator
   })
+  app.post('/checkout-later', requireCustomer, async (req, res) => {
+    await req.idempotency!.accept() // committed now: from here on the completer may finish it
+    res.status(202).json({ status: 'processing' })
+    await req.idempotency!.run(checkout(req.body, req.idempotency!.key)).catch(() => {}) // or leave it to the completer
+  })
+  await service.accept('a-claimed-key', { route: 'POST /store/carts/:id/complete', pathParams: { id: 'cart_1' } })
+
   const { completed, skipped, failed }: CompleterPassResult = await completer.runOnce() // one pass
   completer.start() // a pass now, then every intervalMs; the timer is unref'd
   process.once('SIGTERM', () => completer.stop().then(() => process.exit(0))) // waits for the running pass

@@ -18,6 +18,10 @@ pub const MIGRATIONS_POSTGRES: &[(&str, &str)] = &[
     "20250101000000_completer_attempts.sql",
     include_str!("../../../migrations/postgres/20250101000000_completer_attempts.sql"),
   ),
+  (
+    "20250201000000_accepted_requests.sql",
+    include_str!("../../../migrations/postgres/20250201000000_accepted_requests.sql"),
+  ),
 ];
 
 /// SQLite migrations, in order: (file name, SQL). Each is safe to run again.
@@ -37,5 +41,9 @@ pub const MIGRATIONS_SQLITE: &[(&str, &str)] = &[
   (
     "20250101000000_completer_attempts.sql",
     include_str!("../../../migrations/sqlite/20250101000000_completer_attempts.sql"),
+  ),
+  (
+    "20250201000000_accepted_requests.sql",
+    include_str!("../../../migrations/sqlite/20250201000000_accepted_requests.sql"),
   ),
 ];
