@@ -108,6 +108,7 @@ test("a completer's stages run in the context of runOnce(), and of start() for i
   const completer = service.completer({ routes, idleMs: 50, backoffMs: 10 })
   const first = uniq('completer')
   await service.initializeRequest(first, 'POST', { n: 1 }, '/ctx')
+  await service.accept(first, { route: 'POST /ctx' }) // a handler took it: the completer may finish it
   await sleep(LEASE + 100)
   const result = await als.run({ pass: 'once' }, () => completer.runOnce())
   assert.equal(result.completed, 1)
@@ -116,6 +117,7 @@ test("a completer's stages run in the context of runOnce(), and of start() for i
   stored.length = 0
   const second = uniq('completer')
   await service.initializeRequest(second, 'POST', { n: 2 }, '/ctx')
+  await service.accept(second, { route: 'POST /ctx' })
   await sleep(LEASE + 100)
   const timed = service.completer({ routes, idleMs: 50, intervalMs: 20, backoffMs: 10 })
   als.run({ pass: 'timer' }, () => timed.start())
