@@ -27,6 +27,7 @@
 // row (route.js `onAnchor`), as does the sweep of rows of finished or deleted keys.
 
 const dc = require('node:diagnostics_channel')
+const { AsyncResource } = require('node:async_hooks')
 const { onAnchor, sweepAccepted, acceptedStage, parseRouteName, recordAcceptance, scopedKey, migrationHint } = require('./route.js')
 const { performance } = require('node:perf_hooks')
 const { tracing, dbOf } = require('./tracing.js')
@@ -202,7 +203,13 @@ function defaultOnError(err) {
 }
 
 function install(IdempotencyKeyService, native) {
-  const { initializeRequest, workStage, isBound } = native
+  const { initializeRequest, isBound } = native
+  // The native workStage for the completer's own bookkeeping stages, with the callback bound to
+  // the caller's async context as the façade binds a user's stage (Node 24's AsyncContextFrame
+  // does not carry it into a callback the addon calls): its statements stay under the pass.
+  const workStage = function (key, callback, options) {
+    return native.workStage.call(this, key, typeof callback === 'function' ? AsyncResource.bind(callback) : callback, options)
+  }
 
   class Completer {
     #service

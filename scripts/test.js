@@ -105,6 +105,8 @@ async function withDbPrefix(fn) {
   //     PgBouncer 1.25: a file fails if its service sent SQL-level PREPARE/EXECUTE/DEALLOCATE, a
   //     simple Query or a named statement.
   const directOnly = ['connectivity.test.js', 'statements.test.js', 'pooler.test.js', 'wire.test.js', 'types.test.js']
+  // Instrumentation and the command line do not change what reaches the pooler: run once, above.
+  directOnly.push('async-context.test.js', 'cli.test.js', 'otel.test.js', 'tracing-channel.test.js')
   for (const [pooler, prepared] of [['pgbouncer', '0'], ['pgbouncer125', '1'], ['pgbouncer125+recorder', '0']]) {
     run(`node --test --test-concurrency=1 ${testFiles(directOnly).join(' ')}`, { IDEM_BACKEND: 'postgres', IDEM_PG_POOLER: pooler, IDEM_PG_PREPARED: prepared, RUST_BACKTRACE: '0' })
   }
