@@ -161,7 +161,7 @@ export interface ConnectOptions {
   maxLifetimeMs?: number
   /** PostgreSQL: connections unused for this many ms are closed, so an idle pool shrinks (default 600000, 10 min; 0 keeps them). */
   idleTimeoutMs?: number
-  /** PostgreSQL: keep statements prepared on the server across transactions (default false: pooler-safe, correct behind PgBouncer in transaction mode). Only for direct connections or session pooling. */
+  /** PostgreSQL: protocol-level named statements, cached per connection (default false: the unnamed statement only, correct behind every transaction-mode pooler). For direct connections, session pooling, and poolers that track named statements (PgBouncer >= 1.21 with max_prepared_statements, Neon, PgDog). */
   preparedStatements?: boolean
   /** PostgreSQL TLS, overriding the URL's `sslmode`: `true` (verify-full against the bundled web roots), `false` (plain), or `{ ca, cert, key, rejectUnauthorized }` with PEM strings (`rejectUnauthorized: false` encrypts without verifying). */
   ssl?: boolean | SslOptions

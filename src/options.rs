@@ -47,7 +47,7 @@ pub struct ConnectOptions {
   pub max_lifetime_ms: Option<u32>,
   /// PostgreSQL: connections unused for this many ms are closed, so an idle pool shrinks (default 600000, 10 min; 0 keeps them).
   pub idle_timeout_ms: Option<u32>,
-  /// PostgreSQL: keep statements prepared on the server across transactions (default false: pooler-safe, correct behind PgBouncer in transaction mode). Only for direct connections or session pooling.
+  /// PostgreSQL: protocol-level named statements, cached per connection (default false: the unnamed statement only, correct behind every transaction-mode pooler). For direct connections, session pooling, and poolers that track named statements (PgBouncer >= 1.21 with max_prepared_statements, Neon, PgDog).
   pub prepared_statements: Option<bool>,
   /// PostgreSQL TLS, overriding the URL's `sslmode`: `true` (verify-full against the bundled web roots), `false` (plain), or `{ ca, cert, key, rejectUnauthorized }` with PEM strings (`rejectUnauthorized: false` encrypts without verifying).
   pub ssl: Option<Either<bool, SslOptions>>,

@@ -47,8 +47,8 @@ pub struct Options {
   pub max_lifetime: Option<Duration>,
   /// PostgreSQL: a connection unused for this long is closed, so an idle pool shrinks.
   pub idle_timeout: Option<Duration>,
-  /// PostgreSQL: keep statements prepared on the server across transactions (direct
-  /// connections and session pooling only); the default is pooler-safe.
+  /// PostgreSQL: protocol-level named statements cached per connection (direct connections,
+  /// session pooling, poolers that track them); the default sends the unnamed statement only.
   pub prepared_statements: bool,
   /// PostgreSQL: TLS given in code, overriding the URL's `sslmode`.
   pub ssl: Option<Ssl>,

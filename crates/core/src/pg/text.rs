@@ -1,11 +1,10 @@
-//! The text side of the wire, for the pooler-safe statement mode: parameters written into the
-//! SQL as escaped literals (no server-side prepared statement outlives its message), and rows
-//! of the simple query protocol, which arrive as text, decoded by column type the way
-//! node-postgres parses them.
+//! The text side of the wire: parameters as the text Bind carries (the service's own as plain
+//! text, its SQL casting each; a callback's as the text of the type the server inferred), and
+//! text-format rows decoded by column type the way node-postgres (pg-types) parses them.
 //!
-//! A user's parameter is first encoded by the binary encoder of its described type (so the
-//! same values are accepted and refused, with the same messages, in both modes), then written
-//! as the text PostgreSQL's input function reads back to that same value.
+//! A callback's non-string parameter is first encoded by the binary encoder of its described
+//! type (so the same values are accepted and refused as before), then written as the text
+//! PostgreSQL's input function reads back to that same value.
 
 use super::codec::{
   array_element, as_json, as_text, decode_numeric, encode, encode_scalar, is_known_oid, is_textual,
