@@ -327,14 +327,6 @@ describe('pool hygiene', { skip: !isPostgres && 'PostgreSQL only' }, () => {
     return pid
   }
 
-  /** Server sessions open on the test database, other than the verification client's. */
-  async function sessions() {
-    const [{ n }] = await fx.db.query(
-      'SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()',
-    )
-    return n
-  }
-
   test('a connection is reused until maxLifetimeMs, then replaced (its backend pid changes)', async () => {
     const keep = await fx.connect({ maxConnections: 1 })
     const p1 = await stagePid(keep, 'pool-a')
@@ -350,8 +342,18 @@ describe('pool hygiene', { skip: !isPostgres && 'PostgreSQL only' }, () => {
   })
 
   test('idle connections are closed after idleTimeoutMs: the pool shrinks to nothing', async () => {
+    // Counted by an application_name of this service's own, so that the backends of the previous
+    // test's services, still exiting after their Terminate, are not counted.
+    const url = new URL(fx.url)
+    url.searchParams.set('application_name', 'idle_shrink_test')
+    /** Server sessions of this test's service. */
+    const sessions = async () => {
+      const [{ n }] = await fx.db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'idle_shrink_test'")
+      return n
+    }
     const before = await sessions()
-    const service = await fx.connect({ maxConnections: 4, idleTimeoutMs: 400 })
+    assert.equal(before, 0)
+    const service = await fx.connect({ url: url.toString(), maxConnections: 4, idleTimeoutMs: 400 })
     // Four stages at once: four connections.
     let release
     const gate = new Promise((r) => (release = r))
