@@ -154,17 +154,8 @@ impl IdempotencyKeyService {
     let opts = args!(env, {
       Options::try_from(ConnectOptions::from_arg(env.raw(), arg.raw())?)
     });
-    let postgres = opts.url.starts_with("postgres:") || opts.url.starts_with("postgresql:");
     spawn(env, async move {
-      let core = Service::connect(opts).await.map_err(|e| match e {
-        // No SQLSTATE while connecting to a PostgreSQL URL: nothing there answered as a
-        // PostgreSQL server (an HTTP server, a wrong port), so the driver failed inside its
-        // handshake. That is a failed connection, and the driver's text is not the user's.
-        Error::Database { sqlstate: None, .. } if postgres => Error::Connection(
-          "the server did not answer as a PostgreSQL server (check the URL's host and port)".into(),
-        ),
-        e => e,
-      })?;
+      let core = Service::connect(opts).await?;
       Ok(IdempotencyKeyService {
         core: Arc::new(core),
         bound: None,

@@ -59,6 +59,11 @@ pub(crate) struct Conn {
   /// The database's defaults for the unreported settings in [`PINNED`] differ from what
   /// node-postgres expects, so a stage pins them before its first callback statement.
   pub(super) defaults_differ: bool,
+  /// The session's reported settings as the connection opened, and the count of reported
+  /// changes (`Wire::params_changed`) up to which the settings were last found equal to them:
+  /// a stage that leaves them otherwise (a `SET` inside a function, say) is not reused.
+  baseline: HashMap<String, String>,
+  checked: u64,
   born: Instant,
   idle_since: Instant,
 }
@@ -105,9 +110,6 @@ pub(crate) struct Lease {
   pub(super) reused: bool,
   /// Settings pinned in the current transaction (see [`PINNED`]).
   pub(super) pinned: bool,
-  /// The server's reported settings when the transaction began, to tell whether a stage left
-  /// session state behind.
-  pub(super) reported: Option<HashMap<String, String>>,
   pub(super) pool: Arc<Inner>,
   _permit: OwnedSemaphorePermit,
 }
@@ -150,6 +152,8 @@ pub(super) async fn open(config: &Config, limit: Duration) -> Result<Conn> {
   let now = Instant::now();
   Ok(Conn {
     cancel: wire.cancel_key(config),
+    baseline: wire.params.clone(),
+    checked: wire.params_changed,
     wire,
     named: HashMap::new(),
     closing: Vec::new(),
@@ -163,6 +167,22 @@ pub(super) async fn open(config: &Config, limit: Duration) -> Result<Conn> {
 fn retire(conn: Conn) {
   if let Ok(rt) = tokio::runtime::Handle::try_current() {
     rt.spawn(conn.wire.close());
+  }
+}
+
+impl Conn {
+  /// Whether the session's reported settings are still those it opened with. Compared only
+  /// when the server reported a change since the last check (a stage's `SET LOCAL` and its
+  /// revert at the end of the transaction, a pin): nothing per stage otherwise.
+  pub(super) fn settings_as_opened(&mut self) -> bool {
+    if self.wire.params_changed == self.checked {
+      return true;
+    }
+    let same = self.wire.params == self.baseline;
+    if same {
+      self.checked = self.wire.params_changed;
+    }
+    same
   }
 }
 
@@ -259,7 +279,6 @@ impl PgPool {
       state: State::Busy,
       reused,
       pinned: false,
-      reported: None,
       pool: self.0.clone(),
       _permit: permit,
     })

@@ -325,7 +325,6 @@ impl Lease {
     lock_sql: &str,
     key: &[Wired],
   ) -> Result<QueryResult> {
-    self.reported = Some(self.conn().wire.params.clone());
     self.pinned = false;
     let stmts = [
       (begin, Vec::new(), Format::Text),
@@ -339,16 +338,9 @@ impl Lease {
   /// that the server reports (a `SET` through a function, say): then the connection is not
   /// reused.
   fn ended(&mut self) {
-    let changed = match (&self.reported, &self.conn) {
-      (Some(before), Some(c)) => {
-        let now = &c.wire.params;
-        now.iter().any(|(k, v)| before.get(k) != Some(v))
-      }
-      _ => false,
-    };
-    self.reported = None;
+    let kept = self.conn.as_mut().is_none_or(|c| c.settings_as_opened());
     self.pinned = false;
-    self.state = if changed { State::Busy } else { State::Clean };
+    self.state = if kept { State::Clean } else { State::Busy };
   }
 
   /// The stage result's UPDATE and COMMIT in one flight. On failure the transaction is

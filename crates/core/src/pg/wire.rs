@@ -89,6 +89,13 @@ fn io_error(e: std::io::Error) -> Error {
   }
 }
 
+/// What answered is not a PostgreSQL server (an HTTP server, a wrong port).
+fn not_postgres() -> Error {
+  Error::Connection(
+    "the server did not answer as a PostgreSQL server (check the URL's host and port)".into(),
+  )
+}
+
 fn protocol(what: &str) -> Error {
   Error::Connection(format!("protocol: {what}"))
 }
@@ -169,6 +176,8 @@ pub(crate) struct Wire {
   secret: i32,
   /// The server's reported settings (`ParameterStatus`), as last reported.
   pub(crate) params: HashMap<String, String>,
+  /// Bumped each time a reported setting takes a value it did not have.
+  pub(crate) params_changed: u64,
   /// `ReadyForQuery`'s status after the last exchange.
   pub(crate) status: u8,
 }
@@ -222,7 +231,7 @@ async fn negotiate_tls(config: &Config, stream: Stream) -> Result<Stream> {
     b'N' => Err(Error::Connection(
       "the server does not support TLS, which sslmode requires".into(),
     )),
-    _ => Err(protocol("unexpected answer to SSLRequest")),
+    _ => Err(not_postgres()),
   }
 }
 
@@ -237,6 +246,7 @@ impl Wire {
       pid: 0,
       secret: 0,
       params: HashMap::new(),
+      params_changed: 0,
       status: b'I',
     };
     wire.startup(config).await?;
@@ -263,7 +273,12 @@ impl Wire {
     self.flush().await?;
     let mut scram: Option<ScramSha256> = None;
     loop {
-      match self.read().await? {
+      // Anything unreadable before the server is ready: it is not PostgreSQL that answered.
+      let message = self.read().await.map_err(|e| match e {
+        Error::Connection(m) if m.starts_with("protocol") => not_postgres(),
+        e => e,
+      })?;
+      match message {
         Message::AuthenticationOk => {}
         Message::AuthenticationCleartextPassword => {
           let pw = password(config)?;
@@ -354,7 +369,10 @@ impl Wire {
       if let Some(m) = Message::parse(&mut self.rbuf).map_err(|_| protocol("bad message"))? {
         if let Message::ParameterStatus(body) = &m {
           if let (Ok(k), Ok(v)) = (body.name(), body.value()) {
-            self.params.insert(k.to_owned(), v.to_owned());
+            if self.params.get(k).is_none_or(|old| old != v) {
+              self.params.insert(k.to_owned(), v.to_owned());
+              self.params_changed += 1;
+            }
           }
         }
         return Ok(m);
