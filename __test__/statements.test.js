@@ -126,6 +126,22 @@ for (const preparedStatements of [false, true]) {
       await one.close()
     })
 
+    if (preparedStatements) test('a cached statement whose result type changed after DDL fails once, then is prepared again', async () => {
+      const one = await fx.connect({ maxConnections: 1, preparedStatements: true })
+      await one.create({ idempotency_key: 'ddl' })
+      await fx.db.exec('CREATE TABLE shifting (a int); INSERT INTO shifting VALUES (1)')
+      const read = () => helpers.inStage(one, 'ddl', (tx) => tx.query('SELECT * FROM shifting'), 'ddl')
+      assert.deepStrictEqual(await read(), [{ a: 1 }])
+      await fx.db.exec('ALTER TABLE shifting ADD COLUMN b int')
+      // The server refuses the named statement it cached (0A000, "cached plan must not change
+      // result type"); the connection drops it from its cache …
+      const e = await rejects(read())
+      assert.equal(e.code, '0A000')
+      // … so the next stage prepares it again and reads the new shape.
+      assert.deepStrictEqual(await read(), [{ a: 1, b: null }])
+      await one.close()
+    })
+
     test('no SQL-level PREPARE ever; the default mode leaves no statement on the connection, the prepared mode only protocol-level ones', async () => {
       // One connection, so the next stage runs on the same server session.
       const one = await fx.connect({ maxConnections: 1, preparedStatements })
