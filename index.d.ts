@@ -76,6 +76,11 @@ export declare class IdempotencyKeyService {
    * ASCII characters without `/`.
    */
   forTenant(tenant: string): IdempotencyKeyService
+  /**
+   * A copy of the service (same pool, tenant and transaction binding) whose calls record the
+   * service's own statements in `log`: for tracing (`lib/tracing.js`), not for applications.
+   */
+  withStatementLog(log: StatementLog): IdempotencyKeyService
   /** The tenant this copy is scoped to (`forTenant`), or null. */
   get tenant(): string | null
   /**
@@ -116,6 +121,17 @@ export declare class IdempotencyKeyService {
   listAbandoned(options?: ListAbandonedOptions): Promise<IdempotencyKey[]>
   /** Close the pool, waiting for connections in use to be returned. */
   close(): Promise<void>
+}
+
+/**
+ * Records the service's own statements of the calls made through
+ * `service.withStatementLog(log)`: each round trip's SQL, when it started, how long it took,
+ * its rows, how it failed. For tracing (`lib/tracing.js`); not needed by applications.
+ */
+export declare class StatementLog {
+  constructor()
+  /** The round trips recorded so far, oldest first, leaving the log empty. */
+  take(): Array<StatementRecord>
 }
 
 /**
@@ -228,6 +244,23 @@ export interface StageReturnValue {
   recovery_point?: string
   response_code?: number
   response_body?: any
+}
+
+/** One round trip of the service's own statements. */
+export interface StatementRecord {
+  /** The statements sent together, their text only (never their values). */
+  sql: Array<string>
+  /** When it was sent, in milliseconds since the Unix epoch. */
+  startTime: number
+  /** How long it took, in milliseconds. */
+  duration: number
+  /** Rows returned, or touched by a write; absent when it failed. */
+  rows?: number
+  /** The SQLSTATE of its failure, when the server sent one. */
+  sqlstate?: string
+  /** The service's error code of its failure (`DATABASE_ERROR`, `CONNECTION_FAILED`…). */
+  code?: string
+  message?: string
 }
 
 /** Optional third argument of `workStage`. */

@@ -51,6 +51,8 @@ const spans = () => exporter.getFinishedSpans()
 const parentOf = (span) => span.parentSpanContext?.spanId ?? span.parentSpanId
 const childrenOf = (span) => spans().filter((s) => parentOf(s) === span.spanContext().spanId)
 const byName = (name) => spans().filter((s) => s.name === name)
+/** A span time ([seconds, nanoseconds]) in nanoseconds. */
+const hr = ([sec, ns]) => sec * 1e9 + ns
 
 /** All data points of metric `name` from one collection. */
 async function points(name) {
@@ -113,10 +115,40 @@ test("a middleware request's span tree: request → initializeRequest and stages
   assert.equal(first.attributes['medusa.idempotency.recovery_point.after'], 'charged')
   assert.equal(first.attributes['medusa.idempotency.attempts'], 1)
   assert.equal(second.attributes['medusa.idempotency.recovery_point.after'], 'finished')
+  // Each stage's own statements, as the core measured them: on PostgreSQL BEGIN with the row
+  // lock and UPDATE with COMMIT, each one round trip (a batch); on SQLite, one each.
+  const opening = isPostgres ? ['BEGIN; SELECT idempotency_key'] : ['BEGIN', 'SELECT idempotency_key']
+  const closing = isPostgres ? ['UPDATE idempotency_key; COMMIT'] : ['UPDATE idempotency_key', 'COMMIT']
+  const own = new Set([...opening, ...closing])
+  // The service's own, in the order the core timed them (the SDK's own spans start on
+  // Date.now()'s whole milliseconds, so the two kinds are not ordered against each other here).
+  const ownOf = (stage) =>
+    childrenOf(stage)
+      .filter((s) => own.has(s.name))
+      .sort((a, b) => hr(a.startTime) - hr(b.startTime))
+      .map((s) => s.name)
+  const othersOf = (stage) => childrenOf(stage).filter((s) => !own.has(s.name)).map((s) => s.name).sort()
+  assert.deepEqual(ownOf(first), [...opening, ...closing])
+  assert.deepEqual(ownOf(second), [...opening, ...closing])
   // The first stage also records that the handler accepted the request (the middleware's own INSERT).
-  assert.deepEqual(childrenOf(first).map((s) => s.name).sort(), ['INSERT idempotency_key_accepted', 'INSERT otel_effects', 'payment-provider authorize'])
+  assert.deepEqual(othersOf(first), ['INSERT idempotency_key_accepted', 'INSERT otel_effects', 'payment-provider authorize'])
   // The finishing stage also drops the acceptance record (the middleware's own DELETE).
-  assert.deepEqual(childrenOf(second).map((s) => s.name), ['SELECT otel_effects', 'DELETE idempotency_key_accepted'])
+  assert.deepEqual(othersOf(second), ['DELETE idempotency_key_accepted', 'SELECT otel_effects'])
+  // initializeRequest's own statement: the key inserted and claimed in one.
+  assert.deepEqual(childrenOf(init).map((s) => s.name), ['INSERT idempotency_key'])
+  for (const stage of [first, second]) {
+    for (const s of childrenOf(stage).filter((c) => c.kind === api.SpanKind.CLIENT)) {
+      assert.ok(hr(s.startTime) >= hr(stage.startTime) - 2e6 && hr(s.endTime) <= hr(stage.endTime) + 2e6, `${s.name} within its stage`)
+    }
+  }
+  if (isPostgres) {
+    const [lock] = byName('BEGIN; SELECT idempotency_key')
+    assert.equal(lock.kind, api.SpanKind.CLIENT)
+    assert.equal(lock.attributes['db.operation.name'], 'BATCH')
+    assert.equal(lock.attributes['db.operation.batch.size'], 2)
+    assert.equal(lock.attributes['db.response.returned_rows'], 1)
+    assert.equal(lock.attributes['db.system.name'], 'postgresql')
+  }
 
   const [insert] = byName('INSERT otel_effects')
   assert.equal(insert.kind, api.SpanKind.CLIENT)

@@ -42,7 +42,8 @@ async function record(fn) {
   return seen
 }
 
-const phasesOf = (seen, op) => seen.filter(([o]) => o === op).map(([, phase]) => phase)
+/** The phases of `op`'s events, the service's own statements (internal) left out. */
+const phasesOf = (seen, op) => seen.filter(([o, , ctx]) => o === op && !ctx.internal).map(([, phase]) => phase)
 
 test('the exported tracing channels are the named ones, and nothing subscribes by default', () => {
   assert.equal(tracingChannels.workStage.start, dc.channel('tracing:medusa-idempotency:workStage:start'))
@@ -54,22 +55,55 @@ test('the exported tracing channels are the named ones, and nothing subscribes b
 test('a stage: start, end, then the statements inside it, then asyncStart/asyncEnd; one context with its fields and result', async () => {
   const key = uniq('stage')
   await service.create({ idempotency_key: key })
-  const seen = await record(() =>
+  const t0 = Date.now()
+  const all = await record(() =>
     service.workStage(key, async (tx) => {
       await tx.query('SELECT 1 AS one UNION ALL SELECT 2')
       return { recovery_point: 'charged' }
     }, { recoveryPoint: 'started' }),
   )
-  assert.deepEqual(seen.map(([op, phase]) => `${op}:${phase}`), [
+  const t1 = Date.now()
+  // The service's own statements (internal: true) come once the native call has settled,
+  // before the stage's asyncStart, each as start then end with its measured times.
+  const events = all.map(([op, phase, ctx]) => `${op}:${phase}${ctx.internal ? ':internal' : ''}`)
+  const own = isPostgres ? 2 : 4 // PostgreSQL pipelines BEGIN with the lock and UPDATE with COMMIT
+  assert.deepEqual(events, [
     'workStage:start',
     'workStage:end',
     'query:start',
     'query:end',
     'query:asyncStart',
     'query:asyncEnd',
+    ...Array.from({ length: own }, () => ['query:start:internal', 'query:end:internal']).flat(),
     'workStage:asyncStart',
     'workStage:asyncEnd',
   ])
+  const internal = all.filter(([, phase, ctx]) => phase === 'start' && ctx.internal).map(([, , ctx]) => ctx)
+  const statements = internal.map((ctx) => ctx.statements)
+  if (isPostgres) {
+    assert.match(statements[0][0], /^BEGIN/)
+    assert.match(statements[0][1], /^SELECT .* FROM idempotency_key .*FOR UPDATE NOWAIT/s)
+    assert.match(statements[1][0], /^UPDATE idempotency_key/)
+    assert.equal(statements[1][1], 'COMMIT')
+  } else {
+    assert.deepEqual(statements.map((s) => s.length), [1, 1, 1, 1])
+    assert.equal(statements[0][0], 'BEGIN IMMEDIATE')
+    assert.match(statements[1][0], /^SELECT .* FROM idempotency_key WHERE idempotency_key = \?1$/s)
+    assert.match(statements[2][0], /^UPDATE idempotency_key/)
+    assert.equal(statements[3][0], 'COMMIT')
+  }
+  let previousEnd = t0
+  for (const ctx of internal) {
+    assert.equal(ctx.query, ctx.statements.join(';\n'))
+    assert.equal(ctx.dbSystem, isPostgres ? 'postgresql' : 'sqlite')
+    assert.ok(ctx.startTime >= previousEnd - 1 && ctx.duration >= 0 && ctx.startTime + ctx.duration <= t1 + 1, `measured within the call, in order: ${JSON.stringify(ctx)}`)
+    assert.ok(!('error' in ctx))
+    previousEnd = ctx.startTime + ctx.duration
+  }
+  // The lock read the key's row; the UPDATE touched it.
+  assert.equal(internal[0].rowCount + (isPostgres ? 0 : internal[1].rowCount), 1)
+  assert.equal(internal.at(-1).rowCount + (isPostgres ? 0 : internal.at(-2).rowCount), 1)
+  const seen = all.filter(([, , ctx]) => !ctx.internal)
   const stage = seen[0][2]
   assert.ok(seen.filter(([op]) => op === 'workStage').every(([, , ctx]) => ctx === stage), 'one context object per call')
   assert.equal(stage.operation, 'workStage')
@@ -126,6 +160,56 @@ test('a failing stage and a failing statement publish error with the rejection; 
   const locked = seen.find(([op, phase]) => op === 'workStage' && phase === 'error')[2]
   assert.equal(locked.error.code, 'IDEMPOTENCY_KEY_LOCKED')
   assert.equal(locked.attempts, 0, 'refused before the callback ran')
+  if (isPostgres) {
+    // The row lock the server refused: the service's own statement, failed with 55P03.
+    const refused = seen.find(([op, phase, ctx]) => op === 'query' && phase === 'error' && ctx.internal)?.[2]
+    assert.ok(refused, 'an error event for the refused row lock')
+    assert.match(refused.statements[0], /^BEGIN/)
+    assert.equal(refused.error.code, '55P03')
+    assert.equal(refused.error.sqlstate, '55P03')
+    assert.equal(refused.rowCount, null)
+  }
+})
+
+test('with nothing subscribed to query, no statement of the service is recorded; subscribed, every call reports its own', async () => {
+  const { IdempotencyKeyService } = require('..')
+  const withStatementLog = IdempotencyKeyService.prototype.withStatementLog
+  let copies = 0
+  IdempotencyKeyService.prototype.withStatementLog = function counted(log) {
+    copies++
+    return withStatementLog.call(this, log)
+  }
+  try {
+    const key = uniq('quiet')
+    const stageOnly = { start() {}, end() {}, asyncStart() {}, asyncEnd() {}, error() {} }
+    tracingChannels.workStage.subscribe(stageOnly)
+    try {
+      await service.initializeRequest(key, 'POST', {}, '/quiet')
+      await service.workStage(key, async () => ({ recovery_point: 'next' }))
+    } finally {
+      tracingChannels.workStage.unsubscribe(stageOnly)
+    }
+    assert.equal(copies, 0, 'no recording copy made, no statement timed')
+
+    const seen = await record(async () => {
+      await service.retrieve(key)
+      await service.update(key, { locked_at: null })
+      await service.lock(key)
+    })
+    assert.equal(copies, 3)
+    const byOperation = (op) => {
+      const outer = seen.find(([o, phase]) => o === op && phase === 'start')[2]
+      const i = seen.findIndex(([, , ctx]) => ctx === outer)
+      const j = seen.findIndex(([o, phase, ctx]) => o === op && phase === 'asyncStart' && ctx === outer)
+      return seen.slice(i, j).filter(([, phase, ctx]) => phase === 'start' && ctx.internal).map(([, , ctx]) => ctx.statements.join(' '))
+    }
+    assert.deepEqual(byOperation('retrieve').length, 1)
+    assert.match(byOperation('retrieve')[0], /^SELECT .*FROM idempotency_key/s)
+    assert.match(byOperation('lock')[0], /^UPDATE idempotency_key/)
+    assert.match(byOperation('update')[0], /^UPDATE idempotency_key/)
+  } finally {
+    IdempotencyKeyService.prototype.withStatementLog = withStatementLog
+  }
 })
 
 test('every other operation publishes its own tracing channel', async () => {
@@ -200,7 +284,9 @@ test('a store bound to start is what the stage callback, its statements and user
     queryChannel.unsubscribe(onQuery)
   }
   assert.deepEqual(inside, { span: `stage ${key}` })
-  assert.deepEqual(parents, [{ span: `stage ${key}` }])
+  // The callback's statement, then the service's own (its BEGIN and lock, its UPDATE and
+  // COMMIT: 2 round trips on PostgreSQL, 4 statements on SQLite), all inside the stage.
+  assert.deepEqual(parents, Array.from({ length: 1 + (isPostgres ? 2 : 4) }, () => ({ span: `stage ${key}` })))
 })
 
 // PostgreSQL only: SQLite serialises writers, so it has no 40001 to retry.

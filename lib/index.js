@@ -16,7 +16,7 @@ const EXECUTOR = Symbol('medusa-idempotency-native.executor')
 // any of our code runs, with an untyped error. Every native method and getter is wrapped once so
 // that refusal is a typed INVALID_ARGUMENT like any other bad argument: thrown by the synchronous
 // ones, a rejection from those that return a promise. Typed errors pass through unchanged.
-const SYNC = new Set(['bindExecutor', 'forTenant', 'withTransaction', 'tenant', 'active'])
+const SYNC = new Set(['bindExecutor', 'forTenant', 'withTransaction', 'withStatementLog', 'tenant', 'active'])
 
 function wrongThis(e, owner, name) {
   let typed
@@ -331,12 +331,21 @@ Object.assign(channels, completer.channels)
 // methods above: a callback is bound to its call's context inside the traced call, so a store
 // a subscriber binds to `start` is what the callback and its statements see.
 const { tracing, install: installTracing } = require('./tracing.js')
-installTracing(IdempotencyKeyService, TransactionManager)
+installTracing(IdempotencyKeyService, TransactionManager, {
+  StatementLog: native.StatementLog,
+  recording(service, log) {
+    const copy = service.withStatementLog(log)
+    const executor = executorOf(service)
+    if (executor !== undefined) copy[EXECUTOR] = executor
+    return copy
+  },
+})
 
 // One assignment per export, so Node's CommonJS lexer sees every name and an ES module can
 // import them by name (`import { IdempotencyKeyService } from 'medusa-idempotency-native'`).
 exports.IdempotencyKeyService = IdempotencyKeyService
 exports.TransactionManager = TransactionManager
+exports.StatementLog = native.StatementLog
 exports.__napiBindingTarget = native.__napiBindingTarget
 exports.wrapExecutor = wrapExecutor
 exports.channels = channels

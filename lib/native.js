@@ -836,4 +836,5 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.IdempotencyKeyService = nativeBinding.IdempotencyKeyService
+module.exports.StatementLog = nativeBinding.StatementLog
 module.exports.TransactionManager = nativeBinding.TransactionManager

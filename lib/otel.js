@@ -11,7 +11,9 @@
 //
 // Spans: INTERNAL `idempotency <operation>` for each service call (initializeRequest, workStage,
 // retrieve, lock, update, create, reap, listAbandoned) and `idempotency completer.pass`, CLIENT
-// `<db.query.summary>` for each statement a stage's callback sends through `tx.query`. Every span
+// `<db.query.summary>` for each statement a stage's callback sends through `tx.query` and for
+// each round trip of the service's own statements (a stage's `BEGIN; SELECT idempotency_key`
+// and `UPDATE idempotency_key; COMMIT`, with the times the core measured). Every span
 // is parented to the active context when its call starts (the HTTP request's span), and while a
 // stage runs its span is the active one, so the callback's own spans and its statements land
 // under it. That needs the context manager's AsyncLocalStorage (`AsyncLocalStorageContextManager`,
@@ -63,6 +65,21 @@ const COLLECTION = {
   DELETE: /\bFROM\s+(?:ONLY\s+)?("[^"]+"|[\w$.]+)/i,
   INSERT: /\bINTO\s+("[^"]+"|[\w$.]+)/i,
   UPDATE: /^UPDATE\s+(?:ONLY\s+)?("[^"]+"|[\w$.]+)/i,
+}
+
+/**
+ * The same for a round trip of several statements (the service's own pipelined ones): a batch,
+ * `db.operation.name` BATCH (BATCH <op> when they share one), the summaries joined by '; '.
+ */
+function summarizeAll(statements) {
+  const parts = statements.map(summarize)
+  const same = (k) => (parts.every((p) => p[k] !== undefined && p[k] === parts[0][k]) ? parts[0][k] : undefined)
+  const op = same('operation')
+  return {
+    operation: op ? `BATCH ${op}` : 'BATCH',
+    collection: same('collection'),
+    summary: parts.map((p) => p.summary ?? '?').join('; '),
+  }
 }
 
 /** `db.operation.name`, `db.collection.name` and `db.query.summary` of a statement's text (never its values). */
@@ -130,14 +147,18 @@ function instrument(options = {}) {
     const parent = context.active()
     let span
     if (ctx.operation === 'query') {
-      const { operation, collection, summary } = summarize(ctx.query)
+      const batch = Array.isArray(ctx.statements) && ctx.statements.length > 1
+      const { operation, collection, summary } = batch ? summarizeAll(ctx.statements) : summarize(ctx.query)
       const attributes = dbAttributes(ctx)
       if (operation) attributes['db.operation.name'] = operation
       if (collection) attributes['db.collection.name'] = collection
       if (summary) attributes['db.query.summary'] = summary
+      if (batch) attributes['db.operation.batch.size'] = ctx.statements.length
       if (captureQueryText && ctx.query) attributes['db.query.text'] = ctx.query
       const name = summary ?? ctx.dbSystem ?? 'query'
-      span = tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, parent)
+      // The service's own statements come with the times the core measured.
+      const startTime = ctx.internal ? ctx.startTime : undefined
+      span = tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes, startTime }, parent)
       ctx[STARTED] = { attributes: lowCardinality(attributes) }
     } else {
       const attributes = { ...dbAttributes(ctx), 'medusa.idempotency.operation': ctx.operation }
@@ -205,6 +226,11 @@ function instrument(options = {}) {
       if (ctx.operation === 'reap' && typeof result === 'number') span.setAttribute('medusa.idempotency.removed', result)
     }
     if (ctx.operation === 'workStage') span.setAttribute('medusa.idempotency.attempts', ctx.attempts)
+    if (ctx.internal) {
+      duration.record(ctx.duration / 1000, metricAttributes)
+      span.end(ctx.startTime + ctx.duration)
+      return
+    }
     duration.record((performance.now() - ctx[STARTED].at) / 1000, metricAttributes)
     span.end()
   }
@@ -213,9 +239,10 @@ function instrument(options = {}) {
     const handlers = {
       // Without the context manager's storage, the span starts here (parented to the caller).
       start: (ctx) => startSpan(ctx),
-      // A call that threw synchronously has no asyncEnd.
+      // A call that threw synchronously has no asyncEnd; nor has a statement of the service's
+      // own, published at once with its measured times.
       end: (ctx) => {
-        if ('error' in ctx) finish(ctx)
+        if ('error' in ctx || ctx.internal) finish(ctx)
       },
       asyncEnd: (ctx) => finish(ctx),
       error: () => {},

@@ -19,6 +19,22 @@
 //   attempts       workStage: how many times the callback has run so far (> 1 after retries)
 //   query          query: the statement text the callback passed
 //   rowCount       query: rows returned (set before asyncStart)
+//
+// The service's own statements (a stage's BEGIN with its row lock, its UPDATE with COMMIT,
+// initializeRequest's INSERT…) are published on the same `query` channel, with `internal: true`,
+// when the `query` channel has a subscriber as the operation starts. The core times them and
+// reports them when the operation's native call has settled, so their events come then, still
+// inside the operation's context (parented to its span), and the context carries what was
+// measured instead of relying on the events' timing:
+//   internal       true
+//   query          the round trip's statements, joined by ';\n' (text only, never values)
+//   statements     the same, one string each (PostgreSQL sends a stage's BEGIN and lock, and its
+//                  UPDATE and COMMIT, together)
+//   startTime      when it was sent, ms since the Unix epoch (Date.now()'s clock)
+//   duration       how long it took, ms
+//   rowCount       rows returned or touched, or null when it failed
+//   error          (error event) an Error whose `code` is the SQLSTATE when the server sent one,
+//                  else the service's code; `sqlstate` and `serviceCode` beside it
 // Subscribers that bind an AsyncLocalStorage to `start` (`channel.start.bindStore(als, …)`)
 // have it entered for the whole call, stage callbacks and their statements included: a callback
 // runs in the context of the call that started it.
@@ -85,17 +101,88 @@ function keyArg(v) {
 /** The transaction manager each native stage hands its callback → its service's database. */
 const txDb = new WeakMap()
 
-function install(IdempotencyKeyService, TransactionManager) {
+/** Publish what a StatementLog recorded, on the `query` channel, in the caller's context. */
+function publishStatements(log, db) {
+  let records
+  try {
+    records = log.take()
+  } catch {
+    return
+  }
+  for (const r of records) {
+    const context = {
+      operation: 'query',
+      internal: true,
+      ...db,
+      query: r.sql.join(';\n'),
+      statements: r.sql,
+      startTime: r.startTime,
+      duration: r.duration,
+      rowCount: r.rows ?? null,
+    }
+    if (r.code == null) {
+      tracing.query.traceSync(returnNothing, context)
+    } else {
+      const error = Object.assign(new Error(r.message ?? r.code), { code: r.sqlstate ?? r.code, sqlstate: r.sqlstate ?? null, serviceCode: r.code })
+      try {
+        tracing.query.traceSync(throwIt, context, null, error)
+      } catch {}
+    }
+  }
+}
+function returnNothing() {}
+function throwIt(e) {
+  throw e
+}
+
+/**
+ * `install(IdempotencyKeyService, TransactionManager, { StatementLog, recording })`:
+ * `recording(service, log)` is a copy of `service` (as the façade sees it) whose calls record
+ * the service's own statements in `log`.
+ */
+function install(IdempotencyKeyService, TransactionManager, { StatementLog, recording }) {
   const proto = IdempotencyKeyService.prototype
+
+  /**
+   * `method`, run on a copy that records the service's own statements, which are published
+   * when it settles, before its result is passed on. Only when the `query` channel has a
+   * subscriber; otherwise `method` itself.
+   */
+  function withStatements(method, db) {
+    if (!tracing.query.hasSubscribers) return method
+    return function recorded(...args) {
+      const log = new StatementLog()
+      let copy
+      try {
+        copy = recording(this, log)
+      } catch {
+        // Not a service (a wrong `this`): the method refuses it, typed.
+        return method.apply(this, args)
+      }
+      return method.apply(copy, args).then(
+        (value) => {
+          publishStatements(log, db)
+          return value
+        },
+        (e) => {
+          publishStatements(log, db)
+          throw e
+        },
+      )
+    }
+  }
 
   /** `proto[op]` published on its TracingChannel; `describe(args)` adds the call's own fields. */
   function trace(op, describe) {
     const channel = tracing[op]
     const original = proto[op]
     proto[op] = function traced(...args) {
-      if (!channel.hasSubscribers) return original.apply(this, args)
-      const context = { operation: op, ...dbOf(this), tenant: tenantOf(this), ...describe(args) }
-      return channel.tracePromise(original, context, this, ...args)
+      if (!channel.hasSubscribers && !tracing.query.hasSubscribers) return original.apply(this, args)
+      const db = dbOf(this)
+      const method = withStatements(original, db)
+      if (!channel.hasSubscribers) return method.apply(this, args)
+      const context = { operation: op, ...db, tenant: tenantOf(this), ...describe(args) }
+      return channel.tracePromise(method, context, this, ...args)
     }
   }
   const byKey = (args) => ({ key: keyArg(args[0]) })
@@ -114,7 +201,8 @@ function install(IdempotencyKeyService, TransactionManager) {
       return workStage.call(this, key, callback, options)
     }
     const db = dbOf(this)
-    if (!tracing.workStage.hasSubscribers) return workStage.call(this, key, withDb(callback, db), options)
+    const method = withStatements(workStage, db)
+    if (!tracing.workStage.hasSubscribers) return method.call(this, key, withDb(callback, db), options)
     let recoveryPoint
     try {
       recoveryPoint = typeof options?.recoveryPoint === 'string' ? options.recoveryPoint : undefined
@@ -126,7 +214,7 @@ function install(IdempotencyKeyService, TransactionManager) {
       context.attempts++
       return callback(tx)
     }
-    return tracing.workStage.tracePromise(workStage, context, this, key, withDb(counted, db), options)
+    return tracing.workStage.tracePromise(method, context, this, key, withDb(counted, db), options)
   }
 
   function withDb(callback, db) {

@@ -8,7 +8,8 @@
 //! - `args`: raw readers of the methods' other arguments;
 //! - `reply`: how results, typed errors and panics go back to JS;
 //! - `js`: raw conversions between JS values and the core's types;
-//! - `executor`: a caller's executor (TypeORM, node-postgres) as the core's `SharedExec`.
+//! - `executor`: a caller's executor (TypeORM, node-postgres) as the core's `SharedExec`;
+//! - `statements`: the `StatementLog` class, the service's own statements for tracing.
 //!
 //! Arguments are read with raw N-API calls wherever SPEC §6 wants a hostile value (a wrong
 //! type, a getter that throws, a BigInt or a cycle) to reject with a typed `INVALID_ARGUMENT`:
@@ -20,12 +21,14 @@ mod js;
 mod options;
 mod reply;
 mod service;
+mod statements;
 mod transaction;
 
 pub use options::{
   ConnectOptions, ListAbandonedOptions, ReapOptions, SslOptions, WorkStageOptions,
 };
 pub use service::{IdempotencyKeyObject, IdempotencyKeyService, QueryExecutor};
+pub use statements::{StatementLog, StatementRecord};
 pub use transaction::{StageReturnValue, TransactionManager};
 
 /// Panics inside our async work are caught and become typed `INTERNAL_ERROR` rejections; keep

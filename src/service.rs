@@ -9,8 +9,11 @@ use crate::options::{
   options_object, ConnectOptions, ListAbandonedOptions, ReapOptions, WorkStageOptions,
 };
 use crate::reply::{args, convert, reject, spawn, IntoJs, Raw, RawValue, Reply};
+use crate::statements::StatementLog;
 use crate::transaction::{settle, stage_reply, BoundCallback, StageCallback, TransactionManager};
-use idempotency_core::{Error, IdempotencyKey, KeyUpdate, Options, Service, StageTx, Target};
+use idempotency_core::{
+  observe, Error, IdempotencyKey, KeyUpdate, Options, Service, StageTx, Target,
+};
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
@@ -54,6 +57,8 @@ pub struct IdempotencyKeyObject {
 pub struct IdempotencyKeyService {
   core: Arc<Service>,
   bound: Option<Bound>,
+  /// Where this copy's calls record their statements (`withStatementLog`), if anywhere.
+  log: Option<observe::StatementLog>,
 }
 
 /// The caller's transaction a service copy is bound to.
@@ -90,13 +95,26 @@ impl IdempotencyKeyService {
     T: IntoJs + Send + 'static,
     F: Future<Output = JsResult<T>> + Send + 'static,
   {
-    spawn(env, call(self.core.clone(), self.bound.clone()))
+    let call = call(self.core.clone(), self.bound.clone());
+    spawn(env, recorded(self.log.clone(), call))
+  }
+}
+
+/// `f`, recording the service's statements it sends in `log` when there is one.
+async fn recorded<F: Future>(log: Option<observe::StatementLog>, f: F) -> F::Output {
+  match log {
+    Some(log) => observe::scope(log, f).await,
+    None => f.await,
   }
 }
 
 /// A new service object for a sync method to return.
 fn service_to_js(env: &Env, core: Arc<Service>, bound: Option<Bound>) -> Result<RawValue> {
-  let service = IdempotencyKeyService { core, bound };
+  let service = IdempotencyKeyService {
+    core,
+    bound,
+    log: None,
+  };
   // SAFETY: called on the JS thread during a napi callback, with that callback's env.
   Ok(RawValue(unsafe {
     ToNapiValue::to_napi_value(env.raw(), service)?
@@ -159,6 +177,7 @@ impl IdempotencyKeyService {
       Ok(IdempotencyKeyService {
         core: Arc::new(core),
         bound: None,
+        log: None,
       })
     })
   }
@@ -316,18 +335,19 @@ impl IdempotencyKeyService {
       // Bound to a caller's executor: index.js hands the callback that executor itself.
       // SAFETY: `callback` is this call's argument, checked to be a function, on the JS thread.
       let tsfn: BoundCallback = unsafe { BoundCallback::from_napi_value(e, callback.raw())? };
-      return env.spawn_future(async move {
+      let stage = async move {
         let result = core
           .work_stage_bound(&ex, &key, expected.as_deref(), || async {
             settle(tsfn.call_async_catch(()).await).await
           })
           .await;
         stage_reply(result)
-      });
+      };
+      return env.spawn_future(recorded(self.log.clone(), stage));
     }
     // SAFETY: `callback` is this call's argument, checked to be a function, on the JS thread.
     let tsfn: StageCallback = unsafe { StageCallback::from_napi_value(e, callback.raw())? };
-    env.spawn_future(async move {
+    let stage = async move {
       let tsfn = &tsfn;
       let result = core
         .work_stage(target(&bound), &key, expected.as_deref(), |tx| async move {
@@ -335,7 +355,8 @@ impl IdempotencyKeyService {
         })
         .await;
       stage_reply(result)
-    })
+    };
+    env.spawn_future(recorded(self.log.clone(), stage))
   }
 
   /// Return a copy of the service whose every statement runs in `manager`'s transaction: a
@@ -389,6 +410,17 @@ impl IdempotencyKeyService {
       .and_then(|t| self.core.for_tenant(&t))
       .map_err(|err| throw(env, &err))?;
     service_to_js(env, Arc::new(scoped), self.bound.clone())
+  }
+
+  /// A copy of the service (same pool, tenant and transaction binding) whose calls record the
+  /// service's own statements in `log`: for tracing (`lib/tracing.js`), not for applications.
+  #[napi]
+  pub fn with_statement_log(&self, log: &StatementLog) -> IdempotencyKeyService {
+    IdempotencyKeyService {
+      core: self.core.clone(),
+      bound: self.bound.clone(),
+      log: Some(log.log.clone()),
+    }
   }
 
   /// The tenant this copy is scoped to (`forTenant`), or null.

@@ -10,6 +10,7 @@ mod backend;
 pub mod error;
 mod migrations;
 pub mod model;
+pub mod observe;
 mod options;
 mod pg;
 pub mod service;

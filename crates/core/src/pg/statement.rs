@@ -10,6 +10,7 @@ use super::pool::{is_fatal, Lease, State, DESCRIBED_MAX, PREPARED_MAX};
 use super::wire::{Answer, Format, Outcome, Raw, Stmt, Wired};
 use super::{guard, rows, text};
 use crate::error::{Error, Result};
+use crate::observe;
 use crate::value::{Param, QueryResult};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -41,6 +42,27 @@ fn outcome(o: Outcome) -> Result<QueryResult> {
       message: "the statement did not run: an earlier statement in its flight failed".into(),
     }),
   }
+}
+
+/// The rows a flight returned or touched (each statement's command tag, else its rows), or its
+/// first failure: what the statement log records.
+fn counted(answer: &Answer) -> std::result::Result<u64, &Error> {
+  let mut n = 0;
+  for o in &answer.outcomes {
+    match o {
+      Outcome::Done(raw) => {
+        let tagged = raw
+          .tag
+          .rsplit(' ')
+          .next()
+          .and_then(|c| c.parse::<u64>().ok());
+        n += tagged.unwrap_or(raw.rows.len() as u64);
+      }
+      Outcome::Failed(e) => return Err(e),
+      Outcome::Skipped => {}
+    }
+  }
+  Ok(n)
 }
 
 /// The service's own parameters (every placeholder carries a cast): their plain text.
@@ -88,7 +110,13 @@ impl Lease {
       })
       .collect();
     let closing = std::mem::take(&mut conn.closing);
-    let answer = conn.wire.flight(&closing, &wire_stmts).await?;
+    let timer = observe::start();
+    let answer = conn.wire.flight(&closing, &wire_stmts).await;
+    if let Some(timer) = timer {
+      let sql: Vec<&str> = stmts.iter().map(|(sql, _, _)| *sql).collect();
+      timer.finish(&sql, answer.as_ref().and_then(counted));
+    }
+    let answer = answer?;
     if prepared {
       let tick = names.fetch_add(1, Ordering::Relaxed);
       for (i, ((sql, _, _), (name, parse))) in stmts.iter().zip(&plan).enumerate() {

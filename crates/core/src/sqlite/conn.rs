@@ -4,8 +4,9 @@
 use super::file::FileState;
 use super::sql;
 use crate::backend::Conn;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue};
+use crate::observe;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use sqlx::sqlite::SqliteConnection;
@@ -120,11 +121,10 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for LiteConn<C> {
 
   fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
     async move {
-      sqlx::query(sql)
-        .execute(&mut *self.c)
+      let run = async { Ok(sqlx::query(sql).execute(&mut *self.c).await?) };
+      observe::timed(sql, |r| r.rows_affected(), run)
         .await
         .map(|_| ())
-        .map_err(Error::from)
     }
     .boxed()
   }

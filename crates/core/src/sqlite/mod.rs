@@ -15,6 +15,7 @@ mod transaction;
 
 use crate::backend::{Backend, Begun, Conn, Transaction};
 use crate::error::{Error, Result};
+use crate::observe;
 use crate::options::{Isolation, Options};
 use conn::LiteConn;
 use file::{FileState, Working};
@@ -98,7 +99,8 @@ impl Backend for LiteBackend {
       let gate = tokio::time::timeout(self.busy_timeout, self.file.writer.lock())
         .await
         .map_err(|_| Error::Busy)?;
-      let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+      let begin = async { Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?) };
+      let tx = observe::timed("BEGIN IMMEDIATE", |_| 0, begin).await?;
       drop(gate); // SQLite's own write lock now serialises writers.
       let mut conn = LiteConn {
         c: tx,
@@ -110,7 +112,7 @@ impl Backend for LiteBackend {
           found,
         )),
         Err(e) => {
-          let _ = conn.c.rollback().await;
+          let _ = transaction::rollback(conn.c).await;
           Err(e)
         }
       }

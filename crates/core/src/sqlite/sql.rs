@@ -5,12 +5,47 @@ use crate::error::{Error, Result};
 use crate::model::{
   Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue, COLUMNS,
 };
+use crate::observe;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
+use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteQueryResult, SqliteRow};
 use sqlx::{Row, Sqlite};
 
 type LiteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
+
+/// The statement runners, each recorded in the operation's statement log when one is in scope
+/// (`observe`).
+trait Recorded {
+  async fn optional(self, c: &mut SqliteConnection) -> Result<Option<SqliteRow>>;
+  async fn one(self, c: &mut SqliteConnection) -> Result<SqliteRow>;
+  async fn all(self, c: &mut SqliteConnection) -> Result<Vec<SqliteRow>>;
+  async fn run(self, c: &mut SqliteConnection) -> Result<SqliteQueryResult>;
+}
+
+impl Recorded for LiteQuery<'_> {
+  async fn optional(self, c: &mut SqliteConnection) -> Result<Option<SqliteRow>> {
+    let sql = sqlx::Execute::sql(&self);
+    let rows = |r: &Option<SqliteRow>| u64::from(r.is_some());
+    observe::timed(sql, rows, async { Ok(self.fetch_optional(c).await?) }).await
+  }
+
+  async fn one(self, c: &mut SqliteConnection) -> Result<SqliteRow> {
+    let sql = sqlx::Execute::sql(&self);
+    observe::timed(sql, |_| 1, async { Ok(self.fetch_one(c).await?) }).await
+  }
+
+  async fn all(self, c: &mut SqliteConnection) -> Result<Vec<SqliteRow>> {
+    let sql = sqlx::Execute::sql(&self);
+    let rows = |r: &Vec<SqliteRow>| r.len() as u64;
+    observe::timed(sql, rows, async { Ok(self.fetch_all(c).await?) }).await
+  }
+
+  async fn run(self, c: &mut SqliteConnection) -> Result<SqliteQueryResult> {
+    let sql = sqlx::Execute::sql(&self);
+    let rows = |r: &SqliteQueryResult| r.rows_affected();
+    observe::timed(sql, rows, async { Ok(self.execute(c).await?) }).await
+  }
+}
 
 /// The current time as stored: `2024-01-02T03:04:05.678Z`.
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -87,7 +122,7 @@ pub(crate) async fn insert_or_claim(
     .bind(&fp.method)
     .bind(&params)
     .bind(&fp.path)
-    .fetch_optional(&mut *c)
+    .optional(c)
     .await?;
   if let Some(row) = inserted {
     return Ok(Claim::Got(key_from_row(&row)?));
@@ -105,7 +140,7 @@ pub(crate) async fn insert_or_claim(
       .bind(&fp.method)
       .bind(&fp.path)
       .bind(&params)
-      .fetch_optional(&mut *c)
+      .optional(c)
       .await?;
     if let Some(row) = claimed {
       return Ok(Claim::Got(key_from_row(&row)?));
@@ -120,7 +155,7 @@ pub(crate) async fn insert_or_claim(
     .bind(&fp.method)
     .bind(&fp.path)
     .bind(&params)
-    .fetch_optional(&mut *c)
+    .optional(c)
     .await?
   else {
     return Ok(Claim::Vanished);
@@ -149,7 +184,7 @@ pub(crate) async fn create(
     .bind(json_text(&fp.params))
     .bind(&fp.path)
     .bind(recovery_point)
-    .fetch_one(&mut *c)
+    .one(c)
     .await?;
   key_from_row(&row)
 }
@@ -189,11 +224,7 @@ pub(crate) async fn select_by(
       q = bind_column(q, col, v)?;
     }
   }
-  q.fetch_all(&mut *c)
-    .await?
-    .iter()
-    .map(key_from_row)
-    .collect()
+  q.all(c).await?.iter().map(key_from_row).collect()
 }
 
 fn bind_column<'q>(q: LiteQuery<'q>, col: &str, v: &'q UpdateValue) -> Result<LiteQuery<'q>> {
@@ -221,7 +252,7 @@ pub(crate) async fn lock(
   sqlx::query(&sql)
     .bind(key)
     .bind(ago(lease_ms))
-    .fetch_optional(&mut *c)
+    .optional(c)
     .await?
     .map(|r| key_from_row(&r))
     .transpose()
@@ -277,10 +308,7 @@ pub(crate) async fn update(
   if let Some(v) = code {
     q = q.bind(v);
   }
-  q.fetch_optional(&mut *c)
-    .await?
-    .map(|r| key_from_row(&r))
-    .transpose()
+  q.optional(c).await?.map(|r| key_from_row(&r)).transpose()
 }
 
 pub(crate) async fn select_key(
@@ -290,7 +318,7 @@ pub(crate) async fn select_key(
   let sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = ?1");
   sqlx::query(&sql)
     .bind(key)
-    .fetch_optional(&mut *c)
+    .optional(c)
     .await?
     .map(|r| key_from_row(&r))
     .transpose()
@@ -317,7 +345,7 @@ pub(crate) async fn apply(
     .bind(code)
     .bind(set_body)
     .bind(json_text(&body))
-    .fetch_one(&mut *c)
+    .one(c)
     .await?;
   key_from_row(&row)
 }
@@ -344,7 +372,7 @@ pub(crate) async fn reap_batch(
   .bind(ago(lease_ms))
   .bind(serde_json::to_string(working).unwrap_or_else(|_| "[]".into()))
   .bind(prefix)
-  .execute(&mut *c)
+  .run(c)
   .await?;
   Ok(r.rows_affected())
 }
@@ -367,7 +395,7 @@ pub(crate) async fn abandoned(
     .bind(ago(idle_ms))
     .bind(limit)
     .bind(prefix)
-    .fetch_all(&mut *c)
+    .all(c)
     .await?;
   rows.iter().map(key_from_row).collect()
 }

@@ -9,6 +9,7 @@ use super::sql;
 use crate::backend::{Conn, Transaction};
 use crate::error::{Error, Result};
 use crate::model::{IdempotencyKey, StageResult};
+use crate::observe;
 use crate::value::{iso_string, safe_integer, to_json, Cell, Param, QueryResult};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, TryStreamExt};
@@ -74,11 +75,12 @@ impl Transaction for LiteStage {
       drop(armed); // COMMIT is transaction control: ours, not the callback's
       match applied {
         Ok(k) => {
-          conn.c.commit().await?;
+          let commit = async { Ok(conn.c.commit().await?) };
+          observe::timed("COMMIT", |_| 0, commit).await?;
           Ok(k)
         }
         Err(e) => {
-          let _ = conn.c.rollback().await;
+          let _ = rollback(conn.c).await;
           Err(e)
         }
       }
@@ -94,10 +96,15 @@ impl Transaction for LiteStage {
     } = *self;
     drop(armed);
     async move {
-      let _ = conn.c.rollback().await;
+      let _ = rollback(conn.c).await;
     }
     .boxed()
   }
+}
+
+/// Roll a stage transaction back, recorded in the operation's statement log.
+pub(crate) async fn rollback(tx: LiteTx) -> Result<()> {
+  observe::timed("ROLLBACK", |_| 0, async { Ok(tx.rollback().await?) }).await
 }
 
 /// `$1` → `?1`, so callers can write the same placeholders for both backends. Quoted strings,
