@@ -42,6 +42,13 @@ export declare class IdempotencyKeyService {
    */
   retrieve(idempotencyKeyOrSelector: string | Partial<Record<keyof IdempotencyKey, unknown>>): Promise<IdempotencyKey>
   /**
+   * A key with what else the database holds about it, for operators (the CLI's `inspect`):
+   * `accepted` (the route whose handler took the request, and when) and `completer` (the
+   * completer's attempts, its last error, its backoff, whether it gave up), each null when
+   * there is none. Reads only; a key another request holds is read all the same.
+   */
+  inspect(idempotencyKey: string): Promise<KeyInspection>
+  /**
    * Lock a key: atomically set `locked_at` unless another caller locked it within
    * `lockTimeoutMs`. Of N concurrent callers exactly one wins; the others get `conflict`.
    */
@@ -150,6 +157,18 @@ export declare class TransactionManager {
   get active(): boolean
 }
 
+/** The completer's attempts at a key (`inspect`). */
+export interface CompleterAttempts {
+  attempts: number
+  last_attempt_at: Date
+  /** When a failed attempt may be retried (its backoff). */
+  next_attempt_at: Date | null
+  last_error_code: string | null
+  last_error: string | null
+  /** Set when the completer gave up on the key (its `maxAttempts` reached). */
+  gave_up_at: Date | null
+}
+
 /** Options for {@link IdempotencyKeyService.connect}. */
 export interface ConnectOptions {
   /**
@@ -201,6 +220,20 @@ export interface IdempotencyKey {
   response_code: number | null
   response_body: any
   recovery_point: string
+}
+
+/** Whether a handler accepted a key's request (`inspect`). */
+export interface KeyAcceptance {
+  /** The route that took the request (`METHOD /path`), when it was named. */
+  route: string | null
+  accepted_at: Date
+}
+
+/** What `inspect` returns: the key, and what else the database holds about it. */
+export interface KeyInspection {
+  key: IdempotencyKey
+  accepted: KeyAcceptance | null
+  completer: CompleterAttempts | null
 }
 
 /** Options of {@link IdempotencyKeyService.listAbandoned}. */

@@ -72,10 +72,53 @@ test('inspect: the row and its lease in words, as a table and as JSON', async ()
   assert.deepEqual(row.request_params, { cart: 1 })
   assert.ok(!Number.isNaN(Date.parse(row.locked_at)))
 
+  assert.equal(row.accepted, null)
+  assert.equal(row.completer, null)
+  assert.match(text.stdout, /accepted\s+no: no handler took the request/)
+  assert.match(text.stdout, /completer\s+no attempts/)
+
   await fx.service.workStage(key, async () => ({ response_code: 201, response_body: { ok: true } }))
   const done = JSON.parse((await cli(['inspect', key, '--json'])).stdout)
   assert.equal(done.lease, 'finished')
   assert.equal(done.response_code, 201)
+})
+
+test("inspect: the route that accepted the request and the completer's attempts, its last error and backoff", async () => {
+  const key = uniq('attempts')
+  // A short request lease, so the abandoned key is the completer's after 150 ms.
+  const service = await fx.connect({ lockTimeoutMs: 100 })
+  await service.initializeRequest(key, 'POST', {}, '/store/carts/2/complete')
+  await service.accept(key, { route: 'POST /store/carts/:id/complete', pathParams: { id: '2' } })
+  await sleep(150)
+  const declined = () => Object.assign(new Error('card declined'), { code: 'CARD_DECLINED' })
+  const completer = service.completer({
+    routes: { 'POST /store/carts/:id/complete': () => ({ started: async () => { throw declined() } }) },
+    idleMs: 50,
+    backoffMs: 60_000,
+  })
+  const pass = await completer.runOnce()
+  assert.equal(pass.failed, 1, JSON.stringify(pass))
+
+  const text = await cli(['inspect', key])
+  assert.equal(text.code, 0, text.stderr)
+  assert.match(text.stdout, /accepted\s+POST \/store\/carts\/:id\/complete at \d{4}-/)
+  assert.match(text.stdout, /completer\s+1 attempt, the last at \d{4}-.*last error: CARD_DECLINED: card declined; next attempt after \d{4}-/)
+  const row = JSON.parse((await cli(['inspect', key, '--json'])).stdout)
+  assert.equal(row.accepted.route, 'POST /store/carts/:id/complete')
+  assert.ok(!Number.isNaN(Date.parse(row.accepted.accepted_at)))
+  assert.equal(row.completer.attempts, 1)
+  assert.equal(row.completer.last_error_code, 'CARD_DECLINED')
+  assert.equal(row.completer.last_error, 'card declined')
+  assert.ok(Date.parse(row.completer.next_attempt_at) > Date.now() + 30_000, 'backed off')
+  assert.equal(row.completer.gave_up_at, null)
+
+  // The service method the command uses, with Dates.
+  const inspected = await fx.service.inspect(key)
+  assert.equal(inspected.key.idempotency_key, key)
+  assert.ok(inspected.completer.last_attempt_at instanceof Date)
+  assert.ok(inspected.accepted.accepted_at instanceof Date)
+  await assert.rejects(fx.service.inspect(uniq('nope')), { code: 'IDEMPOTENCY_KEY_NOT_FOUND' })
+  await assert.rejects(fx.service.inspect(42), { code: 'INVALID_ARGUMENT' })
 })
 
 test('list --in-flight and --abandoned [--idle]', async () => {

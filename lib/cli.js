@@ -13,7 +13,8 @@ function usage() {
   return `Usage: medusa-idempotency-native <command> [options]
 
 Commands:
-  inspect <key>                      the key's row and its lease state in words
+  inspect <key>                      the key's row, its lease state in words, whether a
+                                     handler accepted it, the completer's attempts
   list --in-flight                   unfinished keys a request holds right now
   list --abandoned [--idle 5m]       unfinished keys with no progress for --idle (default 5m)
   release <key>                      end the lease of a request known to be dead
@@ -104,6 +105,26 @@ function keyJson(k, leaseMs) {
   return { ...k, created_at: iso(k.created_at), locked_at: k.locked_at ? iso(k.locked_at) : null, lease }
 }
 
+/** `inspect`'s records with their Dates as ISO strings, for --json. */
+function datesAsIso(record) {
+  if (record == null) return null
+  return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, v instanceof Date ? iso(v) : v]))
+}
+
+function acceptedWords(accepted) {
+  if (accepted == null) return 'no: no handler took the request (no completer runs it)'
+  return `${accepted.route ?? '(no route named)'} at ${iso(accepted.accepted_at)}`
+}
+
+function completerWords(c) {
+  if (c == null) return 'no attempts'
+  const parts = [`${c.attempts} attempt${c.attempts === 1 ? '' : 's'}, the last at ${iso(c.last_attempt_at)}`]
+  if (c.last_error_code != null || c.last_error != null) parts.push(`last error: ${[c.last_error_code, c.last_error].filter((x) => x != null).join(': ')}`)
+  if (c.gave_up_at != null) parts.push(`gave up at ${iso(c.gave_up_at)}`)
+  else if (c.next_attempt_at != null) parts.push(`next attempt after ${iso(c.next_attempt_at)}`)
+  return parts.join('; ')
+}
+
 /** A spinner on stderr while `promise` runs, when stderr is a terminal. */
 async function withProgress(label, promise, json) {
   if (json || !process.stderr.isTTY) return promise
@@ -161,9 +182,9 @@ async function run(command, service, { key, args, leaseMs, idleMs, olderThanMs, 
     return EXIT.ok
   }
   if (command === 'inspect') {
-    const k = await service.retrieve(key)
+    const { key: k, accepted, completer } = await service.inspect(key)
     const { words } = leaseState(k, leaseMs)
-    print(keyJson(k, leaseMs), [
+    print({ ...keyJson(k, leaseMs), accepted: datesAsIso(accepted), completer: datesAsIso(completer) }, [
       table(
         [
           ['key', k.idempotency_key],
@@ -175,6 +196,8 @@ async function run(command, service, { key, args, leaseMs, idleMs, olderThanMs, 
           ['lease', words],
           ['response', k.response_code == null ? '' : `${k.response_code} ${JSON.stringify(k.response_body)}`],
           ['request params', JSON.stringify(k.request_params)],
+          ['accepted', acceptedWords(accepted)],
+          ['completer', completerWords(completer)],
         ],
         [['field', (r) => r[0]], ['value', (r) => r[1]]],
       ),

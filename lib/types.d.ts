@@ -128,8 +128,20 @@ export interface TracingContext {
   attempts?: number
   /** query: the statement text the stage callback passed to `tx.query`. */
   query?: string | null
-  /** query: how many rows it returned (null until it resolved). */
+  /** query: how many rows it returned (null until it resolved); for the service's own, returned or touched (null when it failed). */
   rowCount?: number | null
+  /**
+   * query: true for a round trip of the service's own statements (a stage's BEGIN and row lock,
+   * its UPDATE and COMMIT…), published once the call's native work settled, with the times the
+   * core measured: read `startTime` and `duration`, not when the events arrive.
+   */
+  internal?: true
+  /** query, internal: the round trip's statements (`query` is them joined by `;\n`), text only. */
+  statements?: string[]
+  /** query, internal: when it was sent, in ms since the Unix epoch. */
+  startTime?: number
+  /** query, internal: how long it took, in ms. */
+  duration?: number
   /** What the call resolved to. */
   result?: unknown
   /** What the call rejected with. */
@@ -138,8 +150,8 @@ export interface TracingContext {
 
 /**
  * TracingChannels (`diagnostics_channel.tracingChannel('medusa-idempotency:<operation>')`), one per
- * public operation, one for each statement a native stage's callback sends (`tx.query`) and one
- * for a completer pass. Nothing is built or published while a channel has no subscriber.
+ * public operation, one for each statement a native stage's callback sends (`tx.query`) and the
+ * service sends itself (`internal`), and one for a completer pass. Nothing is built or published while a channel has no subscriber.
  */
 export declare const tracingChannels: {
   initializeRequest: TracingChannel<unknown, TracingContext>

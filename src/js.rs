@@ -3,7 +3,7 @@
 //! typed `invalid_data` error instead of a napi status string or a pending exception.
 
 use chrono::{DateTime, Utc};
-use idempotency_core::{Cell, Error, IdempotencyKey, Param, QueryResult, UpdateValue};
+use idempotency_core::{Cell, Error, IdempotencyKey, KeyRecords, Param, QueryResult, UpdateValue};
 use napi::bindgen_prelude::*;
 use napi::sys;
 use num_traits::ToPrimitive;
@@ -515,6 +515,52 @@ unsafe fn opt<T>(env: Env_, v: &Option<T>, f: impl FnOnce(&T) -> Result<Raw>) ->
     Some(x) => f(x),
     None => js_null(env),
   }
+}
+
+/// `inspect`'s answer: `{ key, accepted, completer }`, snake_case like the key's own fields.
+pub(crate) unsafe fn inspection_to_js(
+  env: Env_,
+  k: &IdempotencyKey,
+  r: &KeyRecords,
+) -> Result<Raw> {
+  let date = |d: &DateTime<Utc>| js_date(env, date_to_ms(d));
+  let text = |s: &String| js_string(env, s);
+  let o = js_object(env)?;
+  set(env, o, "key", key_to_js(env, k)?)?;
+  let accepted = opt(env, &r.accepted, |a| {
+    let a_js = js_object(env)?;
+    set(env, a_js, "route", opt(env, &a.route, text)?)?;
+    set(env, a_js, "accepted_at", date(&a.accepted_at)?)?;
+    Ok(a_js)
+  })?;
+  set(env, o, "accepted", accepted)?;
+  let completer = opt(env, &r.completer, |c| {
+    let c_js = js_object(env)?;
+    set(
+      env,
+      c_js,
+      "attempts",
+      js_number(env, f64::from(c.attempts))?,
+    )?;
+    set(env, c_js, "last_attempt_at", date(&c.last_attempt_at)?)?;
+    set(
+      env,
+      c_js,
+      "next_attempt_at",
+      opt(env, &c.next_attempt_at, date)?,
+    )?;
+    set(
+      env,
+      c_js,
+      "last_error_code",
+      opt(env, &c.last_error_code, text)?,
+    )?;
+    set(env, c_js, "last_error", opt(env, &c.last_error, text)?)?;
+    set(env, c_js, "gave_up_at", opt(env, &c.gave_up_at, date)?)?;
+    Ok(c_js)
+  })?;
+  set(env, o, "completer", completer)?;
+  Ok(o)
 }
 
 /// The key as a plain object with all ten fields, snake_case like Medusa's entity.

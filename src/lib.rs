@@ -27,7 +27,10 @@ mod transaction;
 pub use options::{
   ConnectOptions, ListAbandonedOptions, ReapOptions, SslOptions, WorkStageOptions,
 };
-pub use service::{IdempotencyKeyObject, IdempotencyKeyService, QueryExecutor};
+pub use service::{
+  CompleterAttempts, IdempotencyKeyObject, IdempotencyKeyService, KeyAcceptance, KeyInspection,
+  QueryExecutor,
+};
 pub use statements::{StatementLog, StatementRecord};
 pub use transaction::{StageReturnValue, TransactionManager};
 

@@ -5,7 +5,7 @@
 
 use crate::js::{self, JsResult};
 use futures_util::FutureExt;
-use idempotency_core::{Error, IdempotencyKey, QueryResult};
+use idempotency_core::{Error, IdempotencyKey, KeyRecords, QueryResult};
 use napi::bindgen_prelude::*;
 use napi::sys;
 use std::panic::AssertUnwindSafe;
@@ -25,6 +25,12 @@ pub trait IntoJs {
 impl IntoJs for IdempotencyKey {
   unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
     js::key_to_js(env, &self)
+  }
+}
+
+impl IntoJs for (IdempotencyKey, KeyRecords) {
+  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
+    js::inspection_to_js(env, &self.0, &self.1)
   }
 }
 

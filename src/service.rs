@@ -12,7 +12,7 @@ use crate::reply::{args, convert, reject, spawn, IntoJs, Raw, RawValue, Reply};
 use crate::statements::StatementLog;
 use crate::transaction::{settle, stage_reply, BoundCallback, StageCallback, TransactionManager};
 use idempotency_core::{
-  observe, Error, IdempotencyKey, KeyUpdate, Options, Service, StageTx, Target,
+  observe, Error, IdempotencyKey, KeyRecords, KeyUpdate, Options, Service, StageTx, Target,
 };
 use napi::bindgen_prelude::*;
 use napi::sys;
@@ -50,6 +50,45 @@ pub struct IdempotencyKeyObject {
   pub response_body: Null,
   #[napi(js_name = "recovery_point")]
   pub recovery_point: String,
+}
+
+/// Whether a handler accepted a key's request (`inspect`).
+#[napi(object)]
+pub struct KeyAcceptance {
+  /// The route that took the request (`METHOD /path`), when it was named.
+  #[napi(ts_type = "string | null")]
+  pub route: Null,
+  #[napi(js_name = "accepted_at", ts_type = "Date")]
+  pub accepted_at: Null,
+}
+
+/// The completer's attempts at a key (`inspect`).
+#[napi(object)]
+pub struct CompleterAttempts {
+  pub attempts: u32,
+  #[napi(js_name = "last_attempt_at", ts_type = "Date")]
+  pub last_attempt_at: Null,
+  /// When a failed attempt may be retried (its backoff).
+  #[napi(js_name = "next_attempt_at", ts_type = "Date | null")]
+  pub next_attempt_at: Null,
+  #[napi(js_name = "last_error_code", ts_type = "string | null")]
+  pub last_error_code: Null,
+  #[napi(js_name = "last_error", ts_type = "string | null")]
+  pub last_error: Null,
+  /// Set when the completer gave up on the key (its `maxAttempts` reached).
+  #[napi(js_name = "gave_up_at", ts_type = "Date | null")]
+  pub gave_up_at: Null,
+}
+
+/// What `inspect` returns: the key, and what else the database holds about it.
+#[napi(object)]
+pub struct KeyInspection {
+  #[napi(ts_type = "IdempotencyKey")]
+  pub key: Null,
+  #[napi(ts_type = "KeyAcceptance | null")]
+  pub accepted: Null,
+  #[napi(ts_type = "CompleterAttempts | null")]
+  pub completer: Null,
 }
 
 /// Medusa's `IdempotencyKeyService`, backed by Rust and a connection pool.
@@ -257,6 +296,25 @@ impl IdempotencyKeyService {
         By::Key(k) => core.retrieve(target, &k).await,
         By::Selector(f, shown) => core.retrieve_by(target, f, &shown).await,
       }
+    })
+  }
+
+  /// A key with what else the database holds about it, for operators (the CLI's `inspect`):
+  /// `accepted` (the route whose handler took the request, and when) and `completer` (the
+  /// completer's attempts, its last error, its backoff, whether it gave up), each null when
+  /// there is none. Reads only; a key another request holds is read all the same.
+  #[napi(
+    ts_args_type = "idempotencyKey: string",
+    ts_return_type = "Promise<KeyInspection>"
+  )]
+  pub fn inspect<'env>(
+    &self,
+    env: &'env Env,
+    key: Unknown,
+  ) -> Result<PromiseRaw<'env, Reply<(IdempotencyKey, KeyRecords)>>> {
+    let key = args!(env, args::key_arg(env.raw(), key.raw()));
+    self.run(env, |core, bound| async move {
+      core.inspect(target(&bound), &key).await
     })
   }
 

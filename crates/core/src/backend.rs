@@ -8,7 +8,9 @@
 //! one allocation against a database round trip (README, *Development*, has the measurement).
 
 use crate::error::Result;
-use crate::model::{Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue};
+use crate::model::{
+  Claim, Fingerprint, IdempotencyKey, KeyRecords, KeyUpdate, StageResult, UpdateValue,
+};
 use crate::options::Isolation;
 use crate::value::{Param, QueryResult};
 use futures_util::future::BoxFuture;
@@ -109,6 +111,10 @@ pub(crate) trait Conn: Send {
     limit: i32,
     prefix: Option<&'a str>,
   ) -> BoxFuture<'a, Result<Vec<IdempotencyKey>>>;
+
+  /// Whether a handler accepted key `key_id`'s request and the completer's attempts at it
+  /// (empty when the schema predates their tables).
+  fn records<'a>(&'a mut self, key_id: &'a str) -> BoxFuture<'a, Result<KeyRecords>>;
 
   /// A statement without parameters or rows (the savepoints of nested stages).
   fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>>;

@@ -20,7 +20,10 @@ pub mod value;
 
 pub use error::{Error, Kind, Result};
 pub use migrations::{MIGRATIONS_POSTGRES, MIGRATIONS_SQLITE};
-pub use model::{Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue, FINISHED};
+pub use model::{
+  Accepted, CompleterAttempts, Fingerprint, IdempotencyKey, KeyRecords, KeyUpdate, StageResult,
+  UpdateValue, FINISHED,
+};
 pub use options::{Isolation, Options, Ssl};
 pub use pg::SharedExec;
 pub use service::{Service, StageError, Target};

@@ -39,6 +39,34 @@ pub struct IdempotencyKey {
 
 pub const FINISHED: &str = "finished";
 
+/// What the database holds about a key beside its row (`Service::inspect`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyRecords {
+  /// Whether a handler accepted the key's request (`idempotency_key_accepted`).
+  pub accepted: Option<Accepted>,
+  /// The completer's attempts at the key (`idempotency_key_completer`).
+  pub completer: Option<CompleterAttempts>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+  /// The route that took the request (`METHOD /path`), when it was named.
+  pub route: Option<String>,
+  pub accepted_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompleterAttempts {
+  pub attempts: i32,
+  pub last_attempt_at: DateTime<Utc>,
+  /// When a failed attempt may be retried (its backoff).
+  pub next_attempt_at: Option<DateTime<Utc>>,
+  pub last_error_code: Option<String>,
+  pub last_error: Option<String>,
+  /// Set when the completer gave up (maxAttempts reached).
+  pub gave_up_at: Option<DateTime<Utc>>,
+}
+
 impl IdempotencyKey {
   pub fn is_finished(&self) -> bool {
     self.recovery_point == FINISHED

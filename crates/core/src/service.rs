@@ -7,8 +7,8 @@
 use crate::backend::{Backend, Conn, Transaction};
 use crate::error::{Error, Result};
 use crate::model::{
-  column_cast, validate_key, Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult,
-  UpdateValue, COLUMNS, FINISHED,
+  column_cast, validate_key, Claim, Fingerprint, IdempotencyKey, KeyRecords, KeyUpdate,
+  StageResult, UpdateValue, COLUMNS, FINISHED,
 };
 use crate::options::Options;
 use crate::pg::{self, PgBackend, PgConn, Shared, SharedExec};
@@ -284,6 +284,23 @@ impl Service {
   pub async fn retrieve(&self, target: Target<'_>, key: &str) -> Result<IdempotencyKey> {
     let selector = vec![("idempotency_key".to_owned(), UpdateValue::Json(key.into()))];
     self.retrieve_by(target, selector, key).await
+  }
+
+  /// The key with what else the database holds about it: whether a handler accepted its
+  /// request, and the completer's attempts at it (for operators: the CLI's `inspect`).
+  pub async fn inspect(
+    &self,
+    target: Target<'_>,
+    key: &str,
+  ) -> Result<(IdempotencyKey, KeyRecords)> {
+    let stored = self.db_key(key);
+    let mut held = self.acquire(target).await?;
+    let conn = held.conn();
+    let row = abandonable(target, conn.select_key(&stored))
+      .await?
+      .ok_or_else(|| Error::not_found(key))?;
+    let records = abandonable(target, conn.records(&row.id)).await?;
+    Ok((self.shown(row), records))
   }
 
   /// Medusa's `retrieve` by selector: equality on named columns, `null` is IS NULL, an array

@@ -5,7 +5,9 @@ use super::exec::Exec;
 use super::sql;
 use crate::backend::Conn;
 use crate::error::Result;
-use crate::model::{Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue};
+use crate::model::{
+  Claim, Fingerprint, IdempotencyKey, KeyRecords, KeyUpdate, StageResult, UpdateValue,
+};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
@@ -44,6 +46,10 @@ impl<E: Exec> Conn for PgConn<E> {
 
   fn select_key<'a>(&'a mut self, key: &'a str) -> BoxFuture<'a, Result<Option<IdempotencyKey>>> {
     sql::select_key(&mut self.0, key).boxed()
+  }
+
+  fn records<'a>(&'a mut self, key_id: &'a str) -> BoxFuture<'a, Result<KeyRecords>> {
+    sql::records(&mut self.0, key_id).boxed()
   }
 
   fn lock<'a>(

@@ -6,7 +6,8 @@
 use super::exec::Exec;
 use crate::error::{Error, Result};
 use crate::model::{
-  column_cast, Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue, COLUMNS,
+  column_cast, Accepted, Claim, CompleterAttempts, Fingerprint, IdempotencyKey, KeyRecords,
+  KeyUpdate, StageResult, UpdateValue, COLUMNS,
 };
 use crate::value::{exact_i64, Cell, Param, QueryResult};
 use chrono::{DateTime, Utc};
@@ -24,29 +25,48 @@ fn date(d: &DateTime<Utc>) -> Param {
   Param::Date(d.timestamp_millis() as f64)
 }
 
-/// Read row `i` as a key, whichever executor produced it (Dates or ISO strings, parsed JSON
-/// or JSON text, numbers or numeric strings).
-pub(crate) fn key_at(r: &QueryResult, i: usize) -> Result<IdempotencyKey> {
-  let row = &r.rows[i];
-  let get = |name: &str| -> Result<&Cell> {
-    r.columns
+/// Row `i`'s columns by name, whichever executor produced them (Dates or ISO strings, parsed
+/// JSON or JSON text, numbers or numeric strings). `table` names the row in errors.
+struct Fields<'r> {
+  r: &'r QueryResult,
+  i: usize,
+  table: &'static str,
+}
+
+impl Fields<'_> {
+  fn bad(&self, message: String) -> Error {
+    Error::Database {
+      sqlstate: None,
+      message: format!("unexpected {} row: {message}", self.table),
+    }
+  }
+
+  fn get(&self, name: &str) -> Result<&Cell> {
+    self
+      .r
+      .columns
       .iter()
       .position(|c| c == name)
-      .and_then(|p| row.get(p))
-      .ok_or_else(|| bad_row(format!("column {name} is missing")))
-  };
-  let opt_text = |name: &str| -> Result<Option<String>> {
-    Ok(match get(name)? {
+      .and_then(|p| self.r.rows[self.i].get(p))
+      .ok_or_else(|| self.bad(format!("column {name} is missing")))
+  }
+
+  fn opt_text(&self, name: &str) -> Result<Option<String>> {
+    Ok(match self.get(name)? {
       Cell::Null => None,
       Cell::Text(s) => Some(s.clone()),
-      other => return Err(bad_row(format!("column {name} is not text: {other:?}"))),
+      other => return Err(self.bad(format!("column {name} is not text: {other:?}"))),
     })
-  };
-  let req_text = |name: &str| -> Result<String> {
-    opt_text(name)?.ok_or_else(|| bad_row(format!("column {name} is NULL")))
-  };
-  let opt_date = |name: &str| -> Result<Option<DateTime<Utc>>> {
-    Ok(match get(name)? {
+  }
+
+  fn text(&self, name: &str) -> Result<String> {
+    self
+      .opt_text(name)?
+      .ok_or_else(|| self.bad(format!("column {name} is NULL")))
+  }
+
+  fn opt_date(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+    Ok(match self.get(name)? {
       Cell::Null => None,
       Cell::Date(ms) => exact_i64(ms.trunc()).and_then(DateTime::from_timestamp_millis),
       // ISO 8601 from an executor, or PostgreSQL's text output (simple protocol).
@@ -54,46 +74,106 @@ pub(crate) fn key_at(r: &QueryResult, i: usize) -> Result<IdempotencyKey> {
         DateTime::parse_from_rfc3339(s)
           .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z"))
           .map(|d| d.with_timezone(&Utc))
-          .map_err(|_| bad_row(format!("column {name} is not a timestamp")))?,
+          .map_err(|_| self.bad(format!("column {name} is not a timestamp")))?,
       ),
-      other => {
-        return Err(bad_row(format!(
-          "column {name} is not a timestamp: {other:?}"
-        )))
-      }
+      other => return Err(self.bad(format!("column {name} is not a timestamp: {other:?}"))),
     })
-  };
-  let opt_json = |name: &str| -> Result<Option<Value>> {
-    Ok(match get(name)? {
+  }
+
+  fn date(&self, name: &str) -> Result<DateTime<Utc>> {
+    self
+      .opt_date(name)?
+      .ok_or_else(|| self.bad(format!("column {name} is NULL")))
+  }
+
+  fn opt_json(&self, name: &str) -> Result<Option<Value>> {
+    Ok(match self.get(name)? {
       Cell::Null => None,
       Cell::Json(v) => Some(v.clone()),
       // A string from an executor that does not parse jsonb.
       Cell::Text(s) => Some(serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))),
       Cell::Number(n) => serde_json::Number::from_f64(*n).map(Value::Number),
       Cell::Bool(b) => Some(Value::Bool(*b)),
-      other => return Err(bad_row(format!("column {name} is not JSON: {other:?}"))),
+      other => return Err(self.bad(format!("column {name} is not JSON: {other:?}"))),
     })
-  };
-  Ok(IdempotencyKey {
-    id: req_text("id")?,
-    idempotency_key: req_text("idempotency_key")?,
-    created_at: opt_date("created_at")?.ok_or_else(|| bad_row("created_at is NULL".into()))?,
-    locked_at: opt_date("locked_at")?,
-    request_method: opt_text("request_method")?,
-    request_params: opt_json("request_params")?,
-    request_path: opt_text("request_path")?,
-    response_code: match get("response_code")? {
+  }
+
+  fn opt_i32(&self, name: &str) -> Result<Option<i32>> {
+    let bad = || self.bad(format!("column {name} is not a 32-bit integer"));
+    Ok(match self.get(name)? {
       Cell::Null => None,
       Cell::Number(n) => Some(
         exact_i64(*n)
           .and_then(|i| i32::try_from(i).ok())
-          .ok_or_else(|| bad_row("response_code".into()))?,
+          .ok_or_else(bad)?,
       ),
-      Cell::Text(s) => Some(s.parse().map_err(|_| bad_row("response_code".into()))?),
-      other => return Err(bad_row(format!("response_code is not a number: {other:?}"))),
+      Cell::Text(s) => Some(s.parse().map_err(|_| bad())?),
+      other => return Err(self.bad(format!("column {name} is not a number: {other:?}"))),
+    })
+  }
+}
+
+/// Read row `i` as a key, whichever executor produced it.
+pub(crate) fn key_at(r: &QueryResult, i: usize) -> Result<IdempotencyKey> {
+  let f = Fields {
+    r,
+    i,
+    table: "idempotency_key",
+  };
+  Ok(IdempotencyKey {
+    id: f.text("id")?,
+    idempotency_key: f.text("idempotency_key")?,
+    created_at: f.date("created_at")?,
+    locked_at: f.opt_date("locked_at")?,
+    request_method: f.opt_text("request_method")?,
+    request_params: f.opt_json("request_params")?,
+    request_path: f.opt_text("request_path")?,
+    response_code: f.opt_i32("response_code")?,
+    response_body: f.opt_json("response_body")?,
+    recovery_point: f.text("recovery_point")?,
+  })
+}
+
+/// Whether a handler accepted key `key_id`'s request and the completer's attempts at it; a
+/// schema that predates those tables has neither.
+pub(crate) async fn records(ex: &mut dyn Exec, key_id: &str) -> Result<KeyRecords> {
+  const SQL: &str =
+    "SELECT a.route, a.accepted_at, c.attempts, c.last_attempt_at, c.next_attempt_at, \
+     c.last_error_code, c.last_error, c.gave_up_at FROM (SELECT $1::varchar AS key_id) k \
+     LEFT JOIN idempotency_key_accepted a ON a.key_id = k.key_id \
+     LEFT JOIN idempotency_key_completer c ON c.key_id = k.key_id";
+  let r = match ex.query(SQL, vec![Param::Text(key_id.into())]).await {
+    Ok(r) => r,
+    Err(e) if e.sqlstate() == Some("42P01") => return Ok(KeyRecords::default()),
+    Err(e) => return Err(e),
+  };
+  if r.rows.is_empty() {
+    return Ok(KeyRecords::default());
+  }
+  let f = Fields {
+    r: &r,
+    i: 0,
+    table: "idempotency_key_accepted/completer",
+  };
+  Ok(KeyRecords {
+    accepted: match f.opt_date("accepted_at")? {
+      Some(accepted_at) => Some(Accepted {
+        route: f.opt_text("route")?,
+        accepted_at,
+      }),
+      None => None,
     },
-    response_body: opt_json("response_body")?,
-    recovery_point: req_text("recovery_point")?,
+    completer: match f.opt_i32("attempts")? {
+      Some(attempts) => Some(CompleterAttempts {
+        attempts,
+        last_attempt_at: f.date("last_attempt_at")?,
+        next_attempt_at: f.opt_date("next_attempt_at")?,
+        last_error_code: f.opt_text("last_error_code")?,
+        last_error: f.opt_text("last_error")?,
+        gave_up_at: f.opt_date("gave_up_at")?,
+      }),
+      None => None,
+    },
   })
 }
 

@@ -5,7 +5,9 @@ use super::file::FileState;
 use super::sql;
 use crate::backend::Conn;
 use crate::error::Result;
-use crate::model::{Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue};
+use crate::model::{
+  Claim, Fingerprint, IdempotencyKey, KeyRecords, KeyUpdate, StageResult, UpdateValue,
+};
 use crate::observe;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -59,6 +61,10 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for LiteConn<C> {
 
   fn select_key<'a>(&'a mut self, key: &'a str) -> BoxFuture<'a, Result<Option<IdempotencyKey>>> {
     sql::select_key(&mut self.c, key).boxed()
+  }
+
+  fn records<'a>(&'a mut self, key_id: &'a str) -> BoxFuture<'a, Result<KeyRecords>> {
+    sql::records(&mut self.c, key_id).boxed()
   }
 
   fn lock<'a>(

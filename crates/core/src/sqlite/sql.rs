@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::model::{
-  Claim, Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue, COLUMNS,
+  Accepted, Claim, CompleterAttempts, Fingerprint, IdempotencyKey, KeyRecords, KeyUpdate,
+  StageResult, UpdateValue, COLUMNS,
 };
 use crate::observe;
 use chrono::{DateTime, Utc};
@@ -398,6 +399,51 @@ pub(crate) async fn abandoned(
     .all(c)
     .await?;
   rows.iter().map(key_from_row).collect()
+}
+
+/// See `pg::sql::records`.
+pub(crate) async fn records(c: &mut SqliteConnection, key_id: &str) -> Result<KeyRecords> {
+  const SQL: &str =
+    "SELECT a.route, a.accepted_at, c.attempts, c.last_attempt_at, c.next_attempt_at, \
+     c.last_error_code, c.last_error, c.gave_up_at FROM (SELECT ?1 AS key_id) k \
+     LEFT JOIN idempotency_key_accepted a ON a.key_id = k.key_id \
+     LEFT JOIN idempotency_key_completer c ON c.key_id = k.key_id";
+  let row = match sqlx::query(SQL).bind(key_id).optional(c).await {
+    Ok(Some(row)) => row,
+    Ok(None) => return Ok(KeyRecords::default()),
+    Err(e) if e.to_string().contains("no such table") => return Ok(KeyRecords::default()),
+    Err(e) => return Err(e),
+  };
+  let time = |name: &str| -> Result<Option<DateTime<Utc>>> {
+    row
+      .try_get::<Option<String>, _>(name)?
+      .map(|s| parse_time(&s))
+      .transpose()
+  };
+  let missing = |name: &str| Error::Database {
+    sqlstate: None,
+    message: format!("column {name} is NULL"),
+  };
+  Ok(KeyRecords {
+    accepted: match time("accepted_at")? {
+      Some(accepted_at) => Some(Accepted {
+        route: row.try_get("route")?,
+        accepted_at,
+      }),
+      None => None,
+    },
+    completer: match row.try_get::<Option<i32>, _>("attempts")? {
+      Some(attempts) => Some(CompleterAttempts {
+        attempts,
+        last_attempt_at: time("last_attempt_at")?.ok_or_else(|| missing("last_attempt_at"))?,
+        next_attempt_at: time("next_attempt_at")?,
+        last_error_code: row.try_get("last_error_code")?,
+        last_error: row.try_get("last_error")?,
+        gave_up_at: time("gave_up_at")?,
+      }),
+      None => None,
+    },
+  })
 }
 
 pub(crate) const RELEASE_SQL: &str =
