@@ -2,14 +2,15 @@
 // lease and walk their route's stages to `finished`, exactly once across processes; attempts and
 // backoff kept in idempotency_key_completer so they survive restarts; start()/stop(). Runs on the
 // backend IDEM_BACKEND selects, with real child processes for the crash and the two completers.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { channels } = require('..')
 const { idempotency } = require('medusa-idempotency-native/middleware')
-const { freshDb, holdStage, isPostgres, rejects, sleep } = require('./helpers')
+const { useFreshDb, holdStage, isPostgres, rejects, sleep } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 const { checkout, LOCK_TIMEOUT_MS, IDLE_MS } = require('./completer-child')
 
 const CHILD = path.join(__dirname, 'completer-child.js')
@@ -19,18 +20,12 @@ const LEASE = 100 // their services' lockTimeoutMs
 let fx
 let db
 let service // lockTimeoutMs LEASE
-before(async () => {
-  fx = await freshDb()
+useFreshDb(async (f) => {
+  fx = f
   db = fx.db
   service = await fx.connect({ lockTimeoutMs: LEASE })
   await db.exec('CREATE TABLE completer_side (idem_key text, stage text, pid integer)')
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
 /** Every event published on `channel` while `fn` runs. */
 async function collect(channel, fn) {

@@ -3,14 +3,15 @@
 // keys unique across tenants for side effects, exact fingerprints, routes matched as Express
 // matched them, and the small leaks (error echo, tenant probes, warning floods, wrong `this`, a
 // port that is not PostgreSQL).
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
 const net = require('node:net')
 const express = require('express')
 const { IdempotencyKeyService } = require('..')
 const { idempotency } = require('medusa-idempotency-native/middleware')
-const { freshDb, sleep, isPostgres } = require('./helpers')
+const { useFreshDb, sleep, isPostgres } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 
 const IDLE = 150
 const LEASE = 100
@@ -18,18 +19,12 @@ const LEASE = 100
 let fx
 let db
 let service
-before(async () => {
-  fx = await freshDb()
+useFreshDb(async (f) => {
+  fx = f
   db = fx.db
   service = await fx.connect({ lockTimeoutMs: LEASE })
   await db.exec('CREATE TABLE orders (cart_id text, idem_key text, charge text)')
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
 async function listen(handler) {
   const server = http.createServer(handler)
