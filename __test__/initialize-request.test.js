@@ -4,9 +4,9 @@
 const { test, describe } = require('node:test')
 const assert = require('node:assert/strict')
 const { rejects, sleep } = require('./helpers')
-const { useMethodsDb, UUID_V4, row, count } = require('./methods-fixture')
+const { useMethodsDb, row, count } = require('./methods-fixture')
 const { assertErr } = require('../test-support/errors')
-const { uniq, assertKeyShape } = require('../test-support/keys')
+const { uniq, UUID_V4, assertKeyShape } = require('../test-support/keys')
 
 let fx // the fresh database: service, connect(), cleanup()
 let service

@@ -4,9 +4,6 @@
 // back through the independent verification client (node-postgres / better-sqlite3).
 const { useFreshDb, decodeKeyRow } = require('./helpers')
 
-/** A client key made by the service when none is given: a UUID v4. */
-const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
-
 let db // the verification client of this file's database
 
 /**
@@ -37,4 +34,4 @@ async function count(sql, params = []) {
   return r.n
 }
 
-module.exports = { UUID_V4, useMethodsDb, row, sideRows, count }
+module.exports = { useMethodsDb, row, sideRows, count }

@@ -24,6 +24,9 @@ const KEY_FIELDS = [
   'recovery_point',
 ]
 
+/** A client key made by the service when none is given: a UUID v4. */
+const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
+
 /** A key's id: `ikey_` and a ULID. */
 const KEY_ID = /^ikey_[0-9A-HJKMNP-TV-Z]{26}$/
 
@@ -44,4 +47,4 @@ function assertKeyShape(k) {
   assert.ok(k.request_path === null || typeof k.request_path === 'string')
 }
 
-module.exports = { uniq, KEY_FIELDS, KEY_ID, assertKeyShape }
+module.exports = { uniq, KEY_FIELDS, KEY_ID, UUID_V4, assertKeyShape }
