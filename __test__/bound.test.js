@@ -25,7 +25,9 @@ const N = 16
 // ---------------------------------------------------------------------------------------------
 // SQLite run: executor binding is PostgreSQL-only.
 
-test('withTransaction(executor) on a SQLite service throws invalid_data / INVALID_ARGUMENT (SQLite: executor binding is PostgreSQL-only)', async (t) => {
+// withTransaction(executor) on a SQLite service throws invalid_data / INVALID_ARGUMENT (SQLite:
+// executor binding is PostgreSQL-only)
+test('withTransaction(executor) on a SQLite service → invalid_data / INVALID_ARGUMENT', async (t) => {
   if (isSqlite) {
     t.diagnostic(
       'IDEM_BACKEND=sqlite: only this test runs; the bound-mode tests (TypeORM, node-postgres, Medusa class) need PostgreSQL and run with IDEM_BACKEND=postgres',
@@ -237,7 +239,9 @@ function definePostgresTests() {
   }
 
   for (const [name, transaction] of Object.entries(CALLERS)) {
-    test(`2. ${name}: a callback that writes then throws leaves nothing after the caller rolls back; the same error object reaches the caller`, async () => {
+    // 2. ${name}: a callback that writes then throws leaves nothing after the caller rolls back;
+    // the same error object reaches the caller
+    test(`2. ${name}: a callback that writes then throws leaves nothing; its error reaches the caller`, async () => {
       const key = uniq(`atomic-throw-${name}`)
       const before = await service.initializeRequest(key, METHOD, PARAMS, PATH)
       assert.ok(before.locked_at instanceof Date)
@@ -576,7 +580,9 @@ function definePostgresTests() {
     assert.equal(await sideCount(key, 'shape'), 1)
   }
 
-  test('7. 16 concurrent bound initializeRequest (node-postgres, each in BEGIN…COMMIT) on one new key: one winner, 15 IDEMPOTENCY_KEY_LOCKED', async () => {
+  // 7. 16 concurrent bound initializeRequest (node-postgres, each in BEGIN…COMMIT) on one new key:
+  // one winner, 15 IDEMPOTENCY_KEY_LOCKED
+  test('7. 16 concurrent bound initializeRequest on one new key: one winner, 15 LOCKED', async () => {
     // A claim that fails on the row lock must not abort the caller's transaction (found by the
     // parity suite: losers got 25P02 from the follow-up statement).
     const key = uniq('bound-init')

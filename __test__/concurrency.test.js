@@ -455,7 +455,11 @@ test('7. lock(): one of 16 wins, the window expires, a missing key is not_found'
   assert.equal((await rowsFor(missing)).length, 0)
 })
 
-test('8. serialization failures re-run the whole stage maxRetries times, then fail with 40001 (postgres only: SQLite has one writer and no serialization failures; on SQLite a failing statement runs the stage once whatever maxRetries, and writer contention fails with DATABASE_BUSY before the callback)', async () => {
+// 8. serialization failures re-run the whole stage maxRetries times, then fail with 40001 (postgres
+// only: SQLite has one writer and no serialization failures; on SQLite a failing statement runs the
+// stage once whatever maxRetries, and writer contention fails with DATABASE_BUSY before the
+// callback)
+test('8. serialization failures re-run the whole stage maxRetries times, then fail with 40001', async () => {
   await makeSide('side8')
   // What makes a statement of the stage fail, and what the stage reports once it gives up:
   // PostgreSQL raises a serialization failure, which re-runs the whole stage maxRetries times;

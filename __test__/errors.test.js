@@ -36,7 +36,10 @@ describe('errors', () => {
     }
   })
 
-  test('a failed connection rejects with database_error and never leaks the password (postgres only: SQLite has no server and its URLs carry no credentials; on SQLite a file that cannot be opened rejects with database_error / SQLITE_14)', async () => {
+  // a failed connection rejects with database_error and never leaks the password (postgres only:
+  // SQLite has no server and its URLs carry no credentials; on SQLite a file that cannot be opened
+  // rejects with database_error / SQLITE_14)
+  test('a failed connection rejects with database_error and never leaks the password', async () => {
     if (!isPostgres) {
       // SQLITE_CANTOPEN (14): a directory that does not exist; through the URL and the options.
       const url = `sqlite:///tmp/idem_test_no_such_dir_${process.pid}/sub/x.db`

@@ -148,7 +148,9 @@ describe('migrate()', () => {
     )
   }
 
-  test('runs twice without error and the table matches SPEC §1 exactly (SQLite: same names, nullability and defaults; timestamptz and jsonb are text)', async () => {
+  // runs twice without error and the table matches SPEC §1 exactly (SQLite: same names, nullability
+  // and defaults; timestamptz and jsonb are text)
+  test('runs twice without error and the table matches SPEC §1 exactly', async () => {
     await service.migrate()
     await service.migrate()
     const t = await describeTable(db)
@@ -156,7 +158,10 @@ describe('migrate()', () => {
     assertAdditiveIndexes(t)
   })
 
-  test("on a database whose table Medusa's own migration created, migrate() is a no-op and the service works (postgres only: Medusa's migration is PostgreSQL DDL; on SQLite, an idempotency_key table that already exists, written in another layout, is left as it is and the service works on it)", async () => {
+  // on a database whose table Medusa's own migration created, migrate() is a no-op and the service
+  // works (postgres only: Medusa's migration is PostgreSQL DDL; on SQLite, an idempotency_key table
+  // that already exists, written in another layout, is left as it is and the service works on it)
+  test("on a table Medusa's own migration created, migrate() is a no-op and the service works", async () => {
     if (isPostgres) return medusaTableOnPostgres()
     return existingTableOnSqlite()
   })

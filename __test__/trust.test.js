@@ -90,7 +90,9 @@ function checkout(payments) {
 
 // ---------------------------------------------------------------------------------------------
 
-test('a request refused before its handler (401 from auth after an app-wide middleware) is released: the completer never completes it, the retry is not a replay', async () => {
+// a request refused before its handler (401 from auth after an app-wide middleware) is released:
+// the completer never completes it, the retry is not a replay
+test('a request refused before its handler is released, never completed, not replayed', async () => {
   const payments = paymentStub()
   const route = checkout(payments)
   const app = express()
@@ -135,7 +137,9 @@ test('a request refused before its handler (401 from auth after an app-wide midd
   }
 })
 
-test('a handler that accepted the request (its first stage committed) and then lost its client is completed; one that only called accept() too', async () => {
+// a handler that accepted the request (its first stage committed) and then lost its client is
+// completed; one that only called accept() too
+test('an accepted request whose client left is completed, also one that only called accept()', async () => {
   const payments = paymentStub()
   const route = checkout(payments)
   const app = express()
@@ -170,7 +174,9 @@ test('a handler that accepted the request (its first stage committed) and then l
   }
 })
 
-test('two tenants send the same key to the README checkout: each gets its own cart and its own charge (side effects keyed by scoped_key)', async () => {
+// two tenants send the same key to the README checkout: each gets its own cart and its own charge
+// (side effects keyed by scoped_key)
+test('two tenants sending one key to the README checkout get their own cart and charge', async () => {
   const payments = paymentStub()
   const route = checkout(payments)
   const app = express()
@@ -201,7 +207,9 @@ test('two tenants send the same key to the README checkout: each gets its own ca
   }
 })
 
-test('300 POSTs to a 404 path leave no stored body; older unaccepted keys never hide a real abandoned key (selected in SQL, nothing else listed)', async () => {
+// 300 POSTs to a 404 path leave no stored body; older unaccepted keys never hide a real abandoned
+// key (selected in SQL, nothing else listed)
+test('POSTs to a 404 path leave no stored body and never hide a real abandoned key', async () => {
   const payments = paymentStub()
   const route = checkout(payments)
   // Keys claimed but never accepted, older than the real one: a process that died before any

@@ -78,7 +78,9 @@ describe('workStage()', () => {
     assert.deepEqual((await row(key)).response_body, { kept: true })
   })
 
-  test('transaction control through tx.query is refused (invalid_data) and the stage commits nothing; ROLLBACK TO SAVEPOINT is allowed', async () => {
+  // transaction control through tx.query is refused (invalid_data) and the stage commits nothing;
+  // ROLLBACK TO SAVEPOINT is allowed
+  test('transaction control through tx.query is refused, commits nothing; ROLLBACK TO SAVEPOINT is allowed', async () => {
     const key = uniq('ws-txctl')
     await service.create({ idempotency_key: key })
     for (const sql of ['COMMIT', 'ROLLBACK', '  -- note\n  begin', 'END', 'START TRANSACTION', '/* x */ abort']) {
@@ -115,7 +117,9 @@ describe('workStage()', () => {
     assert.deepEqual(await sideRows(key), ['kept'])
   })
 
-  test('SQLite: pragma setters, ATTACH and transaction control are refused in any statement of the string, however spelled; inspecting pragmas run', async () => {
+  // SQLite: pragma setters, ATTACH and transaction control are refused in any statement of the
+  // string, however spelled; inspecting pragmas run
+  test('SQLite: pragma setters, ATTACH and transaction control are refused however spelled', async () => {
     const key = uniq('ws-pragma')
     await service.create({ idempotency_key: key })
     const refused = [
