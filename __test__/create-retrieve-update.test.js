@@ -8,12 +8,8 @@ const { useMethodsDb, row } = require('./methods-fixture')
 const { assertErr } = require('../test-support/errors')
 const { uniq, UUID_V4, assertKeyShape } = require('../test-support/keys')
 
-let db // its verification client
-let service
-useMethodsDb((f) => {
-  db = f.db
-  service = f.service
-})
+let db, service // set by useMethodsDb (methods-fixture.js)
+useMethodsDb((t) => ({ db, service } = t))
 
 // ---------------------------------------------------------------------------------------------
 describe('create()', () => {

@@ -10,12 +10,8 @@ const { useMethodsDb } = require('./methods-fixture')
 const { assertErr } = require('../test-support/errors')
 const { uniq } = require('../test-support/keys')
 
-let fx // the fresh database: service, connect(), cleanup()
-let service
-useMethodsDb((f) => {
-  fx = f
-  service = f.service
-})
+let fx, service // set by useMethodsDb (methods-fixture.js)
+useMethodsDb((t) => ({ fx, service } = t))
 
 // ---------------------------------------------------------------------------------------------
 describe('errors', () => {

@@ -7,12 +7,16 @@ const { useFreshDb, decodeKeyRow } = require('./helpers')
 let db // the verification client of this file's database
 
 /**
- * This file's database (before/after hooks): migrated, with `side (tag, v)`; `ready(fx)` gets
- * the fixture (service, db, connect(), cleanup()).
+ * This file's database (before/after hooks): migrated, with `side (tag, v)`. `ready` gets
+ * `{ fx, db, service }`: the fixture (connect(), cleanup()…), its verification client, its
+ * service.
+ *
+ *   let fx, db, service
+ *   useMethodsDb((t) => ({ fx, db, service } = t))
  */
 function useMethodsDb(ready) {
   useFreshDb(async (fx) => {
-    ready(fx)
+    ready({ fx, db: fx.db, service: fx.service })
     db = fx.db
     await db.exec('CREATE TABLE side (tag text NOT NULL, v text NOT NULL)')
   })

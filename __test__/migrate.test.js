@@ -10,12 +10,8 @@ const { useMethodsDb } = require('./methods-fixture')
 const { createDatabase } = require('../test-support/db')
 const { assertKeyShape } = require('../test-support/keys')
 
-let db // its verification client
-let service
-useMethodsDb((f) => {
-  db = f.db
-  service = f.service
-})
+let db, service // set by useMethodsDb (methods-fixture.js)
+useMethodsDb((t) => ({ db, service } = t))
 
 // ---------------------------------------------------------------------------------------------
 describe('migrate()', () => {

@@ -9,10 +9,8 @@ const { useMethodsDb, row } = require('./methods-fixture')
 const { assertErr } = require('../test-support/errors')
 const { uniq, assertKeyShape } = require('../test-support/keys')
 
-let service
-useMethodsDb((f) => {
-  service = f.service
-})
+let service // set by useMethodsDb (methods-fixture.js)
+useMethodsDb((t) => ({ service } = t))
 
 // ---------------------------------------------------------------------------------------------
 describe('withTransaction()', () => {

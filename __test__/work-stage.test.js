@@ -10,14 +10,8 @@ const { useMethodsDb, row, sideRows } = require('./methods-fixture')
 const { assertErr } = require('../test-support/errors')
 const { uniq, assertKeyShape } = require('../test-support/keys')
 
-let fx // the fresh database: service, connect(), cleanup()
-let db // its verification client
-let service
-useMethodsDb((f) => {
-  fx = f
-  db = f.db
-  service = f.service
-})
+let fx, db, service // set by useMethodsDb (methods-fixture.js)
+useMethodsDb((t) => ({ fx, db, service } = t))
 
 // ---------------------------------------------------------------------------------------------
 describe('workStage()', () => {
