@@ -3,29 +3,24 @@
 // from a thread-safe function, outside any async context; on Node 24 (AsyncContextFrame) that
 // loses the store unless the façade carries it (lib/index.js). scripts/test.js runs this file on
 // Node 20, 22 and 24, on the backend IDEM_BACKEND selects.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
 const { AsyncLocalStorage } = require('node:async_hooks')
 const express5 = require('express')
 const { idempotency } = require('medusa-idempotency-native/middleware')
-const { freshDb, isPostgres, sleep } = require('./helpers')
+const { useFreshDb, isPostgres, sleep } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 
 const als = new AsyncLocalStorage()
 const LEASE = 100
 
 let fx
 let service
-before(async () => {
-  fx = await freshDb()
+useFreshDb(async (f) => {
+  fx = f
   service = await fx.connect({ lockTimeoutMs: LEASE })
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
 test(`a stage callback sees the caller's store, before and after its statements (Node ${process.version})`, async () => {
   const key = uniq('stage')

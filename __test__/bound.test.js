@@ -10,64 +10,24 @@
 const { test, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { IdempotencyKeyService } = require('..')
+const { createDatabase } = require('../test-support/db')
+const { sleep } = require('../test-support/async')
+const { rejects, assertErr } = require('../test-support/errors')
+const { uniq, assertKeyShape } = require('../test-support/keys')
 
 const isSqlite = process.env.IDEM_BACKEND === 'sqlite'
-const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
 
 const METHOD = 'POST'
 const PATH = '/store/carts/cart_01/complete'
 const PARAMS = { cart_id: 'cart_01' }
 const N = 16
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-let seq = 0
-const uniqueKey = (prefix) => `${prefix}-${process.pid}-${Date.now()}-${++seq}`
-
-/** Await a promise that must reject; return the rejection. */
-async function rejects(promise) {
-  try {
-    await promise
-  } catch (e) {
-    return e
-  }
-  throw new Error('expected a rejection, got a result')
-}
-
-function assertErr(err, type, code) {
-  assert.ok(err instanceof Error, `expected an Error, got ${String(err)}`)
-  assert.equal(err.type, type, `type of "${err.message}" (code ${err.code})`)
-  assert.equal(err.code, code, `code of "${err.message}" (type ${err.type})`)
-}
-
-const KEY_FIELDS = [
-  'id',
-  'idempotency_key',
-  'created_at',
-  'locked_at',
-  'request_method',
-  'request_params',
-  'request_path',
-  'response_code',
-  'response_body',
-  'recovery_point',
-]
-
-/** SPEC §2: every field present, typed as documented. */
-function assertKeyShape(k) {
-  assert.ok(k && typeof k === 'object', `expected a key object, got ${String(k)}`)
-  for (const f of KEY_FIELDS) assert.ok(f in k, `field ${f} is present`)
-  assert.match(k.id, /^ikey_[0-9A-HJKMNP-TV-Z]{26}$/)
-  assert.equal(typeof k.idempotency_key, 'string')
-  assert.ok(k.created_at instanceof Date, 'created_at is a Date')
-  assert.ok(k.locked_at === null || k.locked_at instanceof Date, 'locked_at is a Date or null')
-  assert.ok(k.response_code === null || typeof k.response_code === 'number', 'response_code is a number or null')
-  assert.equal(typeof k.recovery_point, 'string')
-}
-
 // ---------------------------------------------------------------------------------------------
 // SQLite run: executor binding is PostgreSQL-only.
 
-test('withTransaction(executor) on a SQLite service throws invalid_data / INVALID_ARGUMENT (SQLite: executor binding is PostgreSQL-only)', async (t) => {
+// withTransaction(executor) on a SQLite service throws invalid_data / INVALID_ARGUMENT (SQLite:
+// executor binding is PostgreSQL-only)
+test('withTransaction(executor) on a SQLite service → invalid_data / INVALID_ARGUMENT', async (t) => {
   if (isSqlite) {
     t.diagnostic(
       'IDEM_BACKEND=sqlite: only this test runs; the bound-mode tests (TypeORM, node-postgres, Medusa class) need PostgreSQL and run with IDEM_BACKEND=postgres',
@@ -97,29 +57,16 @@ function definePostgresTests() {
   const { DataSource } = require('typeorm')
   const Medusa = require('medusa-idempotency-native/medusa')
 
-  let dbName
+  let database // this file's database: { name, url, drop() }
   let url
   let service // connect()ed, migrated
   let verify // independent node-postgres client
   let ds // TypeORM DataSource
   let pool // node-postgres pool for caller-owned transactions
 
-  async function admin(sql) {
-    const c = new Client({ connectionString: ADMIN_URL })
-    await c.connect()
-    try {
-      return await c.query(sql)
-    } finally {
-      await c.end()
-    }
-  }
-
   before(async () => {
-    dbName = `idem_bound_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
-    await admin(`CREATE DATABASE ${dbName}`)
-    const u = new URL(ADMIN_URL)
-    u.pathname = '/' + dbName
-    url = u.toString()
+    database = await createDatabase('idem_bound')
+    url = database.url
     service = await IdempotencyKeyService.connect({ url })
     await service.migrate()
     verify = new Client({ connectionString: url })
@@ -139,7 +86,7 @@ function definePostgresTests() {
     if (pool) await pool.end().catch(() => {})
     if (verify) await verify.end().catch(() => {})
     if (service) await service.close().catch(() => {})
-    if (dbName) await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`)
+    if (database) await database.drop()
   })
 
   async function row(key) {
@@ -257,16 +204,16 @@ function definePostgresTests() {
   // 1. SPEC §5 route pattern end to end
 
   test('1a. route pattern with TypeORM, connect()ed service: stages commit with the caller, then replay', async () => {
-    await runRoute(service, uniqueKey('route-native'))
+    await runRoute(service, uniq('route-native'))
   })
 
   test('1b. route pattern with TypeORM, Medusa container class on cradle.manager: stages commit with the caller, then replay', async () => {
-    await runRoute(new Medusa({ manager: ds.manager }), uniqueKey('route-medusa'))
+    await runRoute(new Medusa({ manager: ds.manager }), uniq('route-medusa'))
   })
 
   test('1c. Medusa container class: forTenant scopes keys per tenant, also inside a route transaction', async () => {
     const medusa = new Medusa({ manager: ds.manager })
-    const key = uniqueKey('medusa-tenant')
+    const key = uniq('medusa-tenant')
     const a = medusa.forTenant('acme')
     const b = medusa.forTenant('globex')
     const ka = await a.initializeRequest(key, METHOD, PARAMS, PATH)
@@ -292,8 +239,10 @@ function definePostgresTests() {
   }
 
   for (const [name, transaction] of Object.entries(CALLERS)) {
-    test(`2. ${name}: a callback that writes then throws leaves nothing after the caller rolls back; the same error object reaches the caller`, async () => {
-      const key = uniqueKey(`atomic-throw-${name}`)
+    // 2. ${name}: a callback that writes then throws leaves nothing after the caller rolls back;
+    // the same error object reaches the caller
+    test(`2. ${name}: a callback that writes then throws leaves nothing; its error reaches the caller`, async () => {
+      const key = uniq(`atomic-throw-${name}`)
       const before = await service.initializeRequest(key, METHOD, PARAMS, PATH)
       assert.ok(before.locked_at instanceof Date)
       const boom = new Error('stage failed')
@@ -325,7 +274,7 @@ function definePostgresTests() {
     })
 
     test(`2. ${name}: a caller that rolls back after a successful workStage leaves nothing`, async () => {
-      const key = uniqueKey(`atomic-rollback-${name}`)
+      const key = uniq(`atomic-rollback-${name}`)
       const before = await service.initializeRequest(key, METHOD, PARAMS, PATH)
       const lockedBefore = (await row(key)).locked_at
       const abort = new Error('caller aborts')
@@ -358,7 +307,7 @@ function definePostgresTests() {
   // 3. Concurrency: 16 route-style requests per round
 
   test('3. 16 concurrent route-style TypeORM stages on one key × 6 rounds: exactly one stage body commits per round', async (t) => {
-    const key = uniqueKey('bound-race')
+    const key = uniq('bound-race')
     await service.initializeRequest(key, METHOD, PARAMS, PATH)
     const ROUNDS = 6
     const points = Array.from({ length: ROUNDS }, (_, i) => (i === 0 ? 'started' : `rp_${i}`))
@@ -433,7 +382,7 @@ function definePostgresTests() {
 
   test('4. Medusa class: B is refused while A is between stages, B replays A’s response after A finished', async () => {
     const medusa = new Medusa({ manager: ds.manager })
-    const key = uniqueKey('medusa-two')
+    const key = uniq('medusa-two')
     let a = await medusa.initializeRequest(key, METHOD, PARAMS, PATH)
     assert.equal(a.recovery_point, 'started')
     await ds.manager.transaction('SERIALIZABLE', async (tm) => {
@@ -468,7 +417,7 @@ function definePostgresTests() {
 
   test('4. Medusa class: a stage of A that throws releases the lease; an immediate retry resumes from the last recovery point', async () => {
     const medusa = new Medusa({ manager: ds.manager })
-    const key = uniqueKey('medusa-retry')
+    const key = uniq('medusa-retry')
     let a = await medusa.initializeRequest(key, METHOD, PARAMS, PATH)
     await ds.manager.transaction('SERIALIZABLE', async (tm) => {
       a = await medusa.withTransaction(tm).workStage(a.idempotency_key, async (m) => {
@@ -534,18 +483,18 @@ function definePostgresTests() {
       assert.equal(medusa.transactionManager_, undefined, 'the original stays unbound')
       assert.equal(bound.withTransaction(), bound)
       // A bound copy's errors are typed too.
-      assertErr(await rejects(bound.retrieve(uniqueKey('missing-bound'))), 'not_found', 'IDEMPOTENCY_KEY_NOT_FOUND')
+      assertErr(await rejects(bound.retrieve(uniq('missing-bound'))), 'not_found', 'IDEMPOTENCY_KEY_NOT_FOUND')
     })
 
     // Missing key → not_found (404).
-    const nf = await rejects(medusa.retrieve(uniqueKey('missing')))
+    const nf = await rejects(medusa.retrieve(uniq('missing')))
     assertErr(nf, 'not_found', 'IDEMPOTENCY_KEY_NOT_FOUND')
     assert.equal(MEDUSA_STATUS[nf.type], 404)
-    const nfStage = await rejects(medusa.workStage(uniqueKey('missing-stage'), async () => ({ recovery_point: 'x' })))
+    const nfStage = await rejects(medusa.workStage(uniq('missing-stage'), async () => ({ recovery_point: 'x' })))
     assertErr(nfStage, 'not_found', 'IDEMPOTENCY_KEY_NOT_FOUND')
 
     // Held lease → conflict (409).
-    const key = uniqueKey('medusa-lease')
+    const key = uniq('medusa-lease')
     const first = await medusa.initializeRequest(key, METHOD, PARAMS, PATH)
     assert.equal(first.idempotency_key, key)
     const held = await rejects(medusa.initializeRequest(key, METHOD, PARAMS, PATH))
@@ -577,7 +526,7 @@ function definePostgresTests() {
 
   /** Exercise create/update/retrieve/lock/workStage through `svc` (bound to `ex`). */
   async function exerciseExecutor(svc, ex, label) {
-    const key = uniqueKey(`shape-${label}`)
+    const key = uniq(`shape-${label}`)
     const params = { cart_id: 'cart_shape', items: [1, 2] }
     const created = await svc.create({ idempotency_key: key, request_method: 'POST', request_params: params, request_path: '/shape' })
     assertKeyShape(created)
@@ -631,10 +580,12 @@ function definePostgresTests() {
     assert.equal(await sideCount(key, 'shape'), 1)
   }
 
-  test('7. 16 concurrent bound initializeRequest (node-postgres, each in BEGIN…COMMIT) on one new key: one winner, 15 IDEMPOTENCY_KEY_LOCKED', async () => {
+  // 7. 16 concurrent bound initializeRequest (node-postgres, each in BEGIN…COMMIT) on one new key:
+  // one winner, 15 IDEMPOTENCY_KEY_LOCKED
+  test('7. 16 concurrent bound initializeRequest on one new key: one winner, 15 LOCKED', async () => {
     // A claim that fails on the row lock must not abort the caller's transaction (found by the
     // parity suite: losers got 25P02 from the follow-up statement).
-    const key = uniqueKey('bound-init')
+    const key = uniq('bound-init')
     const big = new Pool({ connectionString: url, max: N })
     try {
       const outcomes = await Promise.all(
@@ -705,7 +656,7 @@ function definePostgresTests() {
   })
 
   test('6. failing executors give typed errors, never a crash: sync throw / rejection with 40001, other failures', async () => {
-    const key = uniqueKey('failing-exec')
+    const key = uniq('failing-exec')
     await service.create({ idempotency_key: key })
     const serialization = () => Object.assign(new Error('could not serialize access'), { code: '40001' })
     const executors = {
@@ -723,11 +674,11 @@ function definePostgresTests() {
       const svc = service.withTransaction(ex)
       let ran = false
       const calls = {
-        create: () => svc.create({ idempotency_key: uniqueKey('never') }),
+        create: () => svc.create({ idempotency_key: uniq('never') }),
         update: () => svc.update(key, { response_code: 500 }),
         retrieve: () => svc.retrieve(key),
         lock: () => svc.lock(key),
-        initializeRequest: () => svc.initializeRequest(uniqueKey('never'), METHOD, PARAMS, PATH),
+        initializeRequest: () => svc.initializeRequest(uniq('never'), METHOD, PARAMS, PATH),
         workStage: () =>
           svc.workStage(key, async () => {
             ran = true

@@ -2,25 +2,20 @@
 // against a real database on the backend IDEM_BACKEND selects: each command, `--json` parsed,
 // `--tenant`, bad input (unknown key, bad duration, no database, unknown command) with a clear
 // message and its exit code, and `release` refused while a live stage holds the key.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const { execFile } = require('node:child_process')
-const { freshDb, holdStage, isPostgres, sleep } = require('./helpers')
+const { freshDb, useFreshDb, holdStage, isPostgres, sleep } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 
 const pkg = require('../package.json')
 const BIN = path.join(__dirname, '..', pkg.bin['medusa-idempotency-native'])
 
 let fx
-before(async () => {
-  fx = await freshDb()
+useFreshDb((f) => {
+  fx = f
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
 /** Run the CLI; resolves to { code, stdout, stderr } (never rejects on a non-zero exit). */
 function cli(args, { env = {}, url = fx.url } = {}) {

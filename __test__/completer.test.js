@@ -2,14 +2,15 @@
 // lease and walk their route's stages to `finished`, exactly once across processes; attempts and
 // backoff kept in idempotency_key_completer so they survive restarts; start()/stop(). Runs on the
 // backend IDEM_BACKEND selects, with real child processes for the crash and the two completers.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { channels } = require('..')
 const { idempotency } = require('medusa-idempotency-native/middleware')
-const { freshDb, holdStage, isPostgres, rejects, sleep } = require('./helpers')
+const { useFreshDb, holdStage, isPostgres, rejects, sleep } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 const { checkout, LOCK_TIMEOUT_MS, IDLE_MS } = require('./completer-child')
 
 const CHILD = path.join(__dirname, 'completer-child.js')
@@ -19,18 +20,12 @@ const LEASE = 100 // their services' lockTimeoutMs
 let fx
 let db
 let service // lockTimeoutMs LEASE
-before(async () => {
-  fx = await freshDb()
+useFreshDb(async (f) => {
+  fx = f
   db = fx.db
   service = await fx.connect({ lockTimeoutMs: LEASE })
   await db.exec('CREATE TABLE completer_side (idem_key text, stage text, pid integer)')
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
 /** Every event published on `channel` while `fn` runs. */
 async function collect(channel, fn) {
@@ -129,7 +124,9 @@ async function noOpenTransactions() {
   throw new Error('a killed process still has a transaction open')
 }
 
-test('12 requests SIGKILLed after their first stage, two completer processes at once: completed sums to 12, every key finished once, one side row per (key, stage), the retry replays', async (t) => {
+// 12 requests SIGKILLed after their first stage, two completer processes at once: completed sums to
+// 12, every key finished once, one side row per (key, stage), the retry replays
+test('two completer processes finish 12 SIGKILLed requests, each exactly once', async (t) => {
   const tenant = 'mp'
   const keys = []
   const bodies = new Map()
@@ -224,7 +221,9 @@ test('12 requests SIGKILLed after their first stage, two completer processes at 
 
 // ---------------------------------------------------------------------------------------------
 
-test('keys of an unregistered route, keys no handler accepted (a live one), keys made by create() and finished keys are not even listed; an abandoned one of the route is completed', async () => {
+// keys of an unregistered route, keys no handler accepted (a live one), keys made by create() and
+// finished keys are not even listed; an abandoned one of the route is completed
+test('a completer lists and completes only abandoned keys of its routes', async () => {
   // The completer's service leases for 5 s and lists keys idle for 150 ms, so a key claimed
   // 300 ms ago by a live request is listed but still leased.
   const svc = await fx.connect({ lockTimeoutMs: 5000 })
@@ -279,7 +278,9 @@ test('a key a stage is working on is skipped as locked, its stage unaffected', a
 
 // ---------------------------------------------------------------------------------------------
 
-test('a stage that fails twice then succeeds is completed on the third pass; backoff holds across completers (a forTenant copy)', async () => {
+// a stage that fails twice then succeeds is completed on the third pass; backoff holds across
+// completers (a forTenant copy)
+test('a stage failing twice is completed on the third pass; backoff holds across completers', async () => {
   const scoped = service.forTenant('flaky')
   const p = '/flaky'
   const key = uniq('flaky')
@@ -412,7 +413,9 @@ test('a stage that always fails stops after maxAttempts, its writes rolled back 
   assert.equal(calls, 4)
 })
 
-test('an attempt that ends with its process counts: a completer SIGKILLed inside a stage leaves attempts = 1, the next one makes attempt 2', async () => {
+// an attempt that ends with its process counts: a completer SIGKILLed inside a stage leaves
+// attempts = 1, the next one makes attempt 2
+test('a completer SIGKILLed inside a stage still counts its attempt', async () => {
   const key = uniq('hang')
   await abandon(service, key, { path: '/hang', params: { n: 3 }, stages: { started: async () => ({ recovery_point: 'reserved' }) }, at: 'reserved' })
   await sleep(Math.max(IDLE_MS, LOCK_TIMEOUT_MS) + 100)

@@ -2,9 +2,11 @@
 // serialization retries (SPEC §3, §4, §6, §7), on the backend IDEM_BACKEND selects. Every count
 // is taken through the independent verification client (node-postgres / better-sqlite3), every
 // error is checked by `type` and `code`.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { freshDb, holdStage, rejects, sleep, pick, isPostgres, decodeKeyRow, slowSql } = require('./helpers')
+const { useFreshDb, holdStage, rejects, sleep, pick, isPostgres, decodeKeyRow, slowSql } = require('./helpers')
+const { assertErr } = require('../test-support/errors')
+const { uniq } = require('../test-support/keys')
 
 const N = 16
 const METHOD = 'POST'
@@ -14,17 +16,10 @@ const PARAMS = { cart_id: 'cart_01' }
 let fx // the fresh database: service, connect(), cleanup()
 let db // its verification client
 
-before(async () => {
-  fx = await freshDb()
+useFreshDb((f) => {
+  fx = f
   db = fx.db
 })
-
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniqueKey = (prefix) => `${prefix}-${process.pid}-${Date.now()}-${++seq}`
 
 async function rowsFor(key) {
   const rows = await db.query(
@@ -45,28 +40,12 @@ async function totalRows() {
   return r.n
 }
 
-function assertErr(err, type, code) {
-  assert.ok(err instanceof Error, `expected an Error, got ${String(err)}`)
-  assert.equal(err.type, type, `type of ${err.message} (code ${err.code})`)
-  assert.equal(err.code, code, `code of ${err.message} (type ${err.type})`)
-  assertRetryAfter(err)
-}
-
 /**
  * Every IDEMPOTENCY_KEY_LOCKED carries `retryAfter`: whole seconds until the holder's lease can
- * expire, at least 1 and at most the lease (every service here leases for 1000 ms or less).
+ * expire, at least 1 and at most the lease (every service here leases for 1000 ms or less), so
+ * every assertErr() here is given LEASED: retryAfter 1.
  */
-function assertRetryAfter(err) {
-  if (err.code !== 'IDEMPOTENCY_KEY_LOCKED') return
-  assert.equal(err.retryAfter, 1, `retryAfter of ${err.message}`)
-}
-
-function assertErrOneOf(err, type, codes) {
-  assert.ok(err instanceof Error, `expected an Error, got ${String(err)}`)
-  assert.equal(err.type, type, `type of ${err.message} (code ${err.code})`)
-  assert.ok(codes.includes(err.code), `code ${err.code} (${err.message}) not in ${codes.join('/')}`)
-  assertRetryAfter(err)
-}
+const LEASED = { retryAfter: 1 }
 
 async function makeSide(name) {
   await db.exec(`CREATE TABLE ${name} (k text, stage text)`)
@@ -78,7 +57,7 @@ async function sideCount(name, where = '', params = []) {
 }
 
 test('1. concurrent initializeRequest with one new key: one row, one winner, 15 LOCKED; then 16 replays', async () => {
-  const key = uniqueKey('init-race')
+  const key = uniq('init-race')
   const results = await Promise.allSettled(
     Array.from({ length: N }, () => fx.service.initializeRequest(key, METHOD, PARAMS, PATH)),
   )
@@ -86,7 +65,7 @@ test('1. concurrent initializeRequest with one new key: one row, one winner, 15 
   const bad = results.filter((r) => r.status === 'rejected')
   assert.equal(ok.length, 1, `exactly one caller gets the key: ${bad.map((r) => r.reason && r.reason.code).join(',')}`)
   assert.equal(bad.length, N - 1)
-  for (const r of bad) assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  for (const r of bad) assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
   assert.equal(ok[0].value.idempotency_key, key)
   assert.equal(ok[0].value.recovery_point, 'started')
   assert.ok(ok[0].value.locked_at instanceof Date, 'the winner holds the lease')
@@ -124,7 +103,7 @@ test('1. concurrent initializeRequest with one new key: one row, one winner, 15 
 test('2. lease expiry: a crashed request blocks until lockTimeoutMs, then a retry resumes', async () => {
   const s = await fx.connect({ lockTimeoutMs: 300 })
   await makeSide('side2')
-  const key = uniqueKey('lease-expiry')
+  const key = uniq('lease-expiry')
 
   // Request A: claims, does one stage, then "crashes".
   const a = await s.initializeRequest(key, METHOD, PARAMS, PATH)
@@ -140,7 +119,7 @@ test('2. lease expiry: a crashed request blocks until lockTimeoutMs, then a retr
 
   // Request B, immediately: refused.
   const e = await rejects(s.initializeRequest(key, METHOD, PARAMS, PATH))
-  assertErr(e, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(e, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
 
   await sleep(400)
 
@@ -151,7 +130,7 @@ test('2. lease expiry: a crashed request blocks until lockTimeoutMs, then a retr
 
   // B holds it: a third request is refused.
   const e3 = await rejects(s.initializeRequest(key, METHOD, PARAMS, PATH))
-  assertErr(e3, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(e3, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
 
   let taxRuns = 0
   const afterPay = await s.workStage(
@@ -174,7 +153,7 @@ test('2. lease expiry: a crashed request blocks until lockTimeoutMs, then a retr
       { recoveryPoint: 'started' },
     ),
   )
-  assertErr(stale, 'conflict', 'IDEMPOTENCY_KEY_STALE')
+  assertErr(stale, 'conflict', 'IDEMPOTENCY_KEY_STALE', LEASED)
   assert.equal(taxRuns, 0)
   const done = await s.workStage(key, async () => ({ response_code: 200, response_body: { ok: true } }), {
     recoveryPoint: 'payment_authorized',
@@ -191,7 +170,7 @@ test('2. lease expiry: a crashed request blocks until lockTimeoutMs, then a retr
 
 test('3. 16 concurrent workStage with recoveryPoint, 20 rounds: exactly one stage body per round', async () => {
   await makeSide('side3')
-  const key = uniqueKey('stage-race-rp')
+  const key = uniq('stage-race-rp')
   const created = await fx.service.create({
     idempotency_key: key,
     request_method: METHOD,
@@ -234,7 +213,7 @@ test('3. 16 concurrent workStage with recoveryPoint, 20 rounds: exactly one stag
     )
     results.forEach((r, c) => {
       if (r.status === 'rejected') {
-        assertErrOneOf(r.reason, 'conflict', ['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE'])
+        assertErr(r.reason, 'conflict', ['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE'], LEASED)
         codes[r.reason.code]++
         assert.equal(ran[c], 0, `round ${i}: refused caller ${c} ran its callback`)
       }
@@ -253,7 +232,7 @@ test('3. 16 concurrent workStage with recoveryPoint, 20 rounds: exactly one stag
 
 test('4. 16 concurrent workStage without recoveryPoint: stage bodies never overlap', async () => {
   await makeSide('side4')
-  const key = uniqueKey('stage-race')
+  const key = uniq('stage-race')
   await fx.service.create({ idempotency_key: key, request_method: METHOD, request_path: PATH, recovery_point: 'x' })
 
   const ROUNDS = 5
@@ -287,7 +266,7 @@ test('4. 16 concurrent workStage without recoveryPoint: stage bodies never overl
         assert.equal(r.value.recovery_point, `r${round}c${c}`)
       } else {
         totalRejected++
-        assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+        assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
         assert.equal(ran[c], 0, `round ${round}: refused caller ${c} ran its callback`)
       }
     })
@@ -303,7 +282,7 @@ test('4. 16 concurrent workStage without recoveryPoint: stage bodies never overl
 test('5. stale stage: B reading an old recovery point is refused; A keeps the lease through its stage commit', async () => {
   const s = await fx.connect({ lockTimeoutMs: 600 })
   await makeSide('side5')
-  const key = uniqueKey('stale')
+  const key = uniq('stale')
 
   const a0 = await s.initializeRequest(key, METHOD, PARAMS, PATH)
   const lockedAtInit = (await oneRow(key)).locked_at
@@ -349,14 +328,14 @@ test('5. stale stage: B reading an old recovery point is refused; A keeps the le
       { recoveryPoint: bRead.recovery_point },
     ),
   )
-  assertErr(e, 'conflict', 'IDEMPOTENCY_KEY_STALE')
+  assertErr(e, 'conflict', 'IDEMPOTENCY_KEY_STALE', LEASED)
   assert.equal(bRuns, 0)
 
   // 400 + ~400 ms after A's initializeRequest (> 600 ms), but < 600 ms after A's last stage:
   // the lease holds only because the stage refreshed it.
   await sleep(250)
   const e2 = await rejects(s.initializeRequest(key, METHOD, PARAMS, PATH))
-  assertErr(e2, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(e2, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
 
   const row = await oneRow(key)
   assert.equal(row.recovery_point, 'payment_authorized')
@@ -367,11 +346,11 @@ test('5. stale stage: B reading an old recovery point is refused; A keeps the le
 test('6. a throwing stage releases the lease; a refused stage does not', async () => {
   await makeSide('side6')
   // (a) throwing stage
-  const key = uniqueKey('throw-release')
+  const key = uniq('throw-release')
   await fx.service.initializeRequest(key, METHOD, PARAMS, PATH)
   await fx.service.workStage(key, async () => ({ recovery_point: 'tax_lines_created' }), { recoveryPoint: 'started' })
   // Still leased by request A.
-  assertErr(await rejects(fx.service.initializeRequest(key, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(await rejects(fx.service.initializeRequest(key, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
 
   const boom = Object.assign(new Error('payment provider down'), { code: 'PROVIDER_DOWN', type: 'unexpected_state' })
   const thrown = await rejects(
@@ -397,7 +376,7 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
   assert.ok(row.locked_at instanceof Date, 'B took the lease')
 
   // (b) a stage refused before its callback (stale) leaves the lease alone
-  const key2 = uniqueKey('stale-keeps-lease')
+  const key2 = uniq('stale-keeps-lease')
   await fx.service.initializeRequest(key2, METHOD, PARAMS, PATH)
   let runs = 0
   const stale = await rejects(
@@ -410,14 +389,14 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
       { recoveryPoint: 'tax_lines_created' },
     ),
   )
-  assertErr(stale, 'conflict', 'IDEMPOTENCY_KEY_STALE')
+  assertErr(stale, 'conflict', 'IDEMPOTENCY_KEY_STALE', LEASED)
   assert.equal(runs, 0)
   assert.ok((await oneRow(key2)).locked_at instanceof Date, 'lease still set after a refused stage')
-  assertErr(await rejects(fx.service.initializeRequest(key2, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(await rejects(fx.service.initializeRequest(key2, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
   assert.equal((await oneRow(key2)).recovery_point, 'started')
 
   // (c) a stage refused on the row lock leaves the lease alone too
-  const key3 = uniqueKey('rowlock-keeps-lease')
+  const key3 = uniq('rowlock-keeps-lease')
   await fx.service.initializeRequest(key3, METHOD, PARAMS, PATH)
   let release
   const gate = new Promise((r) => (release = r))
@@ -440,15 +419,15 @@ test('6. a throwing stage releases the lease; a refused stage does not', async (
       return { recovery_point: 'y' }
     }),
   )
-  assertErr(locked, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(locked, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
   assert.equal(runs3, 0)
   release()
   assert.equal((await holder).recovery_point, 'tax_lines_created')
-  assertErr(await rejects(fx.service.initializeRequest(key3, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(await rejects(fx.service.initializeRequest(key3, METHOD, PARAMS, PATH)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
 })
 
 test('7. lock(): one of 16 wins, the window expires, a missing key is not_found', async () => {
-  const key = uniqueKey('lock')
+  const key = uniq('lock')
   await fx.service.create({ idempotency_key: key, request_method: METHOD, request_path: PATH })
   assert.equal((await oneRow(key)).locked_at, null)
 
@@ -456,27 +435,31 @@ test('7. lock(): one of 16 wins, the window expires, a missing key is not_found'
   const ok = results.filter((r) => r.status === 'fulfilled')
   const bad = results.filter((r) => r.status === 'rejected')
   assert.equal(ok.length, 1, `exactly one lock wins: ${bad.map((r) => r.reason.code).join(',')}`)
-  for (const r of bad) assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  for (const r of bad) assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
   assert.ok(ok[0].value.locked_at instanceof Date)
   const row = await oneRow(key)
   assert.ok(row.locked_at instanceof Date)
   assert.equal(row.locked_at.getTime(), ok[0].value.locked_at.getTime())
 
   const s = await fx.connect({ lockTimeoutMs: 300 })
-  assertErr(await rejects(s.lock(key)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(await rejects(s.lock(key)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
   await sleep(400)
   const again = await s.lock(key)
   assert.ok(again.locked_at instanceof Date)
   assert.ok(again.locked_at.getTime() > row.locked_at.getTime(), 'locked_at moved forward')
   assert.equal((await oneRow(key)).locked_at.getTime(), again.locked_at.getTime())
-  assertErr(await rejects(s.lock(key)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(await rejects(s.lock(key)), 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
 
-  const missing = uniqueKey('lock-missing')
-  assertErr(await rejects(fx.service.lock(missing)), 'not_found', 'IDEMPOTENCY_KEY_NOT_FOUND')
+  const missing = uniq('lock-missing')
+  assertErr(await rejects(fx.service.lock(missing)), 'not_found', 'IDEMPOTENCY_KEY_NOT_FOUND', LEASED)
   assert.equal((await rowsFor(missing)).length, 0)
 })
 
-test('8. serialization failures re-run the whole stage maxRetries times, then fail with 40001 (postgres only: SQLite has one writer and no serialization failures; on SQLite a failing statement runs the stage once whatever maxRetries, and writer contention fails with DATABASE_BUSY before the callback)', async () => {
+// 8. serialization failures re-run the whole stage maxRetries times, then fail with 40001 (postgres
+// only: SQLite has one writer and no serialization failures; on SQLite a failing statement runs the
+// stage once whatever maxRetries, and writer contention fails with DATABASE_BUSY before the
+// callback)
+test('8. serialization failures re-run the whole stage maxRetries times, then fail with 40001', async () => {
   await makeSide('side8')
   // What makes a statement of the stage fail, and what the stage reports once it gives up:
   // PostgreSQL raises a serialization failure, which re-runs the whole stage maxRetries times;
@@ -522,10 +505,10 @@ test('8. serialization failures re-run the whole stage maxRetries times, then fa
     // and with maxRetries: 1 the caught variant runs twice on PostgreSQL
     ['retry-caught1', s1, 1, true],
   ]) {
-    const key = uniqueKey(label)
+    const key = uniq(label)
     await fx.service.create({ idempotency_key: key, recovery_point: 'tax_lines_created' })
     const r = await run(service, key, catchIt)
-    assertErr(r.e, expected.type, expected.code)
+    assertErr(r.e, expected.type, expected.code, LEASED)
     assert.equal(r.runs, expected.runs(maxRetries), `${label}: callback runs`)
     assert.equal((await oneRow(key)).recovery_point, 'tax_lines_created', `${label}: recovery point unchanged`)
     assert.equal(await sideCount('side8', 'WHERE k = $1', [key]), 0, `${label}: nothing committed`)
@@ -535,8 +518,8 @@ test('8. serialization failures re-run the whole stage maxRetries times, then fa
   // SQLite's contention error: a stage on ANOTHER key queues for the single write lock up to
   // busyTimeoutMs, then fails with conflict / DATABASE_BUSY before its callback runs.
   const s = await fx.connect({ busyTimeoutMs: 200 })
-  const holderKey = uniqueKey('busy-holder')
-  const waiterKey = uniqueKey('busy-waiter')
+  const holderKey = uniq('busy-holder')
+  const waiterKey = uniq('busy-waiter')
   await s.create({ idempotency_key: holderKey, recovery_point: 'tax_lines_created' })
   await s.create({ idempotency_key: waiterKey, recovery_point: 'tax_lines_created' })
   let release
@@ -568,7 +551,7 @@ test('8. serialization failures re-run the whole stage maxRetries times, then fa
       ),
     )
     const took = Date.now() - t0
-    assertErr(busy, 'conflict', 'DATABASE_BUSY')
+    assertErr(busy, 'conflict', 'DATABASE_BUSY', LEASED)
     assert.equal(waiterRuns, 0, 'the waiting stage never ran its callback')
     assert.ok(took >= 150, `DATABASE_BUSY after only ${took} ms (busyTimeoutMs 200)`)
     assert.ok(took < 2000, `DATABASE_BUSY after ${took} ms: busyTimeoutMs 200 not honoured`)
@@ -586,7 +569,7 @@ test('8. serialization failures re-run the whole stage maxRetries times, then fa
 })
 
 test('9. Medusa difference: 16 concurrent calls with one unknown client key create one row carrying that key', async () => {
-  const key = uniqueKey('client-key')
+  const key = uniq('client-key')
   const beforeCount = await totalRows()
   const results = await Promise.allSettled(
     Array.from({ length: N }, () => fx.service.initializeRequest(key, 'POST', { cart_id: 'cart_09' }, '/store/carts/cart_09/complete')),
@@ -599,7 +582,7 @@ test('9. Medusa difference: 16 concurrent calls with one unknown client key crea
   const ok = results.filter((r) => r.status === 'fulfilled')
   assert.equal(ok.length, 1)
   assert.equal(ok[0].value.idempotency_key, key)
-  for (const r of results.filter((x) => x.status === 'rejected')) assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  for (const r of results.filter((x) => x.status === 'rejected')) assertErr(r.reason, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
   // No row with a random UUID appeared for this request path.
   const byPath = await db.query('SELECT idempotency_key FROM idempotency_key WHERE request_path = $1', [
     '/store/carts/cart_09/complete',
@@ -613,7 +596,7 @@ test('9. Medusa difference: 16 concurrent calls with one unknown client key crea
 test('10. a key another service instance of this process is working is refused at once, before the callback', async () => {
   // Two connect()s to one database (on SQLite: one file) must see each other's stages.
   const other = await fx.connect({ busyTimeoutMs: 3000 })
-  const key = uniqueKey('two-services')
+  const key = uniq('two-services')
   await fx.service.create({ idempotency_key: key })
   const first = holdStage(fx.service, key)
   await first.inside
@@ -628,14 +611,14 @@ test('10. a key another service instance of this process is working is refused a
   const waited = Date.now() - started
   first.release()
   assert.equal((await first.done).recovery_point, 'held')
-  assertErr(err, 'conflict', 'IDEMPOTENCY_KEY_LOCKED')
+  assertErr(err, 'conflict', 'IDEMPOTENCY_KEY_LOCKED', LEASED)
   assert.equal(ran, false, 'the second callback never ran')
   assert.ok(waited < 1000, `refused at once, not after a busy timeout (${waited} ms)`)
 })
 
 test('retryAfter: the seconds until the holder\'s lease can expire, from its locked_at, at least 1', async () => {
   const s = await fx.connect({ lockTimeoutMs: 10_000 })
-  const key = uniqueKey('retry-after')
+  const key = uniq('retry-after')
   await s.initializeRequest(key, METHOD, PARAMS, PATH)
   const fresh = await rejects(s.initializeRequest(key, METHOD, PARAMS, PATH))
   assert.equal(fresh.code, 'IDEMPOTENCY_KEY_LOCKED')

@@ -12,14 +12,9 @@ const path = require('node:path')
 const { execFileSync, execSync } = require('node:child_process')
 const { IdempotencyKeyService } = require('..')
 const { freshDb, rejects, isPostgres, sleep } = require('./helpers')
+const { ADMIN_URL, admin } = require('../test-support/db')
+const { assertErr } = require('../test-support/errors')
 
-const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
-
-function assertTyped(e, type, code) {
-  assert.ok(e instanceof Error, `expected an Error, got ${e}`)
-  assert.equal(e.type, type, `type of ${e.message}`)
-  assert.equal(e.code, code, `code of ${e.message}`)
-}
 
 /** A free TCP port on 127.0.0.1. */
 function freePort() {
@@ -56,21 +51,14 @@ async function tlsServer(dir) {
   await c.end()
   if (ssl === 'on' && !process.env.IDEM_TLS_THROWAWAY) {
     const name = `idem_tls_${process.pid}`
-    const { Client: C2 } = require('pg')
-    const a = new C2({ connectionString: ADMIN_URL })
-    await a.connect()
-    await a.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-    await a.query(`CREATE DATABASE ${name}`)
-    await a.end()
-    const admin = new URL(ADMIN_URL)
+    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    await admin(`CREATE DATABASE ${name}`)
+    const server = new URL(ADMIN_URL)
     return {
       rootcert: path.resolve(path.dirname(certFile), certFile),
-      url: (host, params) => `postgres://${admin.username}@${host}:${admin.port || 5432}/${name}?${params}`,
+      url: (host, params) => `postgres://${server.username}@${host}:${server.port || 5432}/${name}?${params}`,
       async stop() {
-        const d = new C2({ connectionString: ADMIN_URL })
-        await d.connect()
-        await d.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-        await d.end()
+        await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
       },
     }
   }
@@ -150,32 +138,32 @@ describe('TLS', { skip: !isPostgres && 'PostgreSQL only: SQLite has no network c
   test('verify-full with a CA that did not sign the server certificate is refused, typed, saying why', async () => {
     const url = server.url('localhost', `sslmode=verify-full&sslrootcert=${encodeURIComponent(ca.ca)}`)
     const e = await rejects(IdempotencyKeyService.connect(url))
-    assertTyped(e, 'database_error', 'CONNECTION_FAILED')
+    assertErr(e, 'database_error', 'CONNECTION_FAILED')
     assert.match(e.message, /TLS/)
     assert.match(e.message, /certificate|issuer/i)
     const pem = fs.readFileSync(ca.ca, 'utf8')
     const viaOption = await rejects(IdempotencyKeyService.connect({ url: server.url('localhost', ''), ssl: { ca: pem } }))
-    assertTyped(viaOption, 'database_error', 'CONNECTION_FAILED')
+    assertErr(viaOption, 'database_error', 'CONNECTION_FAILED')
   })
 
   test('verify-full against a host name the certificate does not name is refused', async () => {
     const url = server.url('127.0.0.1', `sslmode=verify-full&sslrootcert=${encodeURIComponent(server.rootcert)}`)
     const e = await rejects(IdempotencyKeyService.connect(url))
-    assertTyped(e, 'database_error', 'CONNECTION_FAILED')
+    assertErr(e, 'database_error', 'CONNECTION_FAILED')
     assert.match(e.message, /TLS/)
   })
 
   test('a password in the URL never appears in a connection error', async () => {
     const url = server.url('localhost', `sslmode=verify-full&sslrootcert=${encodeURIComponent(ca.ca)}`).replace('postgres@', 'postgres:s3cr3t-pw@')
     const e = await rejects(IdempotencyKeyService.connect(url))
-    assertTyped(e, 'database_error', 'CONNECTION_FAILED')
+    assertErr(e, 'database_error', 'CONNECTION_FAILED')
     assert.doesNotMatch(e.message, /s3cr3t-pw/)
   })
 
   test('a missing sslrootcert file is invalid_data naming the file', async () => {
     const missing = path.join(dir, 'no-such-ca.pem')
     const e = await rejects(IdempotencyKeyService.connect(server.url('localhost', `sslmode=verify-full&sslrootcert=${encodeURIComponent(missing)}`)))
-    assertTyped(e, 'invalid_data', 'INVALID_ARGUMENT')
+    assertErr(e, 'invalid_data', 'INVALID_ARGUMENT')
     assert.ok(e.message.includes(missing), e.message)
   })
 
@@ -191,7 +179,7 @@ describe('TLS', { skip: !isPostgres && 'PostgreSQL only: SQLite has no network c
   test('a bad ssl option is invalid_data', async () => {
     for (const ssl of ['yes', 1, { ca: 42 }, { rejectUnauthorized: 'no' }]) {
       const e = await rejects(IdempotencyKeyService.connect({ url: server.url('127.0.0.1', ''), ssl }))
-      assertTyped(e, 'invalid_data', 'INVALID_ARGUMENT')
+      assertErr(e, 'invalid_data', 'INVALID_ARGUMENT')
     }
   })
 })
@@ -258,20 +246,20 @@ describe('connection establishment is bounded', { skip: !isPostgres && 'PostgreS
 
   test('connectTimeoutMs: a server that accepts TCP and never answers fails connect() typed, in time', async () => {
     const { e, ms } = await timed(IdempotencyKeyService.connect({ url: `postgres://postgres@127.0.0.1:${silent.port}/x?sslmode=disable`, connectTimeoutMs: 300 }))
-    assertTyped(e, 'database_error', 'CONNECTION_FAILED')
+    assertErr(e, 'database_error', 'CONNECTION_FAILED')
     assert.match(e.message, /300 ms/)
     assert.ok(ms >= 250 && ms < 2000, `failed after ${ms} ms`)
   })
 
   test('without connectTimeoutMs, acquireTimeoutMs bounds it (TLS negotiation included)', async () => {
     const { e, ms } = await timed(IdempotencyKeyService.connect({ url: `postgres://postgres@127.0.0.1:${silent.port}/x`, acquireTimeoutMs: 400 }))
-    assertTyped(e, 'database_error', 'CONNECTION_FAILED')
+    assertErr(e, 'database_error', 'CONNECTION_FAILED')
     assert.ok(ms >= 350 && ms < 2000, `failed after ${ms} ms`)
   })
 
   test("the URL's connect_timeout (seconds, libpq) is honoured", async () => {
     const { e, ms } = await timed(IdempotencyKeyService.connect(`postgres://postgres@127.0.0.1:${silent.port}/x?connect_timeout=2`))
-    assertTyped(e, 'database_error', 'CONNECTION_FAILED')
+    assertErr(e, 'database_error', 'CONNECTION_FAILED')
     assert.ok(ms >= 1900 && ms < 4000, `failed after ${ms} ms`)
   })
 
@@ -296,7 +284,7 @@ describe('connection establishment is bounded', { skip: !isPostgres && 'PostgreS
       })
       await inside
       const { e, ms } = await timed(service.retrieve('other'))
-      assertTyped(e, 'database_error', 'CONNECTION_FAILED')
+      assertErr(e, 'database_error', 'CONNECTION_FAILED')
       assert.ok(ms < 2000, `failed after ${ms} ms`)
       release()
       assert.equal((await stage).recovery_point, 'held')
@@ -386,7 +374,7 @@ describe('pool hygiene', { skip: !isPostgres && 'PostgreSQL only' }, () => {
   test('timeouts that are not non-negative integers are invalid_data', async () => {
     for (const opt of [{ maxLifetimeMs: -1 }, { idleTimeoutMs: 1.5 }, { connectTimeoutMs: 'x' }, { preparedStatements: 'yes' }]) {
       const e = await rejects(fx.connect(opt))
-      assertTyped(e, 'invalid_data', 'INVALID_ARGUMENT')
+      assertErr(e, 'invalid_data', 'INVALID_ARGUMENT')
     }
   })
 })

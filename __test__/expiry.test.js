@@ -1,33 +1,22 @@
 // Expiry and abandoned requests (SPEC §8): reap() deletes keys past their retention in batches
 // and never a key in flight; listAbandoned() finds unfinished keys with no progress. Runs on
 // the backend IDEM_BACKEND selects; rows are aged and counted through the verification client.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { ageKey, freshDb, holdStage, rejects, pick } = require('./helpers')
+const { ageKey, useFreshDb, holdStage, rejects, pick } = require('./helpers')
+const { assertErr } = require('../test-support/errors')
+const { uniq } = require('../test-support/keys')
 
 let fx
 let db
-before(async () => {
-  fx = await freshDb()
+useFreshDb((f) => {
+  fx = f
   db = fx.db
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
-
 
 async function exists(key) {
   const rows = await db.query('SELECT 1 AS one FROM idempotency_key WHERE idempotency_key = $1', [key])
   return rows.length === 1
-}
-
-function assertErr(err, type, code) {
-  assert.ok(err instanceof Error)
-  assert.equal(err.type, type)
-  assert.equal(err.code, code)
 }
 
 test('reap() removes keys past retention in batches and keeps fresh ones', async () => {

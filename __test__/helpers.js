@@ -25,6 +25,9 @@ const fs = require('node:fs')
 const path = require('node:path')
 const assert = require('node:assert/strict')
 const { IdempotencyKeyService } = require('..')
+const { ADMIN_URL, admin, createDatabase } = require('../test-support/db')
+const { sleep } = require('../test-support/async')
+const { rejects } = require('../test-support/errors')
 
 const BACKENDS = ['postgres', 'sqlite']
 const backend = process.env.IDEM_BACKEND || 'postgres'
@@ -62,33 +65,13 @@ function slowSql(seconds) {
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL
 
-const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
-
-function dbUrl(name) {
-  const u = new URL(ADMIN_URL)
-  u.pathname = '/' + name
-  return u.toString()
-}
-
-async function admin(sql) {
-  const { Client } = require('pg')
-  const c = new Client({ connectionString: ADMIN_URL })
-  await c.connect()
-  try {
-    return await c.query(sql)
-  } finally {
-    await c.end()
-  }
-}
-
 async function freshPostgres() {
   const { Client } = require('pg')
-  const name = `idem_test_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
-  await admin(`CREATE DATABASE ${name}`)
-  const directUrl = dbUrl(name)
+  const database = await createDatabase('idem_test')
+  const { name, url: directUrl } = database
   let bouncer = null
   let recorder = null
-  const dropNow = () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {})
+  const dropNow = () => database.drop().catch(() => {})
   const [poolerKind, recording] = pooler === 'pgbouncer125+recorder' ? ['pgbouncer125', true] : [pooler, pooler === 'recorder']
   if (poolerKind === 'pgbouncer' || poolerKind === 'pgbouncer125') {
     const { startPgBouncer, pgbouncer125Bin } = require('../test-support/pgbouncer')
@@ -125,7 +108,7 @@ async function freshPostgres() {
   }
   const drop = async () => {
     if (bouncer) await bouncer.stop()
-    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    await database.drop()
     if (recorder) {
       await recorder.stop()
       const bad = recorder.violations({ prepared: preparedDefault })
@@ -267,6 +250,29 @@ async function freshDb(options = {}) {
   return out
 }
 
+/**
+ * The test file's database: a before() hook makes it with freshDb(options) and passes it to
+ * `ready(fx)` (the file keeps what it needs, creates its side tables…); an after() hook cleans it
+ * up, also when `ready` failed.
+ *
+ *   let fx, db
+ *   useFreshDb((f) => {
+ *     fx = f
+ *     db = f.db
+ *   })
+ */
+function useFreshDb(ready = () => {}, options = {}) {
+  const { before, after } = require('node:test')
+  let fx
+  before(async () => {
+    fx = await freshDb(options)
+    await ready(fx)
+  })
+  after(async () => {
+    if (fx) await fx.cleanup()
+  })
+}
+
 const ISO_MS_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
 
 /**
@@ -292,16 +298,6 @@ function decodeKeyRow(row) {
   return out
 }
 
-/** Await a promise that must reject; return the rejection. */
-async function rejects(promise) {
-  try {
-    await promise
-  } catch (e) {
-    return e
-  }
-  throw new Error('expected a rejection, got a result')
-}
-
 /** Move a key's created_at (and locked_at, if set) `hours` into the past, through `db`. */
 async function ageKey(db, key, hours) {
   await db.exec(
@@ -314,14 +310,6 @@ async function ageKey(db, key, hours) {
   )
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-
-/**
- * Start a stage on `key` that holds the key until released: `{ inside, release, done }`.
- * `inside` resolves once the callback runs; `release()` lets it return `result`; `done` is the
- * workStage promise. The gate is shared by every attempt, so a stage re-run after a
- * serialization failure is released too.
- */
 /** Run `fn(tx)` inside a native stage on `key` that must commit (moving it to `recoveryPoint`); resolve to what `fn` returned. */
 async function inStage(service, key, fn, recoveryPoint = 'in-stage') {
   let out
@@ -332,6 +320,12 @@ async function inStage(service, key, fn, recoveryPoint = 'in-stage') {
   return out
 }
 
+/**
+ * Start a stage on `key` that holds the key until released: `{ inside, release, done }`.
+ * `inside` resolves once the callback runs; `release()` lets it return `result`; `done` is the
+ * workStage promise. The gate is shared by every attempt, so a stage re-run after a
+ * serialization failure is released too.
+ */
 function holdStage(service, key, result = { recovery_point: 'held' }) {
   let release
   const gate = new Promise((r) => (release = r))
@@ -356,6 +350,7 @@ module.exports = {
   pick,
   slowSql,
   freshDb,
+  useFreshDb,
   decodeKeyRow,
   openSqliteVerifier,
   removeSqliteFiles,

@@ -2,13 +2,14 @@
 // under Express 5, Express 4 and plain node:http, on the backend IDEM_BACKEND selects. Every
 // scenario is run for each server kind; side effects and stored keys are counted through the
 // verification client.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
 const express5 = require('express')
 const express4 = require('express4')
 const { idempotency, parseIdempotencyKey } = require('medusa-idempotency-native/middleware')
-const { freshDb, sleep } = require('./helpers')
+const { useFreshDb, sleep } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 
 const KINDS = ['express5', 'express4', 'node']
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
@@ -16,18 +17,15 @@ const PRE_EXPOSED = 'X-Request-Id' // set by an earlier middleware; must survive
 
 let fx
 let db
-before(async () => {
-  // A long request lease, so a slow handler's key stays "in flight" however slow the machine.
-  fx = await freshDb({ lockTimeoutMs: 10_000 })
-  db = fx.db
-  await db.exec('CREATE TABLE effects (k text, stage text)')
-})
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${Date.now().toString(36)}-${++seq}`
+// A long request lease, so a slow handler's key stays "in flight" however slow the machine.
+useFreshDb(
+  async (f) => {
+    fx = f
+    db = fx.db
+    await db.exec('CREATE TABLE effects (k text, stage text)')
+  },
+  { lockTimeoutMs: 10_000 },
+)
 
 async function effects(k) {
   const rows = await db.query('SELECT stage, CAST(count(*) AS integer) AS n FROM effects WHERE k = $1 GROUP BY stage', [k])

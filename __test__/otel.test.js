@@ -15,6 +15,7 @@ const { instrument } = require('medusa-idempotency-native/otel')
 const { idempotency } = require('medusa-idempotency-native/middleware')
 const { tracingChannels } = require('medusa-idempotency-native')
 const { freshDb, isPostgres, sleep } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 
 class TestReader extends MetricReader {
   async onForceFlush() {}
@@ -45,8 +46,6 @@ after(async () => {
 })
 beforeEach(() => exporter.reset())
 
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 const spans = () => exporter.getFinishedSpans()
 const parentOf = (span) => span.parentSpanContext?.spanId ?? span.parentSpanId
 const childrenOf = (span) => spans().filter((s) => parentOf(s) === span.spanContext().spanId)

@@ -249,7 +249,9 @@ test(`the service directly: ${CYCLES} cycles, ${CONCURRENCY} concurrent → all 
   }
 })
 
-test(`node-postgres through PgBouncer (transaction mode, pool ${POOL_SIZE}): ${CYCLES} cycles → all succeed (the pooler is set up right)`, { skip, timeout: 120000 }, async () => {
+// node-postgres through PgBouncer (transaction mode, pool ${POOL_SIZE}): ${CYCLES} cycles → all
+// succeed (the pooler is set up right)
+test(`node-postgres through PgBouncer (transaction mode, pool ${POOL_SIZE}): ${CYCLES} cycles → all succeed`, { skip, timeout: 120000 }, async () => {
   const pool = new Pool({ connectionString: bouncer.url, max: CONCURRENCY })
   pool.on('error', () => {})
   try {
@@ -262,7 +264,9 @@ test(`node-postgres through PgBouncer (transaction mode, pool ${POOL_SIZE}): ${C
   }
 })
 
-test(`the service through PgBouncer (transaction mode, pool ${POOL_SIZE}): ${CYCLES} cycles, ${CONCURRENCY} concurrent → all succeed, one side row per (key, stage)`, { skip, timeout: 120000 }, async () => {
+// the service through PgBouncer (transaction mode, pool ${POOL_SIZE}): ${CYCLES} cycles,
+// ${CONCURRENCY} concurrent → all succeed, one side row per (key, stage)
+test(`the service through PgBouncer (transaction mode, pool ${POOL_SIZE}): ${CYCLES} cycles → all succeed`, { skip, timeout: 120000 }, async () => {
   const service = await IdempotencyKeyService.connect({ url: bouncer.url, maxConnections: CONCURRENCY })
   try {
     await service.migrate() // a no-op here, but it runs through the pooler too
@@ -275,7 +279,9 @@ test(`the service through PgBouncer (transaction mode, pool ${POOL_SIZE}): ${CYC
   }
 })
 
-test('the service through PgBouncer whose server connections hold prepared statements another client left (named like ours and sqlx\'s) → all succeed', { skip, timeout: 120000 }, async () => {
+// the service through PgBouncer whose server connections hold prepared statements another client
+// left (named like ours and sqlx's) → all succeed
+test("the service through PgBouncer holding other clients' prepared statements → all succeed", { skip, timeout: 120000 }, async () => {
   // Take every server connection of the pool at once (POOL_SIZE clients, each in a
   // transaction), leave SQL-level prepared statements on each, and release them to the pool.
   const poisoners = Array.from({ length: POOL_SIZE }, () => new Client({ connectionString: bouncer.url }))
@@ -313,7 +319,9 @@ test('the service through PgBouncer whose server connections hold prepared state
 // tracks protocol-level named statements (max_prepared_statements): the issue's own repro, 8
 // workers on a pool of 2 server connections. SQL-level PREPAREs (what the prepared mode sent
 // before) are not tracked by any pooler: 266 of 320 cycles failed with 42P05 here.
-test(`the service in the prepared mode through PgBouncer 1.25 (transaction mode, pool 2, max_prepared_statements 100): ${CYCLES} cycles, 8 concurrent → all succeed`, { skip, timeout: 120000 }, async () => {
+// the service in the prepared mode through PgBouncer 1.25 (transaction mode, pool 2,
+// max_prepared_statements 100): ${CYCLES} cycles, 8 concurrent → all succeed
+test(`the prepared mode through PgBouncer 1.25 (max_prepared_statements 100): ${CYCLES} cycles → all succeed`, { skip, timeout: 120000 }, async () => {
   const { pgbouncer125Bin } = require('../test-support/pgbouncer')
   const bin = pgbouncer125Bin()
   assert.ok(bin, 'PgBouncer 1.25 is not built: run `bash scripts/ensure-pgbouncer.sh`')

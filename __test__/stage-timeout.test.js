@@ -59,7 +59,9 @@ for (const [what, run] of [
   ['a withTransaction(tx) method', (s, tx, other) => s.withTransaction(tx).update(other, { recovery_point: 'from_stuck_stage' })],
   ['tx.query', (s, tx, other) => tx.query("UPDATE idempotency_key SET recovery_point = 'from_stuck_stage' WHERE idempotency_key = $1", [other])],
 ]) {
-  test(`${what} waiting on a row lock another connection holds → STAGE_TIMEOUT at stageTimeoutMs, rolled back, key workable once the lock goes`, { skip, timeout: 30_000 }, async () => {
+  // ${what} waiting on a row lock another connection holds → STAGE_TIMEOUT at stageTimeoutMs,
+  // rolled back, key workable once the lock goes
+  test(`${what} waiting on another connection's row lock → STAGE_TIMEOUT, rolled back`, { skip, timeout: 30_000 }, async () => {
     const s = await fx.connect({ stageTimeoutMs: 300, maxConnections: 2 })
     const key = (await s.create({})).idempotency_key
     const other = (await s.create({})).idempotency_key

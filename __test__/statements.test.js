@@ -142,7 +142,9 @@ for (const preparedStatements of [false, true]) {
       await one.close()
     })
 
-    test('no SQL-level PREPARE ever; the default mode leaves no statement on the connection, the prepared mode only protocol-level ones', async () => {
+    // no SQL-level PREPARE ever; the default mode leaves no statement on the connection, the
+    // prepared mode only protocol-level ones
+    test('no SQL-level PREPARE ever; what each mode leaves on the connection', async () => {
       // One connection, so the next stage runs on the same server session.
       const one = await fx.connect({ maxConnections: 1, preparedStatements })
       await rejects(

@@ -2,9 +2,10 @@
 // `<tenant>/<key>` in Medusa's table. Two tenants sending the same client key never see each
 // other's keys, responses, locks, abandoned requests or reaping. Runs on the backend
 // IDEM_BACKEND selects; stored rows are checked through the verification client.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
-const { ageKey, freshDb, holdStage, isPostgres } = require('./helpers')
+const { ageKey, useFreshDb, holdStage, isPostgres } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 
 /** Await `fn()`, expect a rejection whose fields include `fields`. */
 async function rejects(fn, fields) {
@@ -21,22 +22,15 @@ async function rejects(fn, fields) {
 
 let fx
 let db
-before(async () => {
-  fx = await freshDb()
+useFreshDb((f) => {
+  fx = f
   db = fx.db
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
 async function storedKeys(like) {
   const rows = await db.query('SELECT idempotency_key FROM idempotency_key WHERE idempotency_key LIKE $1 ORDER BY idempotency_key', [like])
   return rows.map((r) => r.idempotency_key)
 }
-
 
 const finish = (body) => async () => ({ response_code: 201, response_body: body })
 

@@ -3,27 +3,22 @@
 // start / end / asyncStart / asyncEnd / error in Node's order on one context object, the
 // context's fields, a store bound to `start` seen inside stage callbacks. Runs on the backend
 // IDEM_BACKEND selects.
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const dc = require('node:diagnostics_channel')
 const { AsyncLocalStorage } = require('node:async_hooks')
-const { freshDb, holdStage, isPostgres, sleep } = require('./helpers')
+const { useFreshDb, holdStage, isPostgres, sleep } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 const { tracingChannels } = require('..')
 
 const OPERATIONS = ['initializeRequest', 'workStage', 'retrieve', 'lock', 'update', 'create', 'reap', 'listAbandoned', 'query', 'completer.pass']
 
 let fx
 let service
-before(async () => {
-  fx = await freshDb()
+useFreshDb(async (f) => {
+  fx = f
   service = await fx.connect({ lockTimeoutMs: 100 })
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
 /** Every event of every operation while `fn` runs: [operation, phase, context]. */
 async function record(fn) {

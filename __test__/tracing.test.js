@@ -1,20 +1,18 @@
 // Tracing: the events published on Node's diagnostics_channel, observed by a real subscriber —
 // stage start/end/error (duration, recovery points, attempts), retry, conflict, replay, reap.
 // Runs on the backend IDEM_BACKEND selects.
-const { test, before, after, afterEach } = require('node:test')
+const { test, afterEach } = require('node:test')
 const assert = require('node:assert/strict')
 const dc = require('node:diagnostics_channel')
-const { freshDb, holdStage, isPostgres } = require('./helpers')
+const { useFreshDb, holdStage, isPostgres } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 const { channels } = require('..')
 
 const NAMES = ['stage:start', 'stage:end', 'stage:error', 'retry', 'conflict', 'replay', 'reap'].map((n) => `medusa-idempotency:${n}`)
 
 let fx
-before(async () => {
-  fx = await freshDb()
-})
-after(async () => {
-  if (fx) await fx.cleanup()
+useFreshDb((f) => {
+  fx = f
 })
 
 let seen = []
@@ -27,8 +25,6 @@ afterEach(() => {
   for (const n of NAMES) dc.unsubscribe(n, subscriber)
 })
 
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 const names = () => seen.map((e) => e.name)
 
 test('the exported channels are the named ones', () => {

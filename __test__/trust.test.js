@@ -3,14 +3,15 @@
 // keys unique across tenants for side effects, exact fingerprints, routes matched as Express
 // matched them, and the small leaks (error echo, tenant probes, warning floods, wrong `this`, a
 // port that is not PostgreSQL).
-const { test, before, after } = require('node:test')
+const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
 const net = require('node:net')
 const express = require('express')
 const { IdempotencyKeyService } = require('..')
 const { idempotency } = require('medusa-idempotency-native/middleware')
-const { freshDb, sleep, isPostgres } = require('./helpers')
+const { useFreshDb, sleep, isPostgres } = require('./helpers')
+const { uniq } = require('../test-support/keys')
 
 const IDLE = 150
 const LEASE = 100
@@ -18,18 +19,12 @@ const LEASE = 100
 let fx
 let db
 let service
-before(async () => {
-  fx = await freshDb()
+useFreshDb(async (f) => {
+  fx = f
   db = fx.db
   service = await fx.connect({ lockTimeoutMs: LEASE })
   await db.exec('CREATE TABLE orders (cart_id text, idem_key text, charge text)')
 })
-after(async () => {
-  if (fx) await fx.cleanup()
-})
-
-let seq = 0
-const uniq = (p) => `${p}-${process.pid}-${++seq}`
 
 async function listen(handler) {
   const server = http.createServer(handler)
@@ -95,7 +90,9 @@ function checkout(payments) {
 
 // ---------------------------------------------------------------------------------------------
 
-test('a request refused before its handler (401 from auth after an app-wide middleware) is released: the completer never completes it, the retry is not a replay', async () => {
+// a request refused before its handler (401 from auth after an app-wide middleware) is released:
+// the completer never completes it, the retry is not a replay
+test('a request refused before its handler is released, never completed, not replayed', async () => {
   const payments = paymentStub()
   const route = checkout(payments)
   const app = express()
@@ -140,7 +137,9 @@ test('a request refused before its handler (401 from auth after an app-wide midd
   }
 })
 
-test('a handler that accepted the request (its first stage committed) and then lost its client is completed; one that only called accept() too', async () => {
+// a handler that accepted the request (its first stage committed) and then lost its client is
+// completed; one that only called accept() too
+test('an accepted request whose client left is completed, also one that only called accept()', async () => {
   const payments = paymentStub()
   const route = checkout(payments)
   const app = express()
@@ -175,7 +174,9 @@ test('a handler that accepted the request (its first stage committed) and then l
   }
 })
 
-test('two tenants send the same key to the README checkout: each gets its own cart and its own charge (side effects keyed by scoped_key)', async () => {
+// two tenants send the same key to the README checkout: each gets its own cart and its own charge
+// (side effects keyed by scoped_key)
+test('two tenants sending one key to the README checkout get their own cart and charge', async () => {
   const payments = paymentStub()
   const route = checkout(payments)
   const app = express()
@@ -206,7 +207,9 @@ test('two tenants send the same key to the README checkout: each gets its own ca
   }
 })
 
-test('300 POSTs to a 404 path leave no stored body; older unaccepted keys never hide a real abandoned key (selected in SQL, nothing else listed)', async () => {
+// 300 POSTs to a 404 path leave no stored body; older unaccepted keys never hide a real abandoned
+// key (selected in SQL, nothing else listed)
+test('POSTs to a 404 path leave no stored body and never hide a real abandoned key', async () => {
   const payments = paymentStub()
   const route = checkout(payments)
   // Keys claimed but never accepted, older than the real one: a process that died before any

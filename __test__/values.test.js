@@ -3,24 +3,16 @@
 // same database. On SQLite, which has storage classes instead of column types, the reference is
 // better-sqlite3 read with the documented mapping (integer → number, or string beyond 2^53;
 // real → number; text → string; blob → Buffer; null → null), and every case also pins the values.
-const { test, describe, before, after } = require('node:test')
+const { test, describe } = require('node:test')
 const assert = require('node:assert/strict')
-const util = require('node:util')
 const helpers = require('./helpers')
-const { freshDb, rejects, pick, isPostgres } = helpers
+const { assertErr } = require('../test-support/errors')
+const { useFreshDb, rejects, pick, isPostgres } = helpers
 
 let fx // the fresh database: service, connect(), cleanup()
 let db // its verification client
 let service
 const KEY = `values-${process.pid}`
-
-function assertErr(e, type, code) {
-  assert.ok(e instanceof Error, `expected an Error, got ${util.inspect(e)}`)
-  assert.equal(typeof e.message, 'string')
-  assert.ok(e.date instanceof Date, `date of ${util.inspect(e)}`)
-  assert.equal(e.type, type, `type of ${util.inspect(e)}`)
-  assert.equal(e.code, code, `code of ${util.inspect(e)}`)
-}
 
 /** Run `fn(tx)` inside a native stage that must commit; return what `fn` returned. */
 const inStage = (fn) => helpers.inStage(service, KEY, fn, 'values')
@@ -79,8 +71,8 @@ async function both(sql, params = []) {
 /** A case's title: as is when it holds on both backends, else why it is PostgreSQL's alone. */
 const title = (label, sqliteWhy) => (sqliteWhy ? `${label} (postgres only: ${sqliteWhy})` : label)
 
-before(async () => {
-  fx = await freshDb()
+useFreshDb(async (f) => {
+  fx = f
   service = fx.service
   db = fx.db
   await service.create({ idempotency_key: KEY })
@@ -97,10 +89,6 @@ before(async () => {
       )`,
     }),
   )
-})
-
-after(async () => {
-  if (fx) await fx.cleanup()
 })
 
 // ---------------------------------------------------------------------------------------------

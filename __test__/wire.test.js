@@ -52,7 +52,9 @@ describe('the wire', { skip }, () => {
   }
 
   for (const prepared of [false, true]) {
-    test(`${prepared ? 'prepared' : 'default'} mode: initializeRequest is one flight, a one-statement stage three (BEGIN + lock, the statement, UPDATE + COMMIT)`, async () => {
+    // ${prepared ? 'prepared' : 'default'} mode: initializeRequest is one flight, a one-statement
+    // stage three (BEGIN + lock, the statement, UPDATE + COMMIT)
+    test(`${prepared ? 'prepared' : 'default'} mode: initializeRequest is one flight, a one-statement stage three`, async () => {
       const s = await fx.connect({ url: rec.url(fx.name), maxConnections: 1, preparedStatements: prepared })
       await cyclesWith(s, `warm-${prepared}`) // a connection, its settings check, the statement's parameter types
       rec.clear()
@@ -131,7 +133,9 @@ describe('stage timeouts cancel their statement on the server', { skip }, () => 
     if (fx) await fx.cleanup()
   })
 
-  test('three stages stuck in pg_sleep(10) with a pool of 3: cancelled at once, and other keys are served within the acquire timeout', async () => {
+  // three stages stuck in pg_sleep(10) with a pool of 3: cancelled at once, and other keys are
+  // served within the acquire timeout
+  test('three stages stuck in pg_sleep(10), pool of 3: cancelled at once, other keys still served', async () => {
     const s = await fx.connect({ maxConnections: 3, stageTimeoutMs: 300, acquireTimeoutMs: 2000 })
     const keys = ['sleep-1', 'sleep-2', 'sleep-3']
     for (const k of keys) await s.create({ idempotency_key: k })

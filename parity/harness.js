@@ -14,8 +14,8 @@
 //   class is dist/services/idempotency-key; ours is medusa-idempotency-native/medusa, the
 //   one-line override a Medusa project would ship.
 const path = require('node:path')
-const crypto = require('node:crypto')
-const { Client } = require('pg')
+const { createDatabase } = require('../test-support/db')
+const { uniq } = require('../test-support/keys')
 
 // Requiring Medusa's modules must not phone home from a test run.
 if (process.env.MEDUSA_DISABLE_TELEMETRY === undefined) process.env.MEDUSA_DISABLE_TELEMETRY = 'true'
@@ -27,31 +27,13 @@ const medusaDist = (p) => path.join(MEDUSA_DIR, 'dist', p)
 // awilix is Medusa's container library; resolve Medusa's own copy rather than declaring it.
 const awilix = require(require.resolve('awilix', { paths: [MEDUSA_DIR] }))
 
-function databaseUrl(name) {
-  const u = new URL(ADMIN_URL)
-  u.pathname = `/${name}`
-  return u.toString()
-}
-
-async function admin(sql) {
-  const c = new Client({ connectionString: ADMIN_URL })
-  await c.connect()
-  try {
-    return await c.query(sql)
-  } finally {
-    await c.end()
-  }
-}
-
 /**
  * Create the run's database, build Medusa's DataSource over it with Medusa's loader, run
  * Medusa's initial migration, and return `{ name, url, dataSource, manager, make: { medusa,
  * native }, teardown }`.
  */
 async function setup() {
-  const name = `parity_${process.pid}_${crypto.randomBytes(4).toString('hex')}`
-  await admin(`CREATE DATABASE "${name}"`)
-  const url = databaseUrl(name)
+  const { name, url, drop } = await createDatabase('parity', { adminUrl: ADMIN_URL })
   let dataSource
   try {
     const databaseLoader = require(medusaDist('loaders/database')).default
@@ -96,13 +78,13 @@ async function setup() {
       try {
         if (dataSource?.isInitialized) await dataSource.destroy()
       } finally {
-        await admin(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`)
+        await drop()
       }
     }
     return { name, url, dataSource, manager, make, teardown }
   } catch (e) {
     if (dataSource?.isInitialized) await dataSource.destroy().catch(() => {})
-    await admin(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`).catch(() => {})
+    await drop().catch(() => {})
     throw e
   }
 }
@@ -125,7 +107,5 @@ function tally(errors) {
   }
   return out
 }
-
-const uniq = (prefix) => `${prefix}-${crypto.randomUUID()}`
 
 module.exports = { setup, settle, tally, uniq, ADMIN_URL }

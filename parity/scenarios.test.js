@@ -6,20 +6,7 @@
 const { describe, it, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { setup, settle, tally, uniq } = require('./harness.js')
-
-const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
-const FIELDS = [
-  'id',
-  'idempotency_key',
-  'created_at',
-  'locked_at',
-  'request_method',
-  'request_params',
-  'request_path',
-  'response_code',
-  'response_body',
-  'recovery_point',
-]
+const { KEY_FIELDS: FIELDS, UUID_V4 } = require('../test-support/keys')
 
 let h
 before(async () => {

@@ -25,7 +25,7 @@ const { spawn } = require('node:child_process')
 
 const WORKER = path.join(__dirname, 'lib', 'fuzz-worker.js')
 const PROBE = path.join(__dirname, 'lib', 'fuzz', 'probe.js')
-const { ADMIN_URL, admin } = require('./lib/pgadmin')
+const { createDatabase } = require('./lib/pgadmin')
 const { onTaggedLines } = require('./lib/tagged-lines')
 const STALL_MS = 25000 // no CASE line for this long: the child's event loop is blocked
 const RSS_CAP_MB = 3072 // a child past this is killed (memory blow-up), before it hurts the machine
@@ -40,11 +40,8 @@ const arg = (name) => {
 // Databases: PostgreSQL through node-postgres (this process never loads the addon)
 
 async function freshPg() {
-  const name = `idem_fuzz_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
-  await admin(`CREATE DATABASE ${name}`)
-  const u = new URL(ADMIN_URL)
-  u.pathname = '/' + name
-  return { url: u.toString(), drop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) }
+  const { url, drop } = await createDatabase('idem_fuzz')
+  return { url, drop }
 }
 
 function freshSqliteDir() {

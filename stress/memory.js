@@ -10,7 +10,7 @@ const path = require('node:path')
 const { spawn } = require('node:child_process')
 
 const WORKER = path.join(__dirname, 'lib', 'memory-worker.js')
-const { ADMIN_URL, admin } = require('./lib/pgadmin')
+const { createDatabase } = require('./lib/pgadmin')
 const { onTaggedLines } = require('./lib/tagged-lines')
 const MAX_GROWTH = 0.1
 // V8 sizes its young generation adaptively (semi-spaces of 1 MB up to 16 MB, grown and released
@@ -60,17 +60,14 @@ async function main({ short = false } = {}) {
     { label: 'sqlite', url: 'sqlite::memory:', n: short ? 20000 : 100000, warmup: 10000, every: short ? 5000 : 10000, timeoutMs: short ? 90000 : 300000 },
     { label: 'postgres', url: null, n: short ? 5000 : 100000, warmup: short ? 2000 : 10000, every: short ? 1000 : 10000, timeoutMs: short ? 90000 : 300000 },
   ]
-  const dbName = `idem_mem_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
-  await admin(`CREATE DATABASE ${dbName}`)
-  const u = new URL(ADMIN_URL)
-  u.pathname = '/' + dbName
-  runs[1].url = u.toString()
+  const database = await createDatabase('idem_mem')
+  runs[1].url = database.url
   console.log(`memory: ${runs.map((r) => `${r.label} ${r.n} empty stages (warm-up ${r.warmup})`).join('; ')}, one child each, in parallel`)
   let results
   try {
     results = await Promise.all(runs.map((r) => runWorker(r, r.timeoutMs).then((res) => ({ run: r, res }))))
   } finally {
-    await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => {})
+    await database.drop().catch(() => {})
   }
   const problems = []
   const figures = {}

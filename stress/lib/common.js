@@ -14,19 +14,14 @@ const assert = require('node:assert/strict')
 const { execFileSync } = require('node:child_process')
 const { Client } = require('pg')
 const { IdempotencyKeyService } = require('../..')
+const { dbUrl } = require('../../test-support/db')
+const { sleep, withTimeout } = require('../../test-support/async')
+const { CONFLICT_CODES, isConflict, isTypedDbError, isTypedError, describe, assertDbError } = require('../../test-support/errors')
 
-const { ADMIN_URL, admin } = require('./pgadmin')
+const { ADMIN_URL, admin, createDatabase } = require('./pgadmin')
 const SHORT = process.argv.includes('--short') || process.env.STRESS_SHORT === '1'
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 const now = () => Number(process.hrtime.bigint()) / 1e6
-
-function dbUrl(name) {
-  const u = new URL(ADMIN_URL)
-  u.pathname = '/' + name
-  return u.toString()
-}
-
 
 /**
  * A fresh database `idem_stress_<pid>_<rand>`, migrated through the addon, with a verification
@@ -34,9 +29,7 @@ function dbUrl(name) {
  * (side-effect tables).
  */
 async function freshDatabase({ setupSql = [] } = {}) {
-  const name = `idem_stress_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
-  await admin(`CREATE DATABASE ${name}`)
-  const url = dbUrl(name)
+  const { name, url, drop: dropDatabase } = await createDatabase('idem_stress')
   const newVerifier = () => {
     const c = new Client({ connectionString: url })
     // A verification client must report its failures through its queries instead of crashing
@@ -57,7 +50,7 @@ async function freshDatabase({ setupSql = [] } = {}) {
     }
   } catch (e) {
     await pg.end().catch(() => {})
-    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {})
+    await dropDatabase().catch(() => {})
     throw e
   }
   const connect = async (opts = {}) => {
@@ -68,7 +61,7 @@ async function freshDatabase({ setupSql = [] } = {}) {
   const drop = async () => {
     for (const s of opened) await withTimeout(s.close(), 10000, 'service.close()').catch(() => {})
     await pg.end().catch(() => {})
-    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    await dropDatabase()
   }
   /** A new verification client (after PostgreSQL was stopped and started). */
   const reconnect = async () => {
@@ -86,42 +79,6 @@ async function freshDatabase({ setupSql = [] } = {}) {
     reconnect,
     drop,
   }
-}
-
-/** Reject with a labelled error if `promise` has not settled within `ms` (a hang). */
-function withTimeout(promise, ms, label) {
-  let t
-  const timeout = new Promise((_, reject) => {
-    t = setTimeout(() => reject(new Error(`HANG: ${label} did not settle within ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(t))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Errors
-
-const CONFLICT_CODES = ['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE', '40001', '40P01']
-const SQLSTATE = /^[0-9A-Z]{5}$/
-
-const isConflict = (e) => e instanceof Error && e.type === 'conflict' && CONFLICT_CODES.includes(e.code)
-
-/** A database error as the contract types it: type database_error, code a SQLSTATE or a named code. */
-function isTypedDbError(e, codes) {
-  if (!(e instanceof Error) || e.type !== 'database_error' || typeof e.code !== 'string') return false
-  if (codes) return codes.includes(e.code)
-  return SQLSTATE.test(e.code) || ['CONNECTION_FAILED', 'POOL_TIMEOUT'].includes(e.code)
-}
-
-/** Any error of the service's contract: an Error with string type and code, and a Date. */
-const isTypedError = (e) => e instanceof Error && typeof e.type === 'string' && typeof e.code === 'string'
-
-function describe(e) {
-  if (e instanceof Error) return `${e.constructor.name}(type=${e.type}, code=${e.code}): ${e.message}`
-  return `non-Error ${typeof e}: ${String(e)}`
-}
-
-function assertDbError(e, codes, what) {
-  assert.ok(isTypedDbError(e, codes), `${what}: expected database_error with code ${codes ? codes.join('|') : 'SQLSTATE/CONNECTION_FAILED/POOL_TIMEOUT'}, got ${describe(e)}`)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,26 +1,15 @@
 'use strict'
 // The admin connection of the stress scenarios, without the addon: the orchestrators (fuzz.js,
 // memory.js) create and drop databases for child processes but never load the addon themselves.
-const { Client } = require('pg')
+// test-support/db.js, retrying while the server refuses transiently (scenarios restart it).
+const db = require('../../test-support/db')
 
-const ADMIN_URL = process.env.TEST_PG_ADMIN_URL || 'postgres://postgres@127.0.0.1:5432/postgres'
+const ATTEMPTS = 20
 
 /** Run one statement on the admin database, retrying while the server refuses (restarting). */
-async function admin(sql, params = [], { attempts = 20 } = {}) {
-  for (let i = 1; ; i++) {
-    const c = new Client({ connectionString: ADMIN_URL })
-    try {
-      await c.connect()
-      return await c.query(sql, params)
-    } catch (e) {
-      // 55006: template1 busy (another agent's CREATE DATABASE); 57P03: server starting up.
-      const transient = ['55006', '57P03', 'ECONNREFUSED', 'ECONNRESET'].includes(e.code)
-      if (!transient || i >= attempts) throw e
-      await new Promise((r) => setTimeout(r, 100 + Math.random() * 200))
-    } finally {
-      await c.end().catch(() => {})
-    }
-  }
-}
+const admin = (sql, params = [], { attempts = ATTEMPTS } = {}) => db.admin(sql, params, { attempts })
 
-module.exports = { ADMIN_URL, admin }
+/** A database of its own (`<prefix>_<pid>_<random>`): `{ name, url, drop() }`, with the same retries. */
+const createDatabase = (prefix) => db.createDatabase(prefix, { attempts: ATTEMPTS })
+
+module.exports = { ADMIN_URL: db.ADMIN_URL, ATTEMPTS, admin, createDatabase }
