@@ -26,6 +26,7 @@
 // diagnostics_channel; the route's stages are. The listing runs in a stage on the service's own
 // row (route.js `onAnchor`), as does the sweep of rows of finished or deleted keys.
 
+const { invalid, field, typedError } = require('./errors.js')
 const dc = require('node:diagnostics_channel')
 const { AsyncResource } = require('node:async_hooks')
 const { onAnchor, sweepAccepted, acceptedStage, parseRouteName, recordAcceptance, scopedKey, migrationHint } = require('./route.js')
@@ -95,18 +96,7 @@ function listSql({ routes, idleBefore, now, maxAttempts, prefix, limit }) {
   return { sql, params, countSql, countParams }
 }
 
-function invalid(message) {
-  return Object.assign(new Error(message), { type: 'invalid_data', code: 'INVALID_ARGUMENT', date: new Date() })
-}
 
-/** A field of a thrown value, never throwing (a getter that throws, a revoked proxy). */
-function field(e, name) {
-  try {
-    return e != null && (typeof e === 'object' || typeof e === 'function') ? e[name] : undefined
-  } catch {
-    return undefined
-  }
-}
 
 function describe(e) {
   const code = field(e, 'code')
@@ -202,13 +192,17 @@ function defaultOnError(err) {
   process.emitWarning(`medusa-idempotency-native completer: ${message}`, { code: 'IDEMPOTENCY_COMPLETER' })
 }
 
-function install(IdempotencyKeyService, native) {
-  const { initializeRequest, isBound } = native
-  // The native workStage for the completer's own bookkeeping stages, with the callback bound to
-  // the caller's async context as the façade binds a user's stage (Node 24's AsyncContextFrame
-  // does not carry it into a callback the addon calls): its statements stay under the pass.
+/**
+ * The completer, over the façade's hooks (index.js): `isBound(service)`, `claim(service, …)`
+ * (initializeRequest without an operation event) and `bookkeepingStage(service, key, cb, opts)`.
+ */
+function install({ isBound, claim, bookkeepingStage }) {
+  // The completer's own bookkeeping stages, called as `workStage.call(service, …)`.
   const workStage = function (key, callback, options) {
-    return native.workStage.call(this, key, typeof callback === 'function' ? AsyncResource.bind(callback) : callback, options)
+    return bookkeepingStage(this, key, callback, options)
+  }
+  const initializeRequest = function (...args) {
+    return claim(this, ...args)
   }
 
   class Completer {
@@ -477,7 +471,7 @@ function install(IdempotencyKeyService, native) {
           at = key.recovery_point
           const stage = stages != null && Object.prototype.hasOwnProperty.call(stages, at) ? stages[at] : undefined
           if (typeof stage !== 'function') {
-            throw Object.assign(new Error(`completer: route "${route.name}" has no stage for recovery point "${at}"`), { type: 'unexpected_state', code: 'COMPLETER_NO_STAGE' })
+            throw typedError('unexpected_state', 'COMPLETER_NO_STAGE', `completer: route "${route.name}" has no stage for recovery point "${at}"`)
           }
           key = await service.workStage(key.idempotency_key, acceptedStage(stage, key, null), { recoveryPoint: at })
         }
@@ -570,14 +564,10 @@ function install(IdempotencyKeyService, native) {
     #bookkeepingError(e) {
       const { code, message } = describe(e)
       if (code === '42P01' || /no such table: idempotency_key_(completer|accepted)/.test(message)) {
-        return Object.assign(new Error('completer: the idempotency_key_completer or idempotency_key_accepted table is missing; run service.migrate()'), { type: 'database_error', code, cause: e, date: new Date() })
+        return typedError('database_error', code, 'completer: the idempotency_key_completer or idempotency_key_accepted table is missing; run service.migrate()', { cause: e })
       }
       return e
     }
-  }
-
-  IdempotencyKeyService.prototype.completer = function completer(options) {
-    return new Completer(this, options)
   }
 
   /**
@@ -587,7 +577,7 @@ function install(IdempotencyKeyService, native) {
    * first stage, or `req.idempotency.accept()`); code that claims keys with `initializeRequest`
    * calls this once its own checks passed. A finished key is returned as it is.
    */
-  IdempotencyKeyService.prototype.accept = async function accept(idempotencyKey, options = {}) {
+  async function accept(service, idempotencyKey, options = {}) {
     if (options === null || typeof options !== 'object') throw invalid('accept(key, options): options must be an object')
     const { route: name = null, pathParams = {} } = options
     const route = name === null ? null : parseRouteName(name)
@@ -595,14 +585,14 @@ function install(IdempotencyKeyService, native) {
     if (pathParams === null || typeof pathParams !== 'object' || Object.values(pathParams).some((v) => typeof v !== 'string')) {
       throw invalid('accept(): pathParams must be an object of strings')
     }
-    const key = await this.retrieve(idempotencyKey)
+    const key = await service.retrieve(idempotencyKey)
     if (key.recovery_point === 'finished') return key
     const at = key.recovery_point
     try {
-      return await this.workStage(
+      return await service.workStage(
         idempotencyKey,
         async (tx) => {
-          await recordAcceptance(tx, key, scopedKey(this.tenant, key.idempotency_key), { name: route && route.name, pathParams: { ...pathParams } })
+          await recordAcceptance(tx, key, scopedKey(service.tenant, key.idempotency_key), { name: route && route.name, pathParams: { ...pathParams } })
           return { recovery_point: at }
         },
         { recoveryPoint: at },
@@ -611,7 +601,7 @@ function install(IdempotencyKeyService, native) {
       throw migrationHint(e)
     }
   }
-  return { Completer, channels }
+  return { Completer, accept, channels }
 }
 
 module.exports = { install, channels }

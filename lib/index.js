@@ -1,71 +1,39 @@
 'use strict'
-// The package's face: the generated loader (native.js) plus the one piece that has to live in
-// JS — bound mode over a caller's executor (TypeORM EntityManager, node-postgres client, any
-// `query(sql, params) => Promise`). Its result shapes are normalised here, in one place, and
-// its failures are turned into values, so the Rust core never sees a rejected promise from it.
+// The package's face: `IdempotencyKeyService` and `TransactionManager`, JS classes that each
+// hold the addon's object (native.js, through binding.js) in a private field and wrap it. What
+// lives here is what has to live in JS:
+//   - bound mode over a caller's executor (TypeORM EntityManager, node-postgres client, any
+//     `query(sql, params) => Promise`), whose results are normalised and whose failures are
+//     turned into values, so the Rust core never sees a rejected promise from it;
+//   - stage callbacks run in the caller's async context (AsyncResource.bind: the addon calls
+//     them from a thread-safe function, outside any context, and on Node 24's
+//     AsyncContextFrame an AsyncLocalStorage would see nothing there);
+//   - `retryAfter` on IDEMPOTENCY_KEY_LOCKED;
+//   - the diagnostics_channel events (the plain channels here, the TracingChannels in
+//     tracing.js), each costing a `hasSubscribers` check while nobody listens;
+//   - a method called on something that is not its class's instance is a typed INVALID_ARGUMENT.
+// The completer (completer.js) is reached through `service.completer()` and `service.accept()`.
 const dc = require('node:diagnostics_channel')
 const { AsyncResource } = require('node:async_hooks')
 const { performance } = require('node:perf_hooks')
 const native = require('./binding.js') // native.js, with an error naming the missing binary
+const { invalid, field } = require('./errors.js')
+const { traceOperation, traceQuery, tracing, dbOf, tenantOf, keyArg } = require('./tracing.js')
 
-const { IdempotencyKeyService, TransactionManager } = native
-const EXECUTOR = Symbol('medusa-idempotency-native.executor')
+/** Only this module makes instances: `new IdempotencyKeyService()` elsewhere is refused. */
+const INTERNAL = Symbol('medusa-idempotency-native.internal')
+let forCompleter
 
-// A native method called on something that is not its class's instance (`const { retrieve } =
-// service`, `.call(other)`) is refused by V8 ("Illegal invocation") or by napi's unwrap before
-// any of our code runs, with an untyped error. Every native method and getter is wrapped once so
-// that refusal is a typed INVALID_ARGUMENT like any other bad argument: thrown by the synchronous
-// ones, a rejection from those that return a promise. Typed errors pass through unchanged.
-const SYNC = new Set(['bindExecutor', 'forTenant', 'withTransaction', 'withStatementLog', 'tenant', 'active'])
-
-function wrongThis(e, owner, name) {
-  let typed
-  try {
-    typed = typeof e?.type === 'string'
-  } catch {
-    typed = false
-  }
-  if (typed) return e
-  return Object.assign(new Error(`${owner}.${name} needs a ${owner} as \`this\`: call it on one (obj.${name}), not detached from it or on another object`), {
-    type: 'invalid_data',
-    code: 'INVALID_ARGUMENT',
-    cause: e,
-    date: new Date(),
-  })
+function wrongThis(owner, name) {
+  return invalid(`${owner}.${name} needs a ${owner} as \`this\`: call it on one (obj.${name}), not detached from it or on another object`)
 }
 
-function guardReceivers(Class) {
-  for (const name of Object.getOwnPropertyNames(Class.prototype)) {
-    if (name === 'constructor') continue
-    const d = Object.getOwnPropertyDescriptor(Class.prototype, name)
-    if (d.get) {
-      const get = d.get
-      Object.defineProperty(Class.prototype, name, {
-        ...d,
-        get: { [name]() {
-          try {
-            return get.call(this)
-          } catch (e) {
-            throw wrongThis(e, Class.name, name)
-          }
-        } }[name],
-      })
-    } else if (typeof d.value === 'function') {
-      const method = d.value
-      const sync = SYNC.has(name)
-      Class.prototype[name] = { [name](...args) {
-        try {
-          return method.apply(this, args)
-        } catch (e) {
-          if (sync) throw wrongThis(e, Class.name, name)
-          return Promise.reject(wrongThis(e, Class.name, name))
-        }
-      } }[name]
-    }
-  }
+function notConstructible(owner, how) {
+  return new TypeError(`${owner} is not constructed with new: ${how}`)
 }
-guardReceivers(IdempotencyKeyService)
-guardReceivers(TransactionManager)
+
+// ---------------------------------------------------------------------------------------------
+// A caller's executor (bound mode).
 
 /**
  * Rows from whatever an executor resolved to: TypeORM returns `[rows, rowCount]` for
@@ -111,10 +79,6 @@ function wrapExecutor(executor) {
   }
 }
 
-function invalid(message) {
-  return Object.assign(new Error(message), { type: 'invalid_data', code: 'INVALID_ARGUMENT', date: new Date() })
-}
-
 function isExecutor(manager) {
   if (manager == null || (typeof manager !== 'object' && typeof manager !== 'function')) return false
   try {
@@ -125,19 +89,9 @@ function isExecutor(manager) {
   }
 }
 
-const nativeWithTransaction = IdempotencyKeyService.prototype.withTransaction
-IdempotencyKeyService.prototype.withTransaction = function withTransaction(manager) {
-  if (!isExecutor(manager)) return nativeWithTransaction.call(this, manager)
-  // The addon calls the executor from a thread-safe function, outside any async context: it
-  // runs in the one withTransaction() was called in (a request's, inside its transaction).
-  const bound = this.bindExecutor(AsyncResource.bind(wrapExecutor(manager)))
-  bound[EXECUTOR] = manager
-  return bound
-}
-
 // ---------------------------------------------------------------------------------------------
-// Tracing: events on Node's diagnostics_channel. Nothing is built or published unless the
-// channel has a subscriber when the call starts.
+// Plain diagnostics_channel events. Nothing is built or published unless the channel has a
+// subscriber when the call starts.
 
 const channels = {
   stageStart: dc.channel('medusa-idempotency:stage:start'),
@@ -153,23 +107,6 @@ const stageChannels = [channels.stageStart, channels.stageEnd, channels.stageErr
 /** Conflicts a caller may retry or answer with 409/422: LOCKED, STALE, REUSED, DATABASE_BUSY. */
 const CONFLICTS = new Set(['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE', 'IDEMPOTENCY_KEY_REUSED', 'DATABASE_BUSY'])
 
-function tenantOf(service) {
-  try {
-    return service.tenant ?? null
-  } catch {
-    return null
-  }
-}
-
-/** A field of a rejection value, never throwing (a getter that throws, a revoked proxy). */
-function field(e, name) {
-  try {
-    return e != null && (typeof e === 'object' || typeof e === 'function') ? e[name] : undefined
-  } catch {
-    return undefined
-  }
-}
-
 function publishConflict(method, key, service, e) {
   const code = channels.conflict.hasSubscribers ? field(e, 'code') : undefined
   if (CONFLICTS.has(code)) {
@@ -177,46 +114,12 @@ function publishConflict(method, key, service, e) {
   }
 }
 
-/** Wrap a method so that a conflict it rejects with is published. */
-function observeConflicts(name) {
-  const original = IdempotencyKeyService.prototype[name]
-  IdempotencyKeyService.prototype[name] = function observed(key, ...rest) {
-    const pending = original.call(this, key, ...rest)
-    if (!channels.conflict.hasSubscribers) return pending
-    return pending.catch((e) => {
-      publishConflict(name, key, this, e)
-      throw e
-    })
-  }
-}
-observeConflicts('lock')
-
-const nativeInitializeRequest = IdempotencyKeyService.prototype.initializeRequest
-IdempotencyKeyService.prototype.initializeRequest = function initializeRequest(headerKey, ...rest) {
-  const pending = nativeInitializeRequest.call(this, headerKey, ...rest)
-  if (!channels.replay.hasSubscribers && !channels.conflict.hasSubscribers) return pending
-  return pending.then(
-    (key) => {
-      if (key.recovery_point === 'finished' && channels.replay.hasSubscribers) {
-        channels.replay.publish({ key: key.idempotency_key, tenant: tenantOf(this), responseCode: key.response_code })
-      }
-      return key
-    },
-    (e) => {
-      publishConflict('initializeRequest', headerKey, this, e)
-      throw e
-    },
-  )
-}
-
-const nativeReap = IdempotencyKeyService.prototype.reap
-IdempotencyKeyService.prototype.reap = function reap(options) {
-  const pending = nativeReap.call(this, options)
-  if (!channels.reap.hasSubscribers) return pending
-  const started = performance.now()
-  return pending.then((removed) => {
-    channels.reap.publish({ removed, durationMs: performance.now() - started, tenant: tenantOf(this) })
-    return removed
+/** `pending`, with a conflict it rejects with published. */
+function observeConflicts(method, key, service, pending) {
+  if (!channels.conflict.hasSubscribers) return pending
+  return pending.catch((e) => {
+    publishConflict(method, key, service, e)
+    throw e
   })
 }
 
@@ -228,118 +131,318 @@ function expectedPoint(options) {
   }
 }
 
-const nativeForTenant = IdempotencyKeyService.prototype.forTenant
-IdempotencyKeyService.prototype.forTenant = function forTenant(tenant) {
-  const scoped = nativeForTenant.call(this, tenant)
-  // A copy of a bound service stays bound: its stages hand callbacks the same executor.
-  const executor = executorOf(this)
-  if (executor !== undefined) scoped[EXECUTOR] = executor
-  return scoped
-}
+// ---------------------------------------------------------------------------------------------
+// The classes.
 
-/** The caller's executor a bound copy runs through; never throws (a hostile `this`). */
-function executorOf(service) {
-  try {
-    return service == null ? undefined : service[EXECUTOR]
-  } catch {
-    return undefined
-  }
-}
+/**
+ * The transaction a native stage's callback runs in: `query(sql, params)` (TypeORM's
+ * `EntityManager.query` signature) and `active`.
+ */
+class TransactionManager {
+  #tx
+  #service
 
-const nativeWorkStage = IdempotencyKeyService.prototype.workStage
-IdempotencyKeyService.prototype.workStage = function workStage(key, callback, options) {
-  if (typeof callback !== 'function') return nativeWorkStage.call(this, key, callback, options)
-  const executor = executorOf(this)
-  // An async wrapper awaits whatever the callback returns, thenables included, as `await`
-  // would; bound mode hands the callback the caller's executor, like Medusa's. The addon calls
-  // it from a thread-safe function, outside any async context (on Node 24's AsyncContextFrame,
-  // AsyncLocalStorage would see nothing there): it runs in the context of this call, as a JS
-  // service's callback would (AsyncResource.bind).
-  if (!stageChannels.some((c) => c.hasSubscribers)) {
-    const run = executor !== undefined ? async () => callback(executor) : async (tx) => callback(tx)
-    return nativeWorkStage.call(this, key, AsyncResource.bind(run), options)
+  constructor(token, tx, service) {
+    if (token !== INTERNAL) throw notConstructible('TransactionManager', 'workStage hands one to its callback')
+    this.#tx = tx
+    this.#service = service
   }
-  const event = { key, tenant: tenantOf(this), recoveryPoint: expectedPoint(options) }
-  let attempts = 0
-  const run = async (tx) => {
-    // A native stage calls back once per attempt: a second call is a retry after 40001/40P01.
-    if (++attempts > 1 && channels.retry.hasSubscribers) channels.retry.publish({ ...event, attempt: attempts })
-    return callback(executor !== undefined ? executor : tx)
-  }
-  // The callback runs on a later turn of the event loop, so `start` still comes first; a call
-  // refused before it starts (a wrong `this`) publishes nothing.
-  if (!(this instanceof IdempotencyKeyService)) return nativeWorkStage.call(this, key, run, options)
-  const pending = nativeWorkStage.call(this, key, AsyncResource.bind(run), options)
-  const started = performance.now()
-  if (channels.stageStart.hasSubscribers) channels.stageStart.publish(event)
-  return pending.then(
-    (updated) => {
-      if (channels.stageEnd.hasSubscribers) {
-        const durationMs = performance.now() - started
-        channels.stageEnd.publish({ ...event, durationMs, attempts, recoveryPoint: updated.recovery_point, from: event.recoveryPoint, finished: updated.recovery_point === 'finished' })
-      }
-      return updated
-    },
-    (e) => {
-      if (channels.stageError.hasSubscribers) {
-        channels.stageError.publish({ ...event, durationMs: performance.now() - started, attempts, error: e, code: field(e, 'code') })
-      }
-      publishConflict('workStage', key, this, e)
-      throw e
-    },
-  )
-}
 
-// IDEMPOTENCY_KEY_LOCKED carries `retryAfter`: whole seconds until the holder's lease can
-// expire (its `locked_at` + lockTimeoutMs, read after the refusal), at least 1 and at most the
-// lease itself; the middleware sends it as `Retry-After`. A bound copy (caller's transaction,
-// perhaps aborted by the refusal) does not read the row: the whole lease.
-const nativeRetrieve = IdempotencyKeyService.prototype.retrieve
-async function withRetryAfter(service, key, e) {
-  if (field(e, 'code') !== 'IDEMPOTENCY_KEY_LOCKED' || e === null || typeof e !== 'object') throw e
-  let leaseMs = 1000
-  try {
-    leaseMs = service.lockTimeoutMs
-  } catch {}
-  const most = Math.max(1, Math.ceil(leaseMs / 1000))
-  let seconds = most
-  if (executorOf(service) === undefined && typeof key === 'string' && key !== '') {
+  static #of(self, name) {
+    if (self !== null && typeof self === 'object' && #tx in self) return self.#tx
+    throw wrongThis('TransactionManager', name)
+  }
+
+  /** The addon's transaction under `tx`, or undefined when `tx` is not one of ours. */
+  static nativeOf(tx) {
+    return tx !== null && typeof tx === 'object' && #tx in tx ? tx.#tx : undefined
+  }
+
+  query(sql, params) {
+    let tx
     try {
-      const row = await nativeRetrieve.call(service, key)
-      if (row.locked_at instanceof Date) seconds = Math.ceil((row.locked_at.getTime() + leaseMs - Date.now()) / 1000)
-    } catch {
-      // Gone or unreadable meanwhile: the whole lease.
+      tx = TransactionManager.#of(this, 'query')
+    } catch (e) {
+      return Promise.reject(e)
+    }
+    if (!tracing.query.hasSubscribers) return tx.query(sql, params)
+    return traceQuery(dbOf(this.#service), sql, () => tx.query(sql, params))
+  }
+
+  get active() {
+    return TransactionManager.#of(this, 'active').active
+  }
+}
+
+class IdempotencyKeyService {
+  #native
+  /** The caller's executor a `withTransaction(executor)` copy hands its stage callbacks. */
+  #executor
+
+  constructor(token, addonService, executor) {
+    if (token !== INTERNAL) throw notConstructible('IdempotencyKeyService', 'use IdempotencyKeyService.connect()')
+    this.#native = addonService
+    this.#executor = executor
+  }
+
+  /** `this`'s addon object; a typed INVALID_ARGUMENT when `this` is not a service. */
+  static #of(self, name) {
+    if (self !== null && typeof self === 'object' && #native in self) return self.#native
+    throw wrongThis('IdempotencyKeyService', name)
+  }
+
+  /** `method(addon)` as a promise: a wrong `this` rejects, as any bad argument does. */
+  static #call(self, name, method) {
+    let addon
+    try {
+      addon = IdempotencyKeyService.#of(self, name)
+    } catch (e) {
+      return Promise.reject(e)
+    }
+    return method(addon)
+  }
+
+  // What completer.js needs beyond the public methods, given to it below (not exported).
+  static {
+    forCompleter = {
+      /** Whether `service` is bound to a caller's executor (a completer runs its own transactions). */
+      isBound: (service) => IdempotencyKeyService.#of(service, 'completer') !== undefined && service.#executor !== undefined,
+      /** `initializeRequest` on the addon: the completer's own claim, not an operation event. */
+      claim: (service, ...args) => IdempotencyKeyService.#call(service, 'initializeRequest', (addon) => addon.initializeRequest(...args)),
+      /**
+       * A stage of the completer's own bookkeeping: not an operation event, but its statements
+       * traced and its callback in the caller's async context, as a user's stage.
+       */
+      bookkeepingStage: (service, key, callback, options) =>
+        IdempotencyKeyService.#call(service, 'workStage', (addon) => addon.workStage(key, typeof callback === 'function' ? AsyncResource.bind(inTransaction(callback, service)) : callback, options)),
     }
   }
-  try {
-    e.retryAfter = Math.min(most, Math.max(1, seconds))
-  } catch {}
-  throw e
-}
-for (const name of ['initializeRequest', 'lock', 'workStage']) {
-  const original = IdempotencyKeyService.prototype[name]
-  IdempotencyKeyService.prototype[name] = function leased(key, ...rest) {
-    return original.call(this, key, ...rest).catch((e) => withRetryAfter(this, key, e))
+
+  static connect(urlOrOptions) {
+    return native.IdempotencyKeyService.connect(urlOrOptions).then((addon) => new IdempotencyKeyService(INTERNAL, addon))
+  }
+
+  static detached(release, options) {
+    return new IdempotencyKeyService(INTERNAL, native.IdempotencyKeyService.detached(release, options))
+  }
+
+  migrate() {
+    return IdempotencyKeyService.#call(this, 'migrate', (addon) => addon.migrate())
+  }
+
+  initializeRequest(headerKey, reqMethod, reqParams, reqPath) {
+    return IdempotencyKeyService.#call(this, 'initializeRequest', (addon) =>
+      traceOperation('initializeRequest', this, addon, () => ({ key: keyArg(headerKey) }), (a) => {
+        let pending = a.initializeRequest(headerKey, reqMethod, reqParams, reqPath)
+        if (channels.replay.hasSubscribers || channels.conflict.hasSubscribers) {
+          pending = pending.then(
+            (key) => {
+              if (key.recovery_point === 'finished' && channels.replay.hasSubscribers) {
+                channels.replay.publish({ key: key.idempotency_key, tenant: tenantOf(this), responseCode: key.response_code })
+              }
+              return key
+            },
+            (e) => {
+              publishConflict('initializeRequest', headerKey, this, e)
+              throw e
+            },
+          )
+        }
+        return pending.catch((e) => this.#withRetryAfter(headerKey, e))
+      }),
+    )
+  }
+
+  create(payload) {
+    return IdempotencyKeyService.#call(this, 'create', (addon) => traceOperation('create', this, addon, () => ({}), (a) => a.create(payload)))
+  }
+
+  retrieve(idempotencyKeyOrSelector) {
+    return IdempotencyKeyService.#call(this, 'retrieve', (addon) =>
+      traceOperation('retrieve', this, addon, () => ({ key: keyArg(idempotencyKeyOrSelector) }), (a) => a.retrieve(idempotencyKeyOrSelector)),
+    )
+  }
+
+  inspect(idempotencyKey) {
+    return IdempotencyKeyService.#call(this, 'inspect', (addon) => addon.inspect(idempotencyKey))
+  }
+
+  lock(idempotencyKey) {
+    return IdempotencyKeyService.#call(this, 'lock', (addon) =>
+      traceOperation('lock', this, addon, () => ({ key: keyArg(idempotencyKey) }), (a) =>
+        observeConflicts('lock', idempotencyKey, this, a.lock(idempotencyKey)).catch((e) => this.#withRetryAfter(idempotencyKey, e)),
+      ),
+    )
+  }
+
+  update(idempotencyKey, update) {
+    return IdempotencyKeyService.#call(this, 'update', (addon) =>
+      traceOperation('update', this, addon, () => ({ key: keyArg(idempotencyKey) }), (a) => a.update(idempotencyKey, update)),
+    )
+  }
+
+  workStage(idempotencyKey, callback, options) {
+    return IdempotencyKeyService.#call(this, 'workStage', (addon) => {
+      // Not a function: the addon refuses it, typed.
+      if (typeof callback !== 'function') return addon.workStage(idempotencyKey, callback, options)
+      const fields = () => ({ key: keyArg(idempotencyKey), recoveryPoint: expectedPoint(options), attempts: 0 })
+      return traceOperation('workStage', this, addon, fields, (a, context) =>
+        this.#stage(a, idempotencyKey, callback, options, context).catch((e) => this.#withRetryAfter(idempotencyKey, e)),
+      )
+    })
+  }
+
+  /**
+   * One stage on `addon`: the callback in this call's async context, handed the caller's
+   * executor (bound mode) or the stage's TransactionManager; the stage events when subscribed.
+   */
+  #stage(addon, key, callback, options, context) {
+    const executor = this.#executor
+    const handed = executor !== undefined ? () => callback(executor) : inTransaction(callback, this)
+    // An async wrapper awaits whatever the callback returns, thenables included, as `await` would.
+    if (!stageChannels.some((c) => c.hasSubscribers)) {
+      const run = context === null ? async (tx) => handed(tx) : async (tx) => (context.attempts++, handed(tx))
+      return addon.workStage(key, AsyncResource.bind(run), options)
+    }
+    const event = { key, tenant: tenantOf(this), recoveryPoint: expectedPoint(options) }
+    let attempts = 0
+    const run = async (tx) => {
+      if (context !== null) context.attempts++
+      // A native stage calls back once per attempt: a second call is a retry after 40001/40P01.
+      if (++attempts > 1 && channels.retry.hasSubscribers) channels.retry.publish({ ...event, attempt: attempts })
+      return handed(tx)
+    }
+    // The callback runs on a later turn of the event loop, so `start` still comes first.
+    const pending = addon.workStage(key, AsyncResource.bind(run), options)
+    const started = performance.now()
+    if (channels.stageStart.hasSubscribers) channels.stageStart.publish(event)
+    return pending.then(
+      (updated) => {
+        if (channels.stageEnd.hasSubscribers) {
+          const durationMs = performance.now() - started
+          channels.stageEnd.publish({ ...event, durationMs, attempts, recoveryPoint: updated.recovery_point, from: event.recoveryPoint, finished: updated.recovery_point === 'finished' })
+        }
+        return updated
+      },
+      (e) => {
+        if (channels.stageError.hasSubscribers) {
+          channels.stageError.publish({ ...event, durationMs: performance.now() - started, attempts, error: e, code: field(e, 'code') })
+        }
+        publishConflict('workStage', key, this, e)
+        throw e
+      },
+    )
+  }
+
+  /**
+   * IDEMPOTENCY_KEY_LOCKED carries `retryAfter`: whole seconds until the holder's lease can
+   * expire (its `locked_at` + lockTimeoutMs, read after the refusal), at least 1 and at most the
+   * lease itself; the middleware sends it as `Retry-After`. A bound copy (caller's transaction,
+   * perhaps aborted by the refusal) does not read the row: the whole lease.
+   */
+  async #withRetryAfter(key, e) {
+    if (field(e, 'code') !== 'IDEMPOTENCY_KEY_LOCKED' || e === null || typeof e !== 'object') throw e
+    const addon = this.#native
+    const leaseMs = addon.lockTimeoutMs
+    const most = Math.max(1, Math.ceil(leaseMs / 1000))
+    let seconds = most
+    if (this.#executor === undefined && typeof key === 'string' && key !== '') {
+      try {
+        const row = await addon.retrieve(key)
+        if (row.locked_at instanceof Date) seconds = Math.ceil((row.locked_at.getTime() + leaseMs - Date.now()) / 1000)
+      } catch {
+        // Gone or unreadable meanwhile: the whole lease.
+      }
+    }
+    try {
+      e.retryAfter = Math.min(most, Math.max(1, seconds))
+    } catch {}
+    throw e
+  }
+
+  withTransaction(manager) {
+    const addon = IdempotencyKeyService.#of(this, 'withTransaction')
+    if (isExecutor(manager)) {
+      // The addon calls the executor from a thread-safe function, outside any async context:
+      // it runs in the one withTransaction() was called in (a request's, inside its transaction).
+      return new IdempotencyKeyService(INTERNAL, addon.bindExecutor(AsyncResource.bind(wrapExecutor(manager))), manager)
+    }
+    if (manager == null) return this
+    const tx = TransactionManager.nativeOf(manager)
+    // Anything else: the addon refuses it, typed.
+    const bound = addon.withTransaction(tx === undefined ? manager : tx)
+    return new IdempotencyKeyService(INTERNAL, bound, this.#executor)
+  }
+
+  bindExecutor(query) {
+    const addon = IdempotencyKeyService.#of(this, 'bindExecutor')
+    return new IdempotencyKeyService(INTERNAL, addon.bindExecutor(query), this.#executor)
+  }
+
+  forTenant(tenant) {
+    const addon = IdempotencyKeyService.#of(this, 'forTenant')
+    // A copy of a bound service stays bound: its stages hand callbacks the same executor.
+    return new IdempotencyKeyService(INTERNAL, addon.forTenant(tenant), this.#executor)
+  }
+
+  withStatementLog(log) {
+    const addon = IdempotencyKeyService.#of(this, 'withStatementLog')
+    return new IdempotencyKeyService(INTERNAL, addon.withStatementLog(log), this.#executor)
+  }
+
+  get tenant() {
+    return IdempotencyKeyService.#of(this, 'tenant').tenant
+  }
+
+  get database() {
+    return IdempotencyKeyService.#of(this, 'database').database
+  }
+
+  get lockTimeoutMs() {
+    return IdempotencyKeyService.#of(this, 'lockTimeoutMs').lockTimeoutMs
+  }
+
+  reap(options) {
+    return IdempotencyKeyService.#call(this, 'reap', (addon) =>
+      traceOperation('reap', this, addon, () => ({}), (a) => {
+        const pending = a.reap(options)
+        if (!channels.reap.hasSubscribers) return pending
+        const started = performance.now()
+        return pending.then((removed) => {
+          channels.reap.publish({ removed, durationMs: performance.now() - started, tenant: tenantOf(this) })
+          return removed
+        })
+      }),
+    )
+  }
+
+  listAbandoned(options) {
+    return IdempotencyKeyService.#call(this, 'listAbandoned', (addon) => traceOperation('listAbandoned', this, addon, () => ({}), (a) => a.listAbandoned(options)))
+  }
+
+  close() {
+    return IdempotencyKeyService.#call(this, 'close', (addon) => addon.close())
+  }
+
+  /** A completer on this service (completer.js). */
+  completer(options) {
+    IdempotencyKeyService.#of(this, 'completer')
+    return new completer.Completer(this, options)
+  }
+
+  /** Mark a claimed key's request accepted by the handler that took it (completer.js). */
+  accept(idempotencyKey, options) {
+    return IdempotencyKeyService.#call(this, 'accept', () => completer.accept(this, idempotencyKey, options))
   }
 }
 
-// The completer (completer.js): `service.completer(options)`, its channels beside the others.
-const completer = require('./completer.js').install(IdempotencyKeyService, { initializeRequest: nativeInitializeRequest, workStage: nativeWorkStage, isBound: (s) => executorOf(s) !== undefined })
-Object.assign(channels, completer.channels)
+/** `callback` handed the stage's TransactionManager (of `service`) for the addon's transaction. */
+function inTransaction(callback, service) {
+  return (tx) => callback(new TransactionManager(INTERNAL, tx, service))
+}
 
-// TracingChannel events for every public operation and for tx.query (tracing.js), around the
-// methods above: a callback is bound to its call's context inside the traced call, so a store
-// a subscriber binds to `start` is what the callback and its statements see.
-const { tracing, install: installTracing } = require('./tracing.js')
-installTracing(IdempotencyKeyService, TransactionManager, {
-  StatementLog: native.StatementLog,
-  recording(service, log) {
-    const copy = service.withStatementLog(log)
-    const executor = executorOf(service)
-    if (executor !== undefined) copy[EXECUTOR] = executor
-    return copy
-  },
-})
+const completer = require('./completer.js').install(forCompleter)
+Object.assign(channels, completer.channels)
 
 // One assignment per export, so Node's CommonJS lexer sees every name and an ES module can
 // import them by name (`import { IdempotencyKeyService } from 'medusa-idempotency-native'`).

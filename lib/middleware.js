@@ -10,6 +10,7 @@
 // tenant-scoped) service, `run(stages)` to walk the work stages and `respond()` to send the
 // stored response, so the first answer and every replay are the same bytes.
 
+const { field, typedError } = require('./errors.js')
 const { RESERVED_PREFIX, targetPath, routeOf, rowsOf, scopedKey, acceptedStage, recordAcceptance, migrationHint } = require('./route.js')
 
 const MINUTE = 60_000
@@ -37,17 +38,9 @@ const CONFLICT_MESSAGE = 'The request conflicted with another request. You may r
 const ABORT_REPORT_MS = MINUTE
 
 function httpError(status, code, message) {
-  return Object.assign(new Error(message), { type: 'invalid_data', code, status, date: new Date() })
+  return typedError('invalid_data', code, message, { status })
 }
 
-/** A field of a thrown value, never throwing (a getter that throws, a revoked proxy). */
-function field(e, name) {
-  try {
-    return e != null && (typeof e === 'object' || typeof e === 'function') ? e[name] : undefined
-  } catch {
-    return undefined
-  }
-}
 
 // RFC 8941 sf-string: DQUOTE *( %x20-21 / %x23-5B / %x5D-7E / "\" ( DQUOTE / "\" ) ) DQUOTE,
 // optionally followed by parameters (an Item may carry them; unknown ones are ignored).
@@ -106,7 +99,7 @@ function sendStoredResponse(res, key, replayed = false) {
   const code = key.response_code
   if (code != null && !(Number.isInteger(code) && code >= 100 && code <= 999)) {
     // Stored by a stage, but no HTTP status: node would throw on it. Answer, do not hang.
-    const err = Object.assign(new Error(`the key's stored response_code ${code} is not an HTTP status`), { type: 'unexpected_state', code: 'INVALID_RESPONSE_CODE' })
+    const err = typedError('unexpected_state', 'INVALID_RESPONSE_CODE', `the key's stored response_code ${code} is not an HTTP status`)
     writeJson(res, 500, errorBody(err))
     return
   }

@@ -22,6 +22,7 @@
 
 const { AsyncLocalStorage } = require('node:async_hooks')
 const { performance } = require('node:perf_hooks')
+const { field } = require('./errors.js')
 const { tracing } = require('./tracing.js')
 const { channels } = require('./index.js')
 
@@ -44,13 +45,6 @@ function loadApi() {
   }
 }
 
-function field(e, name) {
-  try {
-    return e != null && (typeof e === 'object' || typeof e === 'function') ? e[name] : undefined
-  } catch {
-    return undefined
-  }
-}
 
 /** `error.type`: the error's code when it has one (a SQLSTATE, IDEMPOTENCY_KEY_LOCKED…), else its class. */
 function errorType(e) {

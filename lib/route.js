@@ -8,6 +8,7 @@
 // parameters, so the completer selects keys by route in SQL and never re-parses a stored path.
 // The row is written in the same transaction as the first stage the handler runs, or by an
 // explicit `accept()` that commits on its own (when the first stage is not the right marker).
+const { invalid, typedError } = require('./errors.js')
 
 /** Keys the middleware refuses from clients: the completer's own row lives under this prefix. */
 const RESERVED_PREFIX = 'medusa-idempotency-native:'
@@ -17,9 +18,6 @@ const ACCEPT_SQL = `INSERT INTO idempotency_key_accepted (key_id, idempotency_ke
 
 const ROUTE = /^([A-Za-z]+) (\/\S*)$/
 
-function invalid(message) {
-  return Object.assign(new Error(message), { type: 'invalid_data', code: 'INVALID_ARGUMENT', date: new Date() })
-}
 
 /** `"post /a/:id"` → `{ method: 'POST', path: '/a/:id', name: 'POST /a/:id' }`, or null if malformed. */
 function parseRouteName(name) {
@@ -149,7 +147,7 @@ function migrationHint(e) {
     return e
   }
   if (code === '42P01' || /no such table: idempotency_key_accepted/.test(message)) {
-    return Object.assign(new Error('the idempotency_key_accepted table is missing; run service.migrate()'), { type: 'database_error', code, cause: e, date: new Date() })
+    return typedError('database_error', code, 'the idempotency_key_accepted table is missing; run service.migrate()', { cause: e })
   }
   return e
 }

@@ -40,6 +40,7 @@
 // runs in the context of the call that started it.
 
 const dc = require('node:diagnostics_channel')
+const { StatementLog } = require('./binding.js')
 
 const OPERATIONS = ['initializeRequest', 'workStage', 'retrieve', 'lock', 'update', 'create', 'reap', 'listAbandoned']
 const tracing = {}
@@ -98,9 +99,6 @@ function keyArg(v) {
   return typeof v === 'string' ? v : null
 }
 
-/** The transaction manager each native stage hands its callback → its service's database. */
-const txDb = new WeakMap()
-
 /** Publish what a StatementLog recorded, on the `query` channel, in the caller's context. */
 function publishStatements(log, db) {
   let records
@@ -136,112 +134,56 @@ function throwIt(e) {
 }
 
 /**
- * `install(IdempotencyKeyService, TransactionManager, { StatementLog, recording })`:
- * `recording(service, log)` is a copy of `service` (as the façade sees it) whose calls record
- * the service's own statements in `log`.
+ * Run `run(native)`, `native` being the service's addon object, with the service's own
+ * statements recorded (on a copy made by `withStatementLog`) and published when it settles.
  */
-function install(IdempotencyKeyService, TransactionManager, { StatementLog, recording }) {
-  const proto = IdempotencyKeyService.prototype
-
-  /**
-   * `method`, run on a copy that records the service's own statements, which are published
-   * when it settles, before its result is passed on. Only when the `query` channel has a
-   * subscriber; otherwise `method` itself.
-   */
-  function withStatements(method, db) {
-    if (!tracing.query.hasSubscribers) return method
-    return function recorded(...args) {
-      const log = new StatementLog()
-      let copy
-      try {
-        copy = recording(this, log)
-      } catch {
-        // Not a service (a wrong `this`): the method refuses it, typed.
-        return method.apply(this, args)
-      }
-      return method.apply(copy, args).then(
-        (value) => {
-          publishStatements(log, db)
-          return value
-        },
-        (e) => {
-          publishStatements(log, db)
-          throw e
-        },
-      )
-    }
-  }
-
-  /** `proto[op]` published on its TracingChannel; `describe(args)` adds the call's own fields. */
-  function trace(op, describe) {
-    const channel = tracing[op]
-    const original = proto[op]
-    proto[op] = function traced(...args) {
-      if (!channel.hasSubscribers && !tracing.query.hasSubscribers) return original.apply(this, args)
-      const db = dbOf(this)
-      const method = withStatements(original, db)
-      if (!channel.hasSubscribers) return method.apply(this, args)
-      const context = { operation: op, ...db, tenant: tenantOf(this), ...describe(args) }
-      return channel.tracePromise(method, context, this, ...args)
-    }
-  }
-  const byKey = (args) => ({ key: keyArg(args[0]) })
-  trace('initializeRequest', byKey)
-  trace('retrieve', byKey)
-  trace('lock', byKey)
-  trace('update', byKey)
-  trace('create', () => ({}))
-  trace('reap', () => ({}))
-  trace('listAbandoned', () => ({}))
-
-  // workStage: the context counts the callback's runs, and its statements find their database.
-  const workStage = proto.workStage
-  proto.workStage = function traced(key, callback, options) {
-    if (typeof callback !== 'function' || (!tracing.workStage.hasSubscribers && !tracing.query.hasSubscribers)) {
-      return workStage.call(this, key, callback, options)
-    }
-    const db = dbOf(this)
-    const method = withStatements(workStage, db)
-    if (!tracing.workStage.hasSubscribers) return method.call(this, key, withDb(callback, db), options)
-    let recoveryPoint
-    try {
-      recoveryPoint = typeof options?.recoveryPoint === 'string' ? options.recoveryPoint : undefined
-    } catch {
-      recoveryPoint = undefined
-    }
-    const context = { operation: 'workStage', ...db, tenant: tenantOf(this), key: keyArg(key), recoveryPoint, attempts: 0 }
-    const counted = (tx) => {
-      context.attempts++
-      return callback(tx)
-    }
-    return tracing.workStage.tracePromise(method, context, this, key, withDb(counted, db), options)
-  }
-
-  function withDb(callback, db) {
-    return (tx) => {
-      if (tx instanceof TransactionManager) txDb.set(tx, db)
-      return callback(tx)
-    }
-  }
-
-  // tx.query: the statement the callback passed, its duration (the subscriber's clock), the
-  // rows it returned, the code of its rejection.
-  const query = TransactionManager.prototype.query
-  TransactionManager.prototype.query = function traced(...args) {
-    if (!tracing.query.hasSubscribers) return query.apply(this, args)
-    const sql = args[0]
-    const context = { operation: 'query', ...(txDb.get(this) ?? NO_DB), query: typeof sql === 'string' ? sql : null, rowCount: null }
-    return tracing.query.tracePromise(
-      function run() {
-        return query.apply(this, args).then((rows) => {
-          context.rowCount = Array.isArray(rows) ? rows.length : null
-          return rows
-        })
-      },
-      context,
-      this,
-    )
-  }
+function recorded(native, run, db) {
+  const log = new StatementLog()
+  return run(native.withStatementLog(log)).then(
+    (value) => {
+      publishStatements(log, db)
+      return value
+    },
+    (e) => {
+      publishStatements(log, db)
+      throw e
+    },
+  )
 }
 
-module.exports = { install, tracing, describeUrl, dbOf, OPERATIONS }
+/**
+ * One call of operation `op` of `service` (the façade; `native` its addon object): published on
+ * the operation's TracingChannel when it has a subscriber (`fields()` adds the call's own
+ * context fields), and with the service's own statements published on `query` when that has
+ * one. `run(native, context)` starts the call; `context` is null when nothing is published.
+ * With no subscriber anywhere, it is `run(native, null)` and nothing else.
+ */
+function traceOperation(op, service, native, fields, run) {
+  const channel = tracing[op]
+  const statements = tracing.query.hasSubscribers
+  if (!channel.hasSubscribers && !statements) return run(native, null)
+  const db = dbOf(service)
+  if (!channel.hasSubscribers) return recorded(native, (n) => run(n, null), db)
+  const context = { operation: op, ...db, tenant: tenantOf(service), ...fields() }
+  const call = statements ? () => recorded(native, (n) => run(n, context), db) : () => run(native, context)
+  return channel.tracePromise(call, context)
+}
+
+/**
+ * One statement a stage's callback sends through `tx.query`: `run()` sends it. `db` is the
+ * stage's service's database; the context records the rows it returned.
+ */
+function traceQuery(db, sql, run) {
+  if (!tracing.query.hasSubscribers) return run()
+  const context = { operation: 'query', ...db, query: typeof sql === 'string' ? sql : null, rowCount: null }
+  return tracing.query.tracePromise(
+    () =>
+      run().then((rows) => {
+        context.rowCount = Array.isArray(rows) ? rows.length : null
+        return rows
+      }),
+    context,
+  )
+}
+
+module.exports = { traceOperation, traceQuery, tracing, describeUrl, dbOf, tenantOf, keyArg, OPERATIONS }
