@@ -437,13 +437,9 @@ impl IdempotencyKeyService {
     ts_return_type = "{ system: 'postgresql' | 'sqlite', url?: string }"
   )]
   pub fn database(&self) -> DatabaseInfo {
-    let system = match self.core.backend_name() {
-      "sqlite" => "sqlite",
-      _ => "postgresql",
-    };
     let url = &self.core.options().url;
     DatabaseInfo {
-      system: system.to_owned(),
+      system: self.core.system().to_owned(),
       url: (!url.is_empty()).then(|| redact_url(url)),
     }
   }
@@ -472,14 +468,10 @@ impl IdempotencyKeyService {
         &Error::InvalidArgument("query must be a function".into()),
       ));
     }
-    if self.core.backend_name() == "sqlite" {
-      // A caller's executor speaks PostgreSQL; on SQLite bind to a native stage handle instead.
-      let why =
-        "withTransaction(executor) needs a PostgreSQL service; on SQLite pass a TransactionManager";
-      return Err(throw(env, &Error::InvalidArgument(why.into())));
-    }
     // SAFETY: `query` is this call's argument, checked to be a function, on the JS thread.
     let ex = unsafe { JsExecutor::from_function(e, query.raw())? };
+    // Refused by a backend whose SQL a caller's executor does not run (SQLite).
+    self.core.check_bind(&ex).map_err(|err| throw(env, &err))?;
     service_to_js(env, self.core.clone(), Some(Bound::Exec(ex)))
   }
 

@@ -18,11 +18,11 @@ mod sqlite;
 pub mod stage;
 pub mod value;
 
+pub use backend::SharedExec;
 pub use error::{Error, Kind, Result};
 pub use migrations::{MIGRATIONS_POSTGRES, MIGRATIONS_SQLITE};
 pub use model::{Fingerprint, IdempotencyKey, KeyUpdate, StageResult, UpdateValue, FINISHED};
 pub use options::{Isolation, Options, Ssl};
-pub use pg::SharedExec;
 pub use service::{Service, StageError, Target};
 pub use stage::StageTx;
 pub use value::{iso_string, Cell, Param, QueryResult};
