@@ -10,7 +10,9 @@ use crate::options::{
 };
 use crate::reply::{args, convert, reject, spawn, IntoJs, Raw, RawValue, Reply};
 use crate::statements::StatementLog;
-use crate::transaction::{settle, stage_reply, BoundCallback, StageCallback, TransactionManager};
+use crate::transaction::{
+  callback_outcome, stage_reply, ExecutorCallback, StageCallback, TransactionManager,
+};
 use idempotency_core::{
   observe, Error, IdempotencyKey, KeyUpdate, Options, Service, StageTx, Target,
 };
@@ -56,25 +58,25 @@ pub struct IdempotencyKeyObject {
 #[napi]
 pub struct IdempotencyKeyService {
   core: Arc<Service>,
-  bound: Option<Bound>,
+  bound: Option<CallerTx>,
   /// Where this copy's calls record their statements (`withStatementLog`), if anywhere.
   log: Option<observe::StatementLog>,
 }
 
 /// The caller's transaction a service copy is bound to.
 #[derive(Clone)]
-enum Bound {
+enum CallerTx {
   /// One of our stage handles (`withTransaction(tx)` inside a native stage).
   Tx(StageTx),
   /// A caller's executor: TypeORM `EntityManager`, node-postgres client…
   Exec(JsExecutor),
 }
 
-fn target(bound: &Option<Bound>) -> Target<'_> {
+fn target(bound: &Option<CallerTx>) -> Target<'_> {
   match bound {
     None => Target::Pool,
-    Some(Bound::Tx(tx)) => Target::Tx(tx),
-    Some(Bound::Exec(ex)) => Target::Exec(ex),
+    Some(CallerTx::Tx(tx)) => Target::Tx(tx),
+    Some(CallerTx::Exec(ex)) => Target::Exec(ex),
   }
 }
 
@@ -89,7 +91,7 @@ impl IdempotencyKeyService {
   fn run<'env, T, F>(
     &self,
     env: &'env Env,
-    call: impl FnOnce(Arc<Service>, Option<Bound>) -> F,
+    call: impl FnOnce(Arc<Service>, Option<CallerTx>) -> F,
   ) -> Result<PromiseRaw<'env, Reply<T>>>
   where
     T: IntoJs + Send + 'static,
@@ -109,7 +111,7 @@ async fn recorded<F: Future>(log: Option<observe::StatementLog>, f: F) -> F::Out
 }
 
 /// A new service object for a sync method to return.
-fn service_to_js(env: &Env, core: Arc<Service>, bound: Option<Bound>) -> Result<RawValue> {
+fn service_to_js(env: &Env, core: Arc<Service>, bound: Option<CallerTx>) -> Result<RawValue> {
   let service = IdempotencyKeyService {
     core,
     bound,
@@ -331,14 +333,14 @@ impl IdempotencyKeyService {
       ))
     });
     let (core, bound) = (self.core.clone(), self.bound.clone());
-    if let Some(Bound::Exec(ex)) = bound {
+    if let Some(CallerTx::Exec(ex)) = bound {
       // Bound to a caller's executor: index.js hands the callback that executor itself.
       // SAFETY: `callback` is this call's argument, checked to be a function, on the JS thread.
-      let tsfn: BoundCallback = unsafe { BoundCallback::from_napi_value(e, callback.raw())? };
+      let tsfn: ExecutorCallback = unsafe { ExecutorCallback::from_napi_value(e, callback.raw())? };
       let stage = async move {
         let result = core
           .work_stage_bound(&ex, &key, expected.as_deref(), || async {
-            settle(tsfn.call_async_catch(()).await).await
+            callback_outcome(tsfn.call_async_catch(()).await).await
           })
           .await;
         stage_reply(result)
@@ -351,7 +353,7 @@ impl IdempotencyKeyService {
       let tsfn = &tsfn;
       let result = core
         .work_stage(target(&bound), &key, expected.as_deref(), |tx| async move {
-          settle(tsfn.call_async_catch(TransactionManager { tx }).await).await
+          callback_outcome(tsfn.call_async_catch(TransactionManager { tx }).await).await
         })
         .await;
       stage_reply(result)
@@ -383,7 +385,7 @@ impl IdempotencyKeyService {
       }
       _ => return Ok(RawValue(this.object.raw())),
     };
-    service_to_js(env, self.core.clone(), Some(Bound::Tx(tm.tx.clone())))
+    service_to_js(env, self.core.clone(), Some(CallerTx::Tx(tm.tx.clone())))
   }
 
   /// A copy of the service that sees only `tenant`'s keys (a customer, an API client): the
@@ -472,7 +474,7 @@ impl IdempotencyKeyService {
     let ex = unsafe { JsExecutor::from_function(e, query.raw())? };
     // Refused by a backend whose SQL a caller's executor does not run (SQLite).
     self.core.check_bind(&ex).map_err(|err| throw(env, &err))?;
-    service_to_js(env, self.core.clone(), Some(Bound::Exec(ex)))
+    service_to_js(env, self.core.clone(), Some(CallerTx::Exec(ex)))
   }
 
   /// A service with no pool of its own, for the Medusa container class: every call is bound

@@ -125,7 +125,7 @@ pub(crate) trait Conn: Send {
   ) -> BoxFuture<'a, Result<Vec<IdempotencyKey>>>;
 
   /// A statement without parameters or rows (the savepoints of nested stages).
-  fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>>;
+  fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>>;
 }
 
 /// A stage transaction of ours, open on one connection.

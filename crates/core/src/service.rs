@@ -547,7 +547,7 @@ impl Service {
   {
     let run = async {
       let outcome = callback(stx.clone()).await;
-      let running = stx.settle().await;
+      let running = stx.await_queries().await;
       match outcome {
         Ok(_) if running > 0 => Err(StageError::Core(Error::QueryNotAwaited)),
         other => other,
@@ -595,14 +595,14 @@ impl Service {
       let conn = held.conn();
       parent
         .until_closed(async {
-          conn.plain(SAVEPOINT).await?;
+          conn.execute(SAVEPOINT).await?;
           let locked = conn
             .lock_row(key)
             .await
             .map_err(|e| self.busy_is_locked(key, e))
             .and_then(|k| check_expected(k, self.client_key(key), expected));
           if locked.is_err() {
-            let _ = conn.plain(ROLLBACK_TO).await;
+            let _ = conn.execute(ROLLBACK_TO).await;
           }
           locked
         })
@@ -617,7 +617,7 @@ impl Service {
         parent
           .until_closed(async {
             let updated = conn.apply(&locked.id, r).await?;
-            conn.plain(RELEASE).await?;
+            conn.execute(RELEASE).await?;
             Ok(updated)
           })
           .await
@@ -629,7 +629,7 @@ impl Service {
     };
     if result.is_err() {
       if let Ok(mut held) = self.acquire(Target::Tx(parent)).await {
-        let _ = parent.until_closed(held.conn().plain(ROLLBACK_TO)).await;
+        let _ = parent.until_closed(held.conn().execute(ROLLBACK_TO)).await;
       }
       parent.set_failure(before);
       tokio::spawn(self.backend.release(key.to_owned()));

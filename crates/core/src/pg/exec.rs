@@ -16,7 +16,7 @@ pub(crate) trait Exec: Send {
   ) -> BoxFuture<'a, Result<QueryResult>>;
 
   /// A statement without parameters or rows (savepoints).
-  fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
+  fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
     let run = self.query(sql, Vec::new());
     Box::pin(async move { run.await.map(|_| ()) })
   }

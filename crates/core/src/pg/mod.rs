@@ -83,7 +83,7 @@ impl Backend for PgBackend {
       let rows = lease
         .begin_and_lock(begin_sql(isolation), &sql::lock_row_sql(), key)
         .await?;
-      match sql::first(rows) {
+      match sql::first_key(rows) {
         Ok(found) => Ok((Box::new(PgConn(lease)) as Box<dyn Transaction>, found)),
         Err(e) => {
           lease.rollback().await;
