@@ -116,7 +116,8 @@ const HELD = new Set(['IDEMPOTENCY_KEY_LOCKED', 'DATABASE_BUSY'])
  * Waits before retrying the failure record of an attempt refused with IDEMPOTENCY_KEY_LOCKED: the
  * failed stage released the key's lease, so the client or another completer may hold its row for
  * a moment. The refusal comes before the callback, so a retry is safe. (A stage of a key the
- * completer holds is not retried: a refused claim no longer locks the row, see pgsql.rs.)
+ * completer holds is not retried: a refused claim no longer locks the row, see `initialize` in
+ * crates/core/src/pg/sql.rs.)
  */
 const LOCKED_RETRY_MS = [5, 10, 20, 40, 80]
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))

@@ -21,7 +21,7 @@ fn invalid(msg: impl Into<String>) -> Error {
 }
 
 /// Turn a failed N-API call into `invalid_data`, clearing any exception it left pending.
-unsafe fn ok(env: Env_, status: sys::napi_status, what: &str) -> JsResult<()> {
+unsafe fn check_status(env: Env_, status: sys::napi_status, what: &str) -> JsResult<()> {
   if status == sys::Status::napi_ok {
     return Ok(());
   }
@@ -58,14 +58,14 @@ pub(crate) unsafe fn get_string(env: Env_, v: Raw, what: &str) -> JsResult<Strin
     return Err(invalid(format!("{what} must be a string")));
   }
   let mut len = 0usize;
-  ok(
+  check_status(
     env,
     sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len),
     what,
   )?;
   let mut buf = vec![0u8; len + 1];
   let mut written = 0usize;
-  ok(
+  check_status(
     env,
     sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), len + 1, &mut written),
     what,
@@ -121,14 +121,14 @@ unsafe fn date_ms(env: Env_, v: Raw) -> f64 {
 
 unsafe fn bigint_string(env: Env_, v: Raw) -> JsResult<String> {
   let mut s = ptr::null_mut();
-  ok(env, sys::napi_coerce_to_string(env, v, &mut s), "BigInt")?;
+  check_status(env, sys::napi_coerce_to_string(env, v, &mut s), "BigInt")?;
   get_string(env, s, "BigInt")
 }
 
 pub(crate) unsafe fn get_property(env: Env_, obj: Raw, name: &str, what: &str) -> JsResult<Raw> {
   let mut out = ptr::null_mut();
   let key = std::ffi::CString::new(name).map_err(|_| invalid("bad property name"))?;
-  ok(
+  check_status(
     env,
     sys::napi_get_named_property(env, obj, key.as_ptr(), &mut out),
     what,
@@ -139,7 +139,7 @@ pub(crate) unsafe fn get_property(env: Env_, obj: Raw, name: &str, what: &str) -
 /// Own enumerable string keys, like `Object.keys`.
 pub(crate) unsafe fn own_keys(env: Env_, obj: Raw, what: &str) -> JsResult<Vec<(String, Raw)>> {
   let mut names = ptr::null_mut();
-  ok(
+  check_status(
     env,
     sys::napi_get_all_property_names(
       env,
@@ -152,13 +152,13 @@ pub(crate) unsafe fn own_keys(env: Env_, obj: Raw, what: &str) -> JsResult<Vec<(
     what,
   )?;
   let mut len = 0u32;
-  ok(env, sys::napi_get_array_length(env, names, &mut len), what)?;
+  check_status(env, sys::napi_get_array_length(env, names, &mut len), what)?;
   let mut out = Vec::with_capacity(len as usize);
   for i in 0..len {
     let mut k = ptr::null_mut();
-    ok(env, sys::napi_get_element(env, names, i, &mut k), what)?;
+    check_status(env, sys::napi_get_element(env, names, i, &mut k), what)?;
     let mut val = ptr::null_mut();
-    ok(env, sys::napi_get_property(env, obj, k, &mut val), what)?;
+    check_status(env, sys::napi_get_property(env, obj, k, &mut val), what)?;
     out.push((get_string(env, k, what)?, val));
   }
   Ok(out)
@@ -174,7 +174,7 @@ pub(crate) unsafe fn array_items(env: Env_, arr: Raw, what: &str) -> JsResult<Ve
     return Err(invalid(format!("{what} must be an array")));
   }
   let mut len = 0u32;
-  ok(env, sys::napi_get_array_length(env, arr, &mut len), what)?;
+  check_status(env, sys::napi_get_array_length(env, arr, &mut len), what)?;
   if len > MAX_ARRAY {
     return Err(invalid(format!(
       "{what} has more than {MAX_ARRAY} elements"
@@ -183,7 +183,7 @@ pub(crate) unsafe fn array_items(env: Env_, arr: Raw, what: &str) -> JsResult<Ve
   let mut out = Vec::with_capacity(len as usize);
   for i in 0..len {
     let mut v = ptr::null_mut();
-    ok(env, sys::napi_get_element(env, arr, i, &mut v), what)?;
+    check_status(env, sys::napi_get_element(env, arr, i, &mut v), what)?;
     out.push(v);
   }
   Ok(out)

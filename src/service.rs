@@ -10,7 +10,9 @@ use crate::options::{
 };
 use crate::reply::{args, convert, reject, spawn, IntoJs, Raw, RawValue, Reply};
 use crate::statements::StatementLog;
-use crate::transaction::{settle, stage_reply, BoundCallback, StageCallback, TransactionManager};
+use crate::transaction::{
+  callback_outcome, stage_reply, ExecutorCallback, StageCallback, TransactionManager,
+};
 use idempotency_core::{
   observe, Error, IdempotencyKey, KeyRecords, KeyUpdate, Options, Service, StageTx, Target,
 };
@@ -95,25 +97,25 @@ pub struct KeyInspection {
 #[napi]
 pub struct IdempotencyKeyService {
   core: Arc<Service>,
-  bound: Option<Bound>,
+  bound: Option<CallerTx>,
   /// Where this copy's calls record their statements (`withStatementLog`), if anywhere.
   log: Option<observe::StatementLog>,
 }
 
 /// The caller's transaction a service copy is bound to.
 #[derive(Clone)]
-enum Bound {
+enum CallerTx {
   /// One of our stage handles (`withTransaction(tx)` inside a native stage).
   Tx(StageTx),
   /// A caller's executor: TypeORM `EntityManager`, node-postgres client…
   Exec(JsExecutor),
 }
 
-fn target(bound: &Option<Bound>) -> Target<'_> {
+fn target(bound: &Option<CallerTx>) -> Target<'_> {
   match bound {
     None => Target::Pool,
-    Some(Bound::Tx(tx)) => Target::Tx(tx),
-    Some(Bound::Exec(ex)) => Target::Exec(ex),
+    Some(CallerTx::Tx(tx)) => Target::Tx(tx),
+    Some(CallerTx::Exec(ex)) => Target::Exec(ex),
   }
 }
 
@@ -128,7 +130,7 @@ impl IdempotencyKeyService {
   fn run<'env, T, F>(
     &self,
     env: &'env Env,
-    call: impl FnOnce(Arc<Service>, Option<Bound>) -> F,
+    call: impl FnOnce(Arc<Service>, Option<CallerTx>) -> F,
   ) -> Result<PromiseRaw<'env, Reply<T>>>
   where
     T: IntoJs + Send + 'static,
@@ -148,7 +150,7 @@ async fn recorded<F: Future>(log: Option<observe::StatementLog>, f: F) -> F::Out
 }
 
 /// A new service object for a sync method to return.
-fn service_to_js(env: &Env, core: Arc<Service>, bound: Option<Bound>) -> Result<RawValue> {
+fn service_to_js(env: &Env, core: Arc<Service>, bound: Option<CallerTx>) -> Result<RawValue> {
   let service = IdempotencyKeyService {
     core,
     bound,
@@ -389,14 +391,14 @@ impl IdempotencyKeyService {
       ))
     });
     let (core, bound) = (self.core.clone(), self.bound.clone());
-    if let Some(Bound::Exec(ex)) = bound {
+    if let Some(CallerTx::Exec(ex)) = bound {
       // Bound to a caller's executor: index.js hands the callback that executor itself.
       // SAFETY: `callback` is this call's argument, checked to be a function, on the JS thread.
-      let tsfn: BoundCallback = unsafe { BoundCallback::from_napi_value(e, callback.raw())? };
+      let tsfn: ExecutorCallback = unsafe { ExecutorCallback::from_napi_value(e, callback.raw())? };
       let stage = async move {
         let result = core
           .work_stage_bound(&ex, &key, expected.as_deref(), || async {
-            settle(tsfn.call_async_catch(()).await).await
+            callback_outcome(tsfn.call_async_catch(()).await).await
           })
           .await;
         stage_reply(result)
@@ -409,7 +411,7 @@ impl IdempotencyKeyService {
       let tsfn = &tsfn;
       let result = core
         .work_stage(target(&bound), &key, expected.as_deref(), |tx| async move {
-          settle(tsfn.call_async_catch(TransactionManager { tx }).await).await
+          callback_outcome(tsfn.call_async_catch(TransactionManager { tx }).await).await
         })
         .await;
       stage_reply(result)
@@ -441,7 +443,7 @@ impl IdempotencyKeyService {
       }
       _ => return Ok(RawValue(this.object.raw())),
     };
-    service_to_js(env, self.core.clone(), Some(Bound::Tx(tm.tx.clone())))
+    service_to_js(env, self.core.clone(), Some(CallerTx::Tx(tm.tx.clone())))
   }
 
   /// A copy of the service that sees only `tenant`'s keys (a customer, an API client): the
@@ -495,13 +497,9 @@ impl IdempotencyKeyService {
     ts_return_type = "{ system: 'postgresql' | 'sqlite', url?: string }"
   )]
   pub fn database(&self) -> DatabaseInfo {
-    let system = match self.core.backend_name() {
-      "sqlite" => "sqlite",
-      _ => "postgresql",
-    };
     let url = &self.core.options().url;
     DatabaseInfo {
-      system: system.to_owned(),
+      system: self.core.system().to_owned(),
       url: (!url.is_empty()).then(|| redact_url(url)),
     }
   }
@@ -530,15 +528,11 @@ impl IdempotencyKeyService {
         &Error::InvalidArgument("query must be a function".into()),
       ));
     }
-    if self.core.backend_name() == "sqlite" {
-      // A caller's executor speaks PostgreSQL; on SQLite bind to a native stage handle instead.
-      let why =
-        "withTransaction(executor) needs a PostgreSQL service; on SQLite pass a TransactionManager";
-      return Err(throw(env, &Error::InvalidArgument(why.into())));
-    }
     // SAFETY: `query` is this call's argument, checked to be a function, on the JS thread.
     let ex = unsafe { JsExecutor::from_function(e, query.raw())? };
-    service_to_js(env, self.core.clone(), Some(Bound::Exec(ex)))
+    // Refused by a backend whose SQL a caller's executor does not run (SQLite).
+    self.core.check_bind(&ex).map_err(|err| throw(env, &err))?;
+    service_to_js(env, self.core.clone(), Some(CallerTx::Exec(ex)))
   }
 
   /// A service with no pool of its own, for the Medusa container class: every call is bound

@@ -144,10 +144,11 @@ pub(crate) type StageCallback =
   ThreadsafeFunction<TransactionManager, Returned, TransactionManager, Status, false>;
 
 /// A stage callback of a service bound to a caller's executor: called with no handle of ours.
-pub(crate) type BoundCallback = ThreadsafeFunction<(), Returned, (), Status, false>;
+pub(crate) type ExecutorCallback = ThreadsafeFunction<(), Returned, (), Status, false>;
 
-/// Await what the callback returned (a promise or a plain value).
-pub(crate) async fn settle(
+/// The stage callback's outcome: what it returned (a promise, awaited, or a plain value) as a
+/// stage result, or what it threw.
+pub(crate) async fn callback_outcome(
   called: Result<Returned>,
 ) -> std::result::Result<StageResult, StageError<napi::Error>> {
   let settled = match called {

@@ -1,7 +1,8 @@
 //! The one boundary between the orchestrator (`service`) and a database: what the service
-//! needs from a backend, declared here and implemented by `pg` and `sqlite` (and by `pg`'s
-//! bound connection over a caller's executor). The service never asks which backend it has;
-//! a backend never sees the service.
+//! needs from a backend, declared here and implemented by `pg` and `sqlite`, including bound
+//! mode (a backend's connection over a caller's executor, `Backend::bind`). The service never
+//! asks which backend it has: what differs is what a backend does or reports through these
+//! traits; a backend never sees the service.
 //!
 //! The traits are object-safe (`dyn`, futures boxed): the service holds `Arc<dyn Backend>`, so
 //! the binding has one service type whatever the URL said. A boxed future per operation costs
@@ -18,13 +19,26 @@ use futures_util::future::BoxFuture;
 /// A stage transaction just begun, and the key's row as it read it (`None`: no such key).
 pub(crate) type Begun = (Box<dyn Transaction>, Option<IdempotencyKey>);
 
+/// A caller's executor (bound mode: a TypeORM `EntityManager`, a node-postgres client), which
+/// runs PostgreSQL's SQL, shared: `query` may be called concurrently (the binding serialises
+/// nothing; the caller's executor does what it does).
+pub trait SharedExec: Send + Sync {
+  fn query(&self, sql: String, params: Vec<Param>) -> BoxFuture<'static, Result<QueryResult>>;
+}
+
 /// A database the service runs on: its connections, its stage transactions, its schema.
 pub(crate) trait Backend: Send + Sync {
-  /// "postgres" or "sqlite".
-  fn name(&self) -> &'static str;
+  /// What the database is, as OpenTelemetry's `db.system.name` names it: "postgresql" or
+  /// "sqlite".
+  fn system(&self) -> &'static str;
 
   /// A connection for one operation outside any transaction of ours (autocommit).
   fn acquire(&self) -> BoxFuture<'_, Result<Box<dyn Conn + '_>>>;
+
+  /// Bound mode: a connection whose statements run through `ex`, a caller's executor, inside
+  /// the caller's transaction. A backend whose SQL a caller's executor does not run refuses
+  /// (`Error::InvalidArgument`, saying what to bind to instead) without calling `ex`.
+  fn bind<'a>(&'a self, ex: &'a dyn SharedExec) -> Result<Box<dyn Conn + 'a>>;
 
   /// Open a stage transaction with `key`'s row claimed for this stage, and read the row (`None`
   /// when there is no such key). A row another stage holds is `Error::row_locked()`. On an
@@ -117,7 +131,7 @@ pub(crate) trait Conn: Send {
   fn records<'a>(&'a mut self, key_id: &'a str) -> BoxFuture<'a, Result<KeyRecords>>;
 
   /// A statement without parameters or rows (the savepoints of nested stages).
-  fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>>;
+  fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>>;
 }
 
 /// A stage transaction of ours, open on one connection.

@@ -18,6 +18,7 @@ mod sqlite;
 pub mod stage;
 pub mod value;
 
+pub use backend::SharedExec;
 pub use error::{Error, Kind, Result};
 pub use migrations::{MIGRATIONS_POSTGRES, MIGRATIONS_SQLITE};
 pub use model::{
@@ -25,7 +26,6 @@ pub use model::{
   UpdateValue, FINISHED,
 };
 pub use options::{Isolation, Options, Ssl};
-pub use pg::SharedExec;
 pub use service::{Service, StageError, Target};
 pub use stage::StageTx;
 pub use value::{iso_string, Cell, Param, QueryResult};

@@ -4,14 +4,14 @@
 //! which connection runs what, owns stage transactions, retries, leases and tenants; the
 //! statements live with each backend.
 
-use crate::backend::{Backend, Conn, Transaction};
+use crate::backend::{Backend, Conn, SharedExec, Transaction};
 use crate::error::{Error, Result};
 use crate::model::{
   column_cast, validate_key, Claim, Fingerprint, IdempotencyKey, KeyRecords, KeyUpdate,
   StageResult, UpdateValue, COLUMNS, FINISHED,
 };
 use crate::options::Options;
-use crate::pg::{self, PgBackend, PgConn, Shared, SharedExec};
+use crate::pg::{Detached, PgBackend};
 use crate::sqlite::LiteBackend;
 use crate::stage::StageTx;
 use serde_json::Value;
@@ -101,7 +101,7 @@ impl Service {
   pub fn detached(opts: Options, release: Arc<dyn SharedExec>) -> Self {
     Service {
       tenant: None,
-      backend: Arc::new(pg::Detached(release)),
+      backend: Arc::new(Detached(release)),
       opts,
     }
   }
@@ -179,9 +179,16 @@ impl Service {
     &self.opts
   }
 
-  /// "postgres" or "sqlite".
-  pub fn backend_name(&self) -> &'static str {
-    self.backend.name()
+  /// What the database is, as OpenTelemetry's `db.system.name` names it: "postgresql" or
+  /// "sqlite" (a service without a pool, `detached`, binds to callers' PostgreSQL executors).
+  pub fn system(&self) -> &'static str {
+    self.backend.system()
+  }
+
+  /// Whether this service's calls can run through `ex`, a caller's executor (bound mode):
+  /// the backend's refusal (`Error::InvalidArgument`) when they cannot. `ex` is not called.
+  pub fn check_bind(&self, ex: &dyn SharedExec) -> Result<()> {
+    self.backend.bind(ex).map(drop)
   }
 
   pub async fn close(&self) {
@@ -193,8 +200,7 @@ impl Service {
     Ok(match target {
       Target::Pool => Held::Own(self.backend.acquire().await?),
       Target::Tx(tx) => Held::Tx(tx.conn().await?),
-      // A caller's executor speaks PostgreSQL.
-      Target::Exec(ex) => Held::Own(Box::new(PgConn(Shared(ex)))),
+      Target::Exec(ex) => Held::Own(self.backend.bind(ex)?),
     })
   }
 
@@ -558,7 +564,7 @@ impl Service {
   {
     let run = async {
       let outcome = callback(stx.clone()).await;
-      let running = stx.settle().await;
+      let running = stx.await_queries().await;
       match outcome {
         Ok(_) if running > 0 => Err(StageError::Core(Error::QueryNotAwaited)),
         other => other,
@@ -606,14 +612,14 @@ impl Service {
       let conn = held.conn();
       parent
         .until_closed(async {
-          conn.plain(SAVEPOINT).await?;
+          conn.execute(SAVEPOINT).await?;
           let locked = conn
             .lock_row(key)
             .await
             .map_err(|e| self.busy_is_locked(key, e))
             .and_then(|k| check_expected(k, self.client_key(key), expected));
           if locked.is_err() {
-            let _ = conn.plain(ROLLBACK_TO).await;
+            let _ = conn.execute(ROLLBACK_TO).await;
           }
           locked
         })
@@ -628,7 +634,7 @@ impl Service {
         parent
           .until_closed(async {
             let updated = conn.apply(&locked.id, r).await?;
-            conn.plain(RELEASE).await?;
+            conn.execute(RELEASE).await?;
             Ok(updated)
           })
           .await
@@ -640,7 +646,7 @@ impl Service {
     };
     if result.is_err() {
       if let Ok(mut held) = self.acquire(Target::Tx(parent)).await {
-        let _ = parent.until_closed(held.conn().plain(ROLLBACK_TO)).await;
+        let _ = parent.until_closed(held.conn().execute(ROLLBACK_TO)).await;
       }
       parent.set_failure(before);
       tokio::spawn(self.backend.release(key.to_owned()));
@@ -665,7 +671,7 @@ impl Service {
   {
     let stored = self.db_key(key);
     let key = stored.as_str();
-    let mut conn = PgConn(Shared(ex));
+    let mut conn = self.backend.bind(ex).map_err(StageError::Core)?;
     let locked = conn
       .lock_row(key)
       .await

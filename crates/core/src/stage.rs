@@ -115,12 +115,12 @@ impl StageTx {
 
   /// Wait until no query the callback started is running; returns how many were running
   /// when called.
-  pub(crate) async fn settle(&self) -> usize {
-    let at_settle = self.inner.pending.load(Ordering::SeqCst);
+  pub(crate) async fn await_queries(&self) -> usize {
+    let running = self.inner.pending.load(Ordering::SeqCst);
     loop {
       let idle = self.inner.idle.notified();
       if self.inner.pending.load(Ordering::SeqCst) == 0 {
-        return at_settle;
+        return running;
       }
       idle.await;
     }

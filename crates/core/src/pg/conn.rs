@@ -95,7 +95,7 @@ impl<E: Exec> Conn for PgConn<E> {
     sql::abandoned(&mut self.0, idle_ms, limit, prefix).boxed()
   }
 
-  fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
-    self.0.plain(sql)
+  fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
+    self.0.execute(sql)
   }
 }

@@ -2,6 +2,7 @@
 //! caller's executor (bound mode: a TypeORM `EntityManager`, a node-postgres client). The
 //! statements in `sql` run over either.
 
+use crate::backend::SharedExec;
 use crate::error::Result;
 use crate::value::{Param, QueryResult};
 use futures_util::future::BoxFuture;
@@ -15,16 +16,10 @@ pub(crate) trait Exec: Send {
   ) -> BoxFuture<'a, Result<QueryResult>>;
 
   /// A statement without parameters or rows (savepoints).
-  fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
+  fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
     let run = self.query(sql, Vec::new());
     Box::pin(async move { run.await.map(|_| ()) })
   }
-}
-
-/// A caller's executor, shared: `query` may be called concurrently (the binding serialises
-/// nothing; the caller's executor does what it does).
-pub trait SharedExec: Send + Sync {
-  fn query(&self, sql: String, params: Vec<Param>) -> BoxFuture<'static, Result<QueryResult>>;
 }
 
 /// [`Exec`] over a shared executor.

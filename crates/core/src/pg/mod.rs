@@ -18,11 +18,10 @@ pub(crate) mod text;
 mod transaction;
 pub(crate) mod wire;
 
-pub(crate) use conn::PgConn;
-pub(crate) use exec::Shared;
-pub use exec::SharedExec;
+use conn::PgConn;
+use exec::Shared;
 
-use crate::backend::{Backend, Begun, Conn, Transaction};
+use crate::backend::{Backend, Begun, Conn, SharedExec, Transaction};
 use crate::error::{Error, Result};
 use crate::options::{Isolation, Options};
 use futures_util::future::BoxFuture;
@@ -60,8 +59,8 @@ impl PgBackend {
 }
 
 impl Backend for PgBackend {
-  fn name(&self) -> &'static str {
-    "postgres"
+  fn system(&self) -> &'static str {
+    "postgresql"
   }
 
   fn acquire(&self) -> BoxFuture<'_, Result<Box<dyn Conn + '_>>> {
@@ -73,6 +72,10 @@ impl Backend for PgBackend {
     .boxed()
   }
 
+  fn bind<'a>(&'a self, ex: &'a dyn SharedExec) -> Result<Box<dyn Conn + 'a>> {
+    Ok(Box::new(PgConn(Shared(ex))))
+  }
+
   fn begin_stage<'a>(&'a self, isolation: Isolation, key: &'a str) -> BoxFuture<'a, Result<Begun>> {
     async move {
       let mut lease = self.0.acquire().await?;
@@ -80,7 +83,7 @@ impl Backend for PgBackend {
       let rows = lease
         .begin_and_lock(begin_sql(isolation), &sql::lock_row_sql(), key)
         .await?;
-      match sql::first(rows) {
+      match sql::first_key(rows) {
         Ok(found) => Ok((Box::new(PgConn(lease)) as Box<dyn Transaction>, found)),
         Err(e) => {
           lease.rollback().await;
@@ -129,13 +132,18 @@ impl Backend for PgBackend {
 pub(crate) struct Detached(pub(crate) Arc<dyn SharedExec>);
 
 impl Backend for Detached {
-  fn name(&self) -> &'static str {
-    "postgres"
+  /// The callers' executors it binds to run PostgreSQL's SQL.
+  fn system(&self) -> &'static str {
+    "postgresql"
   }
 
   fn acquire(&self) -> BoxFuture<'_, Result<Box<dyn Conn + '_>>> {
     let conn: Box<dyn Conn + '_> = Box::new(PgConn(Shared(self.0.as_ref())));
     async move { Ok(conn) }.boxed()
+  }
+
+  fn bind<'a>(&'a self, ex: &'a dyn SharedExec) -> Result<Box<dyn Conn + 'a>> {
+    Ok(Box::new(PgConn(Shared(ex))))
   }
 
   fn begin_stage<'a>(

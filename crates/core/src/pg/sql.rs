@@ -184,7 +184,8 @@ fn bad_row(message: String) -> Error {
   }
 }
 
-pub(crate) fn first(r: QueryResult) -> Result<Option<IdempotencyKey>> {
+/// The key in the statement's first row (`None`: no row).
+pub(crate) fn first_key(r: QueryResult) -> Result<Option<IdempotencyKey>> {
   if r.rows.is_empty() {
     Ok(None)
   } else {
@@ -225,7 +226,7 @@ pub(crate) async fn initialize(
       ],
     )
     .await?;
-  if let Some(k) = first(r)? {
+  if let Some(k) = first_key(r)? {
     return Ok(Claim::Got(k));
   }
   let fp_params = || {
@@ -267,7 +268,7 @@ pub(crate) async fn initialize(
   }
   match claimed {
     Ok(r) => {
-      if let Some(k) = first(r)? {
+      if let Some(k) = first_key(r)? {
         return Ok(Claim::Got(k));
       }
     }
@@ -321,7 +322,7 @@ pub(crate) async fn create(
       ],
     )
     .await?;
-  first(r)?.ok_or_else(|| bad_row("INSERT returned no row".into()))
+  first_key(r)?.ok_or_else(|| bad_row("INSERT returned no row".into()))
 }
 
 pub(crate) async fn select_by(
@@ -382,7 +383,7 @@ pub(crate) async fn lock(
      AND (locked_at IS NULL OR locked_at <= clock_timestamp() - $2::float8 * interval '1 millisecond') \
      RETURNING {COLUMNS}"
   );
-  first(
+  first_key(
     ex.query(&sql, vec![Param::Text(key.into()), Param::Number(lease_ms)])
       .await?,
   )
@@ -390,7 +391,7 @@ pub(crate) async fn lock(
 
 pub(crate) async fn select_key(ex: &mut dyn Exec, key: &str) -> Result<Option<IdempotencyKey>> {
   let sql = format!("SELECT {COLUMNS} FROM idempotency_key WHERE idempotency_key = $1::varchar");
-  first(ex.query(&sql, vec![Param::Text(key.into())]).await?)
+  first_key(ex.query(&sql, vec![Param::Text(key.into())]).await?)
 }
 
 pub(crate) async fn update(
@@ -441,12 +442,12 @@ pub(crate) async fn update(
       sets.join(", ")
     )
   };
-  first(ex.query(&sql, params).await?)
+  first_key(ex.query(&sql, params).await?)
 }
 
 /// The stage's row, locked without waiting: a row another stage holds fails with 55P03.
 pub(crate) async fn lock_row(ex: &mut dyn Exec, key: &str) -> Result<Option<IdempotencyKey>> {
-  first(
+  first_key(
     ex.query(&lock_row_sql(), vec![Param::Text(key.into())])
       .await?,
   )
@@ -462,7 +463,7 @@ pub(crate) fn lock_row_sql() -> String {
 /// response columns are written only when flagged. Otherwise the lease is refreshed with the
 /// commit-time clock, so a competing claim that waited on the row lock sees it fresh.
 pub(crate) async fn apply(ex: &mut dyn Exec, id: &str, r: StageResult) -> Result<IdempotencyKey> {
-  first(ex.query(&apply_sql(), apply_params(id, r)).await?)?
+  first_key(ex.query(&apply_sql(), apply_params(id, r)).await?)?
     .ok_or_else(|| bad_row("stage UPDATE returned no row".into()))
 }
 

@@ -69,7 +69,7 @@ fn counted(answer: &Answer) -> std::result::Result<u64, &Error> {
 fn service_params(params: &[Param]) -> Result<Vec<Wired>> {
   params
     .iter()
-    .map(|p| Ok(text::plain(p)?.map_or(Wired::Null, Wired::Text)))
+    .map(|p| Ok(text::param_text(p)?.map_or(Wired::Null, Wired::Text)))
     .collect()
 }
 impl Lease {
@@ -230,7 +230,7 @@ impl Lease {
   }
 
   /// A statement without parameters or rows (savepoints).
-  pub(crate) async fn plain(&mut self, sql: &str) -> Result<()> {
+  pub(crate) async fn execute(&mut self, sql: &str) -> Result<()> {
     if self.in_tx() {
       return self
         .in_tx_flight(&[(sql, Vec::new(), Format::Text)])
@@ -426,13 +426,13 @@ impl Lease {
   /// Run a simple-protocol script (migrations) in a transaction of its own.
   pub(crate) async fn script(&mut self, sql: &str) -> Result<()> {
     self.state = State::Busy;
-    let r = self.conn().wire.simple(sql).await;
+    let r = self.conn().wire.simple_query(sql).await;
     match &r {
       Ok(()) if self.conn().wire.status == b'I' => self.done(),
       Ok(()) => {}
       Err(e) => {
         if self.conn().wire.status == b'E' || self.conn().wire.status == b'T' {
-          let _ = self.conn().wire.simple("ROLLBACK").await;
+          let _ = self.conn().wire.simple_query("ROLLBACK").await;
         }
         if self.conn().wire.status == b'I' {
           self.settle_after(e);
@@ -490,7 +490,7 @@ impl super::exec::Exec for Lease {
     async move { self.service_query(sql, &params).await }.boxed()
   }
 
-  fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
-    Lease::plain(self, sql).boxed()
+  fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
+    Lease::execute(self, sql).boxed()
   }
 }

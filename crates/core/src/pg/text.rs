@@ -28,7 +28,7 @@ fn checked(s: String) -> Result<String> {
 
 /// A parameter of the service's own SQL, where every placeholder carries a cast (`$1::int4`):
 /// its plain text form (`None`: NULL).
-pub(crate) fn plain(p: &Param) -> Result<Option<String>> {
+pub(crate) fn param_text(p: &Param) -> Result<Option<String>> {
   Ok(match p {
     Param::Null => None,
     Param::Array(items) => Some(checked(array_literal(items, &|item| {

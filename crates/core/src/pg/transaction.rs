@@ -35,7 +35,7 @@ impl Transaction for PgConn<Lease> {
       let rows = lease
         .apply_and_commit(&sql::apply_sql(), &sql::apply_params(&id, r))
         .await?;
-      sql::first(rows)?.ok_or_else(|| Error::not_found(&id))
+      sql::first_key(rows)?.ok_or_else(|| Error::not_found(&id))
     }
     .boxed()
   }

@@ -567,7 +567,7 @@ impl Wire {
   }
 
   /// A simple-protocol Query (the migration script: several statements in one string).
-  pub(crate) async fn simple(&mut self, sql: &str) -> Result<()> {
+  pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<()> {
     frontend::query(sql, &mut self.wbuf).map_err(|_| {
       self.wbuf.clear();
       Error::invalid("SQL cannot contain NUL characters")

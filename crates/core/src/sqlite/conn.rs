@@ -125,7 +125,7 @@ impl<C: DerefMut<Target = SqliteConnection> + Send> Conn for LiteConn<C> {
     sql::abandoned(&mut self.c, idle_ms, limit, prefix).boxed()
   }
 
-  fn plain<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
+  fn execute<'a>(&'a mut self, sql: &'static str) -> BoxFuture<'a, Result<()>> {
     async move {
       let run = async { Ok(sqlx::query(sql).execute(&mut *self.c).await?) };
       observe::timed(sql, |r| r.rows_affected(), run)

@@ -13,7 +13,7 @@ mod file;
 mod sql;
 mod transaction;
 
-use crate::backend::{Backend, Begun, Conn, Transaction};
+use crate::backend::{Backend, Begun, Conn, SharedExec, Transaction};
 use crate::error::{Error, Result};
 use crate::observe;
 use crate::options::{Isolation, Options};
@@ -72,7 +72,7 @@ impl LiteBackend {
 }
 
 impl Backend for LiteBackend {
-  fn name(&self) -> &'static str {
+  fn system(&self) -> &'static str {
     "sqlite"
   }
 
@@ -85,6 +85,14 @@ impl Backend for LiteBackend {
       }) as Box<dyn Conn>)
     }
     .boxed()
+  }
+
+  /// A caller's executor runs PostgreSQL's SQL: on SQLite, calls bind to a stage handle of
+  /// ours (`withTransaction(tx)`) instead.
+  fn bind<'a>(&'a self, _ex: &'a dyn SharedExec) -> Result<Box<dyn Conn + 'a>> {
+    Err(Error::invalid(
+      "withTransaction(executor) needs a PostgreSQL service; on SQLite pass a TransactionManager",
+    ))
   }
 
   /// The write lock is taken up front, and a key another stage of this process is working is

@@ -351,7 +351,7 @@ pub(crate) async fn apply(
   key_from_row(&row)
 }
 
-/// See `pgsql::reap_batch`; keys a stage of this process is working (`working`) are skipped.
+/// See `pg::sql::reap_batch`; keys a stage of this process is working (`working`) are skipped.
 pub(crate) async fn reap_batch(
   c: &mut SqliteConnection,
   older_than_ms: f64,
@@ -378,7 +378,7 @@ pub(crate) async fn reap_batch(
   Ok(r.rows_affected())
 }
 
-/// See `pgsql::abandoned`.
+/// See `pg::sql::abandoned`.
 pub(crate) async fn abandoned(
   c: &mut SqliteConnection,
   idle_ms: f64,
