@@ -1,6 +1,7 @@
 //! The core of medusa-idempotency-native: Medusa v1's `IdempotencyKeyService` semantics,
-//! made safe under concurrency, as plain Rust over sqlx. No napi here, so `cargo test` links
-//! and runs; the Node binding only converts values and maps errors.
+//! made safe under concurrency, as plain Rust: PostgreSQL over the core's own connection
+//! (postgres-protocol's messages, `pg/`), SQLite over sqlx (`sqlite/`). No napi here, so
+//! `cargo test` links and runs; the Node binding only converts values and maps errors.
 
 // The layers, each importing only those above it: `error` and `model` (the shared types),
 // `value` (values as JS sees them), `options`, `backend` (the traits), `stage` (the callback's
