@@ -439,10 +439,7 @@ impl IdempotencyKeyService {
   /// the copy shares the pool and any transaction binding. Tenant ids are 1–128 printable
   /// ASCII characters without `/`.
   // `Arg`, not `String`: a non-string throws a typed INVALID_ARGUMENT, not napi's StringExpected.
-  #[napi(
-    ts_args_type = "tenant: string",
-    ts_return_type = "IdempotencyKeyService"
-  )]
+  #[napi(ts_args_type = "tenant: string")]
   pub fn for_tenant<'env>(
     &self,
     env: &'env Env,
@@ -503,10 +500,7 @@ impl IdempotencyKeyService {
   /// to `{ rows }` or `{ error: { code, message } }`.
   // `Arg`, not a napi function type: a non-function throws a typed INVALID_ARGUMENT, not napi's
   // FunctionExpected.
-  #[napi(
-    ts_args_type = "query: (sql: string, params: unknown[]) => Promise<unknown>",
-    ts_return_type = "IdempotencyKeyService"
-  )]
+  #[napi(ts_args_type = "query: (sql: string, params: unknown[]) => Promise<unknown>")]
   pub fn bind_executor<'env>(
     &self,
     env: &'env Env,
@@ -530,8 +524,7 @@ impl IdempotencyKeyService {
   /// transaction, Medusa's `cradle.manager`) releases leases after failed stages.
   // `Arg`s: a non-function `release` or bad options throw a typed INVALID_ARGUMENT.
   #[napi(
-    ts_args_type = "release: (sql: string, params: unknown[]) => Promise<unknown>, options?: Omit<ConnectOptions, 'url' | 'maxConnections'>",
-    ts_return_type = "IdempotencyKeyService"
+    ts_args_type = "release: (sql: string, params: unknown[]) => Promise<unknown>, options?: Omit<ConnectOptions, 'url' | 'maxConnections'>"
   )]
   pub fn detached<'env>(
     env: &'env Env,
