@@ -1,110 +1,167 @@
-//! Raw readers of the service methods' positional arguments: keys, request fingerprints,
-//! `create()` payloads, `update()` fields and `retrieve()` selectors. Raw, not napi-typed
-//! parameters, because SPEC §6 wants every odd value (a number for a key, a throwing getter,
-//! a BigInt in `reqParams`) to reject with a typed `INVALID_ARGUMENT`, where a `String` or
-//! `#[napi(object)]` parameter would throw a napi status error before the method runs.
+//! The service methods' positional arguments as types: keys, request fingerprints, `create()`
+//! payloads, `update()` fields, `retrieve()` selectors, SQL and its parameters. Each is read
+//! from an `Arg` (see `raw`) with `FromJs`, so every odd value (a number for a key, a throwing
+//! getter, a BigInt in `reqParams`) is refused with a typed `INVALID_ARGUMENT`, where a
+//! `String` or `#[napi(object)]` parameter would throw a napi status error before the method
+//! runs.
 
-use crate::js::{self, JsResult};
-use crate::reply::Raw;
-use idempotency_core::{Error, Fingerprint, UpdateValue};
-use napi::sys;
+use crate::js;
+use crate::raw::{FromJs, JsResult, Kind, Val};
+use idempotency_core::{Error, Fingerprint, Param, UpdateValue};
+use serde_json::Value;
 
-/// # Safety (every function here)
-/// `env` and the values must belong to the JS thread the function is called on.
-pub(crate) unsafe fn key_arg(env: sys::napi_env, v: Raw) -> JsResult<String> {
-  js::get_string(env, v, "idempotencyKey")
+/// An idempotency key (`idempotencyKey`).
+pub struct Key(pub String);
+
+impl FromJs for Key {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    v.string("idempotencyKey").map(Key)
+  }
 }
 
 /// A string, or `None` for `undefined`/`null`.
-unsafe fn nullable_string(env: sys::napi_env, v: Raw, what: &str) -> JsResult<Option<String>> {
-  if js::is_nullish(env, v) {
+fn nullable_string(v: Val<'_>, what: &str) -> JsResult<Option<String>> {
+  if v.is_nullish() {
     Ok(None)
   } else {
-    js::get_string(env, v, what).map(Some)
+    v.string(what).map(Some)
   }
 }
 
 /// `initializeRequest`'s header key: empty or absent means "make one".
-pub(crate) unsafe fn header_key(env: sys::napi_env, v: Raw) -> JsResult<Option<String>> {
-  nullable_string(env, v, "headerKey")
+pub struct HeaderKey(pub Option<String>);
+
+impl FromJs for HeaderKey {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    nullable_string(v, "headerKey").map(HeaderKey)
+  }
 }
 
-pub(crate) unsafe fn fingerprint(
-  env: sys::napi_env,
-  method: Raw,
-  params: Raw,
-  path: Raw,
-) -> JsResult<Fingerprint> {
-  Ok(Fingerprint {
-    method: nullable_string(env, method, "reqMethod")?,
-    params: js::to_json(env, params, "reqParams")?.filter(|j| !j.is_null()),
-    path: nullable_string(env, path, "reqPath")?,
-  })
+/// `reqMethod`.
+pub struct ReqMethod(pub Option<String>);
+
+impl FromJs for ReqMethod {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    nullable_string(v, "reqMethod").map(ReqMethod)
+  }
+}
+
+/// `reqPath`.
+pub struct ReqPath(pub Option<String>);
+
+impl FromJs for ReqPath {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    nullable_string(v, "reqPath").map(ReqPath)
+  }
+}
+
+/// `reqParams` as JSON (`null` and `undefined` are none).
+pub struct ReqParams(pub Option<Value>);
+
+impl FromJs for ReqParams {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    Ok(ReqParams(
+      js::to_json(v, "reqParams")?.filter(|j| !j.is_null()),
+    ))
+  }
 }
 
 /// `create()`'s payload: the key (if given), the fingerprint and the recovery point.
-pub(crate) unsafe fn create_payload(
-  env: sys::napi_env,
-  p: Raw,
-) -> JsResult<(Option<String>, Fingerprint, Option<String>)> {
-  if js::is_nullish(env, p) {
-    return Ok((None, Fingerprint::default(), None));
+pub struct CreatePayload {
+  pub key: Option<String>,
+  pub fingerprint: Fingerprint,
+  pub recovery_point: Option<String>,
+}
+
+impl FromJs for CreatePayload {
+  fn from_js(p: Val<'_>) -> JsResult<Self> {
+    if p.is_nullish() {
+      return Ok(CreatePayload {
+        key: None,
+        fingerprint: Fingerprint::default(),
+        recovery_point: None,
+      });
+    }
+    if p.kind() != Kind::Object {
+      return Err(Error::InvalidArgument("payload must be an object".into()));
+    }
+    // The three properties are read before any is converted, as they always were.
+    let get = |n: &str| p.get(n, n);
+    let (method, params, path) = (
+      get("request_method")?,
+      get("request_params")?,
+      get("request_path")?,
+    );
+    let (method, params, path) = (
+      ReqMethod::from_js(method)?,
+      ReqParams::from_js(params)?,
+      ReqPath::from_js(path)?,
+    );
+    let key = js::opt_string(p, "idempotency_key")?;
+    Ok(CreatePayload {
+      key,
+      fingerprint: fingerprint(method, params, path),
+      recovery_point: js::opt_string(p, "recovery_point")?,
+    })
   }
-  if js::type_of(env, p) != sys::ValueType::napi_object {
-    return Err(Error::InvalidArgument("payload must be an object".into()));
+}
+
+pub(crate) fn fingerprint(method: ReqMethod, params: ReqParams, path: ReqPath) -> Fingerprint {
+  Fingerprint {
+    method: method.0,
+    params: params.0,
+    path: path.0,
   }
-  let get = |n: &str| js::get_property(env, p, n, n);
-  let fp = fingerprint(
-    env,
-    get("request_method")?,
-    get("request_params")?,
-    get("request_path")?,
-  )?;
-  let key = js::opt_string(env, p, "idempotency_key")?;
-  Ok((key, fp, js::opt_string(env, p, "recovery_point")?))
 }
 
 /// The columns an `update()` object or a `retrieve()` selector names (`undefined` skipped).
-pub(crate) unsafe fn fields(
-  env: sys::napi_env,
-  v: Raw,
-  what: &str,
-) -> JsResult<Vec<(String, UpdateValue)>> {
-  if js::type_of(env, v) != sys::ValueType::napi_object {
+fn fields(v: Val<'_>, what: &str) -> JsResult<Vec<(String, UpdateValue)>> {
+  if v.kind() != Kind::Object {
     return Err(Error::InvalidArgument(format!("{what} must be an object")));
   }
   let mut out = Vec::new();
-  for (k, val) in js::own_keys(env, v, what)? {
-    if let Some(u) = js::to_update_value(env, val, &k)? {
+  for (k, val) in v.own_keys(what)? {
+    if let Some(u) = js::to_update_value(val, &k)? {
       out.push((k, u));
     }
   }
   Ok(out)
 }
 
+/// `update()`'s fields.
+pub struct UpdateFields(pub Vec<(String, UpdateValue)>);
+
+impl FromJs for UpdateFields {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    fields(v, "update").map(UpdateFields)
+  }
+}
+
 /// What `retrieve()` looks a key up by.
-pub(crate) enum By {
+pub enum By {
   Key(String),
   /// The selector's columns, and how Medusa's not-found message shows it.
   Selector(Vec<(String, UpdateValue)>, String),
 }
 
-pub(crate) unsafe fn retrieve_by(env: sys::napi_env, v: Raw) -> JsResult<By> {
-  match js::type_of(env, v) {
-    sys::ValueType::napi_undefined | sys::ValueType::napi_null => Err(Error::NotFound(
-      "\"idempotencyKeyOrSelector\" must be defined".into(),
-    )),
-    sys::ValueType::napi_string => Ok(By::Key(key_arg(env, v)?)),
-    _ => {
-      let f = fields(env, v, "selector")?;
-      if f.is_empty() {
-        // TypeORM would return an arbitrary row for `{}`; a selector must select.
-        return Err(Error::InvalidArgument(
-          "the selector names no column".into(),
-        ));
+impl FromJs for By {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    match v.kind() {
+      Kind::Undefined | Kind::Null => Err(Error::NotFound(
+        "\"idempotencyKeyOrSelector\" must be defined".into(),
+      )),
+      Kind::String => Ok(By::Key(Key::from_js(v)?.0)),
+      _ => {
+        let f = fields(v, "selector")?;
+        if f.is_empty() {
+          // TypeORM would return an arbitrary row for `{}`; a selector must select.
+          return Err(Error::InvalidArgument(
+            "the selector names no column".into(),
+          ));
+        }
+        let shown = format!("with constraints {{{}}}", shown_selector(&f));
+        Ok(By::Selector(f, shown))
       }
-      let shown = format!("with constraints {{{}}}", shown_selector(&f));
-      Ok(By::Selector(f, shown))
     }
   }
 }
@@ -126,4 +183,38 @@ fn shown_selector(f: &[(String, UpdateValue)]) -> String {
     })
     .collect();
   entries.join(",")
+}
+
+/// `forTenant`'s tenant id (checked by the core).
+pub struct Tenant(pub String);
+
+impl FromJs for Tenant {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    v.string("tenant").map(Tenant)
+  }
+}
+
+/// `TransactionManager.query`'s statement.
+pub struct Sql(pub String);
+
+impl FromJs for Sql {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    v.string("sql").map(Sql)
+  }
+}
+
+/// `TransactionManager.query`'s parameters (`undefined`/`null`: none).
+pub struct Params(pub Vec<Param>);
+
+impl FromJs for Params {
+  fn from_js(p: Val<'_>) -> JsResult<Self> {
+    if p.is_nullish() {
+      return Ok(Params(Vec::new()));
+    }
+    p.array_items("params")?
+      .into_iter()
+      .map(|v| js::to_param(v, 0))
+      .collect::<JsResult<_>>()
+      .map(Params)
+  }
 }

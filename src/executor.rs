@@ -4,86 +4,78 @@
 //! parameters to JS and the rows back.
 
 use crate::js;
+use crate::raw::{Cx, FromJs, IntoJs, Js, Kind, Read, Val};
 use idempotency_core::{Cell, Error, Param, QueryResult, SharedExec};
 use napi::bindgen_prelude::*;
-use napi::sys;
 use napi::threadsafe_function::ThreadsafeFunction;
 use std::sync::Arc;
-
-type Raw = sys::napi_value;
 
 /// Parameters as node-postgres takes them; JSON goes as text (the SQL casts it), so
 /// node-postgres never turns a JSON array into a PostgreSQL array.
 pub struct JsParams(pub Vec<Param>);
 
-unsafe fn param_to_js(env: sys::napi_env, p: &Param) -> Result<Raw> {
+fn param_to_js<'e>(cx: Cx<'e>, p: &Param) -> Result<Val<'e>> {
   match p {
-    Param::Null => js::js_null(env),
-    Param::Bool(b) => ToNapiValue::to_napi_value(env, *b),
-    Param::Number(n) => ToNapiValue::to_napi_value(env, *n),
-    Param::BigInt(s) | Param::Text(s) => js::js_string(env, s),
-    Param::Bytes(b) => ToNapiValue::to_napi_value(env, Buffer::from(b.clone())),
-    Param::Date(ms) => js::js_date(env, *ms),
-    Param::Json(v) => js::js_string(env, &v.to_string()),
-    Param::Array(items) => js::js_array(env, items.iter().map(|i| param_to_js(env, i))),
+    Param::Null => cx.null(),
+    Param::Bool(b) => cx.bool(*b),
+    Param::Number(n) => cx.number(*n),
+    Param::BigInt(s) | Param::Text(s) => cx.string(s),
+    Param::Bytes(b) => cx.buffer(b),
+    Param::Date(ms) => cx.date(*ms),
+    Param::Json(v) => cx.string(&v.to_string()),
+    Param::Array(items) => cx.array(items.iter().map(|i| param_to_js(cx, i))),
   }
 }
 
-impl ToNapiValue for JsParams {
-  unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> Result<Raw> {
-    param_to_js(env, &Param::Array(val.0))
+impl IntoJs for JsParams {
+  fn into_js(self, cx: Cx<'_>) -> Result<Val<'_>> {
+    param_to_js(cx, &Param::Array(self.0))
   }
 }
 
-/// `{ rows }` or `{ error: { code, message } }` from the wrapper in index.js.
-pub struct ExecReply(std::result::Result<QueryResult, Error>);
+/// `{ rows }` or `{ error: { code, message } }` from the wrapper in index.js, read on the JS
+/// thread as `Read<ExecReply>` (see `raw`).
+pub struct ExecReply(QueryResult);
 
-impl TypeName for ExecReply {
-  fn type_name() -> &'static str {
-    "ExecReply"
-  }
-  fn value_type() -> ValueType {
-    ValueType::Object
+impl FromJs for ExecReply {
+  fn from_js(v: Val<'_>) -> std::result::Result<Self, Error> {
+    read_reply(v).map(ExecReply)
   }
 }
 
-impl ValidateNapiValue for ExecReply {}
-
-impl FromNapiValue for ExecReply {
-  unsafe fn from_napi_value(env: sys::napi_env, v: Raw) -> Result<Self> {
-    Ok(ExecReply(read_reply(env, v)))
-  }
-}
-
-unsafe fn read_reply(env: sys::napi_env, v: Raw) -> std::result::Result<QueryResult, Error> {
+fn read_reply(v: Val<'_>) -> std::result::Result<QueryResult, Error> {
   let executor_error = |m: &str| Error::Database {
     sqlstate: None,
     message: format!("the executor returned {m}"),
   };
-  if js::type_of(env, v) != sys::ValueType::napi_object {
+  if v.kind() != Kind::Object {
     return Err(executor_error("something other than rows"));
   }
-  let err = js::get_property(env, v, "error", "error")?;
-  if !js::is_nullish(env, err) {
-    let code = js::get_property(env, err, "code", "code")?;
-    let code = if js::type_of(env, code) == sys::ValueType::napi_string {
-      Some(js::get_string(env, code, "code")?)
+  let err = v.get("error", "error")?;
+  if !err.is_nullish() {
+    let code = err.get("code", "code")?;
+    let code = if code.kind() == Kind::String {
+      Some(code.string("code")?)
     } else {
       None
     };
-    let message = js::get_property(env, err, "message", "message")?;
-    let message = js::get_string(env, message, "message").unwrap_or_else(|_| "query failed".into());
+    let message = err.get("message", "message")?;
+    let message = message
+      .string("message")
+      .unwrap_or_else(|_| "query failed".into());
     return Err(Error::Database {
       sqlstate: code,
       message,
     });
   }
-  let rows = js::get_property(env, v, "rows", "rows")?;
-  let rows = js::array_items(env, rows, "rows").map_err(|_| executor_error("no rows array"))?;
+  let rows = v.get("rows", "rows")?;
+  let rows = rows
+    .array_items("rows")
+    .map_err(|_| executor_error("no rows array"))?;
   let mut out = QueryResult::default();
   let mut position = std::collections::HashMap::new();
   for (i, row) in rows.into_iter().enumerate() {
-    let fields = js::own_keys(env, row, "row")?;
+    let fields = row.own_keys("row")?;
     if i == 0 {
       out.columns = fields.iter().map(|(k, _)| k.clone()).collect();
       position = out
@@ -96,7 +88,7 @@ unsafe fn read_reply(env: sys::napi_env, v: Raw) -> std::result::Result<QueryRes
     let mut cells = vec![Cell::Null; out.columns.len()];
     for (k, val) in fields {
       if let Some(&pos) = position.get(&k) {
-        cells[pos] = js::to_cell(env, val)?;
+        cells[pos] = js::to_cell(val)?;
       }
     }
     out.rows.push(cells);
@@ -105,9 +97,9 @@ unsafe fn read_reply(env: sys::napi_env, v: Raw) -> std::result::Result<QueryRes
 }
 
 type ExecFn = ThreadsafeFunction<
-  FnArgs<(String, JsParams)>,
-  Promise<ExecReply>,
-  FnArgs<(String, JsParams)>,
+  FnArgs<(String, Js<JsParams>)>,
+  Promise<Read<ExecReply>>,
+  FnArgs<(String, Js<JsParams>)>,
   Status,
   false,
   true, // weak: a bound service must not keep Node's event loop alive
@@ -118,10 +110,9 @@ type ExecFn = ThreadsafeFunction<
 pub struct JsExecutor(Arc<ExecFn>);
 
 impl JsExecutor {
-  /// # Safety
-  /// `f` must be a function value of the JS thread `env` belongs to.
-  pub unsafe fn from_function(env: sys::napi_env, f: Raw) -> Result<Self> {
-    Ok(JsExecutor(Arc::new(ExecFn::from_napi_value(env, f)?)))
+  /// `f`, a JS function (checked by the caller), made callable from any thread.
+  pub fn from_function(f: Val<'_>) -> Result<Self> {
+    Ok(JsExecutor(Arc::new(f.threadsafe::<ExecFn>()?)))
   }
 }
 
@@ -134,14 +125,14 @@ impl SharedExec for JsExecutor {
     let f = self.0.clone();
     Box::pin(async move {
       let call = f
-        .call_async_catch(FnArgs::from((sql, JsParams(params))))
+        .call_async_catch(FnArgs::from((sql, Js(JsParams(params)))))
         .await;
       let reply = match call {
         Ok(promise) => promise.await,
         Err(e) => Err(e),
       };
       match reply {
-        Ok(ExecReply(r)) => r,
+        Ok(Read(r)) => r.map(|ExecReply(rows)| rows),
         Err(e) => Err(Error::Database {
           sqlstate: None,
           message: format!("the executor failed: {}", e.reason),

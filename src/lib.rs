@@ -5,20 +5,24 @@
 //! - `service`: the `IdempotencyKeyService` class;
 //! - `transaction`: the `TransactionManager` class and the stage callback bridge;
 //! - `options`: the options objects (`#[napi(object)]`, converted to the core's `Options`);
-//! - `args`: raw readers of the methods' other arguments;
+//! - `args`: the methods' other arguments, as types read from JS values;
 //! - `reply`: how results, typed errors and panics go back to JS;
-//! - `js`: raw conversions between JS values and the core's types;
+//! - `js`: conversions between JS values and the core's types (JSON, parameters, rows, keys);
+//! - `raw`: the one module outside safe Rust: N-API calls behind two safe handles (`Cx`, `Val`), and
+//!   napi's conversion traits for the typed argument wrappers `Arg` and `Read`;
 //! - `executor`: a caller's executor (TypeORM, node-postgres) as the core's `SharedExec`;
 //! - `statements`: the `StatementLog` class, the service's own statements for tracing.
 //!
-//! Arguments are read with raw N-API calls wherever SPEC §6 wants a hostile value (a wrong
-//! type, a getter that throws, a BigInt or a cycle) to reject with a typed `INVALID_ARGUMENT`:
-//! napi's typed parameters would throw a napi status error synchronously instead.
+//! Methods take typed arguments (`Arg<'env, T>`, `T` read by `raw::FromJs`) that never fail
+//! napi's conversion at the boundary: SPEC §6 wants a hostile value (a wrong type, a getter
+//! that throws, a Proxy, a BigInt or a cycle) to reject with a typed `INVALID_ARGUMENT`, where
+//! napi's own typed parameters would throw a napi status error synchronously instead.
 
 mod args;
 mod executor;
 mod js;
 mod options;
+mod raw;
 mod reply;
 mod service;
 mod statements;

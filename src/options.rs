@@ -1,16 +1,16 @@
 //! The options objects methods take, as `#[napi(object)]` structs: their field docs are the
 //! d.ts docs, and `TryFrom`/`From` turn them into the core's `Options` and `Ssl`.
 //!
-//! They are filled by the raw readers below, not by napi's generated `FromNapiValue`: that one
-//! would throw napi status errors synchronously (`NumberExpected`, a getter's own exception),
-//! wrap `-1` or `1.5` into a `u32` silently, and run before the method could reject. SPEC §6
+//! They are filled by the readers below (`FromJs`, from an `Arg`), not by napi's generated
+//! `FromNapiValue`: that one would throw napi status errors synchronously (`NumberExpected`, a
+//! getter's own exception), wrap `-1` or `1.5` into a `u32` silently, and run before the
+//! method could reject. SPEC §6
 //! wants a typed `INVALID_ARGUMENT` rejection for each of those, with the messages below.
 
-use crate::js::{self, JsResult};
-use crate::reply::Raw;
+use crate::js;
+use crate::raw::{FromJs, JsResult, Kind, Val};
 use idempotency_core::{Error, Isolation, Options, Ssl};
 use napi::bindgen_prelude::*;
-use napi::sys;
 use napi_derive::napi;
 use std::time::Duration;
 
@@ -190,21 +190,17 @@ impl ListAbandonedOptions {
   }
 }
 
-// ---- raw readers (hostile values become typed errors; see the module doc) ----
+// ---- readers (hostile values become typed errors; see the module doc) ----
 
 /// `undefined`/`null` is the defaults; anything but an object is refused with `refusal`.
-///
-/// # Safety
-/// `env` and `v` must belong to the JS thread this is called on.
-pub(crate) unsafe fn options_object<T: Default>(
-  env: sys::napi_env,
-  v: Raw,
+fn options_object<T: Default>(
+  v: Val<'_>,
   refusal: &str,
-  read: impl FnOnce(Raw) -> JsResult<T>,
+  read: impl FnOnce(Val<'_>) -> JsResult<T>,
 ) -> JsResult<T> {
-  if js::is_nullish(env, v) {
+  if v.is_nullish() {
     Ok(T::default())
-  } else if js::type_of(env, v) != sys::ValueType::napi_object {
+  } else if v.kind() != Kind::Object {
     Err(Error::InvalidArgument(refusal.into()))
   } else {
     read(v)
@@ -212,35 +208,33 @@ pub(crate) unsafe fn options_object<T: Default>(
 }
 
 /// A count or a duration in ms: a non-negative integer that fits a `u32`.
-unsafe fn opt_u32(env: sys::napi_env, obj: Raw, name: &str) -> JsResult<Option<u32>> {
-  let v = js::get_property(env, obj, name, name)?;
-  if js::is_nullish(env, v) {
+fn opt_u32(obj: Val<'_>, name: &str) -> JsResult<Option<u32>> {
+  let v = obj.get(name, name)?;
+  if v.is_nullish() {
     return Ok(None);
   }
-  let n = f64::from_napi_value(env, v)
-    .map_err(|_| Error::InvalidArgument(format!("{name} must be a number")))?;
-  js::integral_u32(n)
+  if v.kind() != Kind::Number {
+    return Err(Error::InvalidArgument(format!("{name} must be a number")));
+  }
+  js::integral_u32(v.number())
     .map(Some)
     .ok_or_else(|| Error::InvalidArgument(format!("{name} must be a non-negative integer")))
 }
 
-impl ConnectOptions {
-  /// `connect()`'s argument: a URL, nothing (the defaults), or an options object.
-  ///
-  /// # Safety
-  /// `env` and `arg` must belong to the JS thread this is called on.
-  pub(crate) unsafe fn from_arg(env: sys::napi_env, arg: Raw) -> JsResult<ConnectOptions> {
-    match js::type_of(env, arg) {
-      sys::ValueType::napi_string => Ok(ConnectOptions {
-        url: Some(js::get_string(env, arg, "url")?),
+/// `connect()`'s argument: a URL, nothing (the defaults), or an options object.
+impl FromJs for ConnectOptions {
+  fn from_js(arg: Val<'_>) -> JsResult<ConnectOptions> {
+    match arg.kind() {
+      Kind::String => Ok(ConnectOptions {
+        url: Some(arg.string("url")?),
         ..ConnectOptions::default()
       }),
-      sys::ValueType::napi_undefined | sys::ValueType::napi_null => Ok(ConnectOptions::default()),
-      sys::ValueType::napi_object => {
-        let url = js::opt_string(env, arg, "url")?;
+      Kind::Undefined | Kind::Null => Ok(ConnectOptions::default()),
+      Kind::Object => {
+        let url = js::opt_string(arg, "url")?;
         Ok(ConnectOptions {
           url,
-          ..ConnectOptions::tuning_from_js(env, arg)?
+          ..ConnectOptions::tuning_from_js(arg)?
         })
       }
       _ => Err(Error::InvalidArgument(
@@ -248,15 +242,28 @@ impl ConnectOptions {
       )),
     }
   }
+}
 
+/// `detached()`'s options: every field of `ConnectOptions` but `url` and `maxConnections`.
+pub struct DetachedOptions(pub ConnectOptions);
+
+impl FromJs for DetachedOptions {
+  fn from_js(v: Val<'_>) -> JsResult<Self> {
+    options_object(
+      v,
+      "options must be an object",
+      ConnectOptions::tuning_from_js,
+    )
+    .map(DetachedOptions)
+  }
+}
+
+impl ConnectOptions {
   /// Every field but `url` (what `detached()` takes too), in the order they are documented, so
   /// the first bad field is the one reported.
-  ///
-  /// # Safety
-  /// `env` and `obj` (an object) must belong to the JS thread this is called on.
-  pub(crate) unsafe fn tuning_from_js(env: sys::napi_env, obj: Raw) -> JsResult<ConnectOptions> {
-    let max_connections = opt_u32(env, obj, "maxConnections")?;
-    let isolation_level = js::opt_string(env, obj, "isolationLevel")?;
+  fn tuning_from_js(obj: Val<'_>) -> JsResult<ConnectOptions> {
+    let max_connections = opt_u32(obj, "maxConnections")?;
+    let isolation_level = js::opt_string(obj, "isolationLevel")?;
     if let Some(level) = &isolation_level {
       // Checked here, not only in `TryFrom`, so a bad level is reported before later fields
       // are read (their getters are not run), as it always was.
@@ -266,33 +273,33 @@ impl ConnectOptions {
       url: None,
       max_connections,
       isolation_level,
-      max_retries: opt_u32(env, obj, "maxRetries")?,
-      lock_timeout_ms: opt_u32(env, obj, "lockTimeoutMs")?,
-      acquire_timeout_ms: opt_u32(env, obj, "acquireTimeoutMs")?,
-      busy_timeout_ms: opt_u32(env, obj, "busyTimeoutMs")?,
-      connect_timeout_ms: opt_u32(env, obj, "connectTimeoutMs")?,
-      stage_timeout_ms: opt_u32(env, obj, "stageTimeoutMs")?,
-      max_lifetime_ms: opt_u32(env, obj, "maxLifetimeMs")?,
-      idle_timeout_ms: opt_u32(env, obj, "idleTimeoutMs")?,
-      prepared_statements: js::opt_bool(env, obj, "preparedStatements")?,
-      ssl: ssl_from_js(env, obj)?,
+      max_retries: opt_u32(obj, "maxRetries")?,
+      lock_timeout_ms: opt_u32(obj, "lockTimeoutMs")?,
+      acquire_timeout_ms: opt_u32(obj, "acquireTimeoutMs")?,
+      busy_timeout_ms: opt_u32(obj, "busyTimeoutMs")?,
+      connect_timeout_ms: opt_u32(obj, "connectTimeoutMs")?,
+      stage_timeout_ms: opt_u32(obj, "stageTimeoutMs")?,
+      max_lifetime_ms: opt_u32(obj, "maxLifetimeMs")?,
+      idle_timeout_ms: opt_u32(obj, "idleTimeoutMs")?,
+      prepared_statements: js::opt_bool(obj, "preparedStatements")?,
+      ssl: ssl_from_js(obj)?,
     })
   }
 }
 
 /// `ssl`: `true`, `false`, or `{ ca, cert, key, rejectUnauthorized }` as node-postgres takes it.
-unsafe fn ssl_from_js(env: sys::napi_env, obj: Raw) -> JsResult<Option<Either<bool, SslOptions>>> {
-  let v = js::get_property(env, obj, "ssl", "ssl")?;
-  if js::is_nullish(env, v) {
+fn ssl_from_js(obj: Val<'_>) -> JsResult<Option<Either<bool, SslOptions>>> {
+  let v = obj.get("ssl", "ssl")?;
+  if v.is_nullish() {
     return Ok(None);
   }
-  match js::type_of(env, v) {
-    sys::ValueType::napi_boolean => Ok(Some(Either::A(js::get_bool(env, v)))),
-    sys::ValueType::napi_object => Ok(Some(Either::B(SslOptions {
-      ca: js::opt_string(env, v, "ca")?,
-      cert: js::opt_string(env, v, "cert")?,
-      key: js::opt_string(env, v, "key")?,
-      reject_unauthorized: js::opt_bool(env, v, "rejectUnauthorized")?,
+  match v.kind() {
+    Kind::Boolean => Ok(Some(Either::A(v.bool()))),
+    Kind::Object => Ok(Some(Either::B(SslOptions {
+      ca: js::opt_string(v, "ca")?,
+      cert: js::opt_string(v, "cert")?,
+      key: js::opt_string(v, "key")?,
+      reject_unauthorized: js::opt_bool(v, "rejectUnauthorized")?,
     }))),
     _ => Err(Error::InvalidArgument(
       "ssl must be a boolean or an object { ca, cert, key, rejectUnauthorized }".into(),
@@ -300,39 +307,33 @@ unsafe fn ssl_from_js(env: sys::napi_env, obj: Raw) -> JsResult<Option<Either<bo
   }
 }
 
-impl WorkStageOptions {
-  /// # Safety
-  /// `env` and `v` must belong to the JS thread this is called on.
-  pub(crate) unsafe fn from_js(env: sys::napi_env, v: Raw) -> JsResult<WorkStageOptions> {
-    options_object(env, v, "options must be an object", |o| {
+impl FromJs for WorkStageOptions {
+  fn from_js(v: Val<'_>) -> JsResult<WorkStageOptions> {
+    options_object(v, "options must be an object", |o| {
       Ok(WorkStageOptions {
-        recovery_point: js::opt_string(env, o, "recoveryPoint")?,
+        recovery_point: js::opt_string(o, "recoveryPoint")?,
       })
     })
   }
 }
 
-impl ReapOptions {
-  /// # Safety
-  /// `env` and `v` must belong to the JS thread this is called on.
-  pub(crate) unsafe fn from_js(env: sys::napi_env, v: Raw) -> JsResult<ReapOptions> {
-    options_object(env, v, "reap() takes an options object", |o| {
+impl FromJs for ReapOptions {
+  fn from_js(v: Val<'_>) -> JsResult<ReapOptions> {
+    options_object(v, "reap() takes an options object", |o| {
       Ok(ReapOptions {
-        older_than_ms: opt_u32(env, o, "olderThanMs")?,
-        batch_size: opt_u32(env, o, "batchSize")?,
+        older_than_ms: opt_u32(o, "olderThanMs")?,
+        batch_size: opt_u32(o, "batchSize")?,
       })
     })
   }
 }
 
-impl ListAbandonedOptions {
-  /// # Safety
-  /// `env` and `v` must belong to the JS thread this is called on.
-  pub(crate) unsafe fn from_js(env: sys::napi_env, v: Raw) -> JsResult<ListAbandonedOptions> {
-    options_object(env, v, "listAbandoned() takes an options object", |o| {
+impl FromJs for ListAbandonedOptions {
+  fn from_js(v: Val<'_>) -> JsResult<ListAbandonedOptions> {
+    options_object(v, "listAbandoned() takes an options object", |o| {
       Ok(ListAbandonedOptions {
-        idle_ms: opt_u32(env, o, "idleMs")?,
-        limit: opt_u32(env, o, "limit")?,
+        idle_ms: opt_u32(o, "idleMs")?,
+        limit: opt_u32(o, "limit")?,
       })
     })
   }

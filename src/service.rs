@@ -1,14 +1,17 @@
-//! The `IdempotencyKeyService` class: Medusa's methods, each converting its arguments (raw, so
-//! hostile values reject typed; see `args` and `options`), calling the core, and replying
+//! The `IdempotencyKeyService` class: Medusa's methods, each reading its typed arguments (`Arg`,
+//! so hostile values reject typed; see `raw`, `args` and `options`), calling the core, and replying
 //! through `reply`. A service copy may be bound to a caller's transaction or scoped to a tenant.
 
-use crate::args::{self, By};
-use crate::executor::JsExecutor;
-use crate::js::{self, JsResult};
-use crate::options::{
-  options_object, ConnectOptions, ListAbandonedOptions, ReapOptions, WorkStageOptions,
+use crate::args::{
+  fingerprint, By, CreatePayload, HeaderKey, Key, ReqMethod, ReqParams, ReqPath, Tenant,
+  UpdateFields,
 };
-use crate::reply::{args, convert, reject, spawn, IntoJs, Raw, RawValue, Reply};
+use crate::executor::JsExecutor;
+use crate::options::{
+  ConnectOptions, DetachedOptions, ListAbandonedOptions, ReapOptions, WorkStageOptions,
+};
+use crate::raw::{reject, Arg, Callback, Cx, IntoJs, JsResult, Val};
+use crate::reply::{args, convert, spawn, Reply};
 use crate::statements::StatementLog;
 use crate::transaction::{
   callback_outcome, stage_reply, ExecutorCallback, StageCallback, TransactionManager,
@@ -17,7 +20,6 @@ use idempotency_core::{
   observe, Error, IdempotencyKey, KeyRecords, KeyUpdate, Options, Service, StageTx, Target,
 };
 use napi::bindgen_prelude::*;
-use napi::sys;
 use napi_derive::napi;
 use std::future::Future;
 use std::sync::Arc;
@@ -120,8 +122,8 @@ fn target(bound: &Option<CallerTx>) -> Target<'_> {
 }
 
 impl IntoJs for IdempotencyKeyService {
-  unsafe fn into_js(self, env: sys::napi_env) -> Result<Raw> {
-    ToNapiValue::to_napi_value(env, self)
+  fn into_js(self, cx: Cx<'_>) -> Result<Val<'_>> {
+    cx.value(self)
   }
 }
 
@@ -150,16 +152,12 @@ async fn recorded<F: Future>(log: Option<observe::StatementLog>, f: F) -> F::Out
 }
 
 /// A new service object for a sync method to return.
-fn service_to_js(env: &Env, core: Arc<Service>, bound: Option<CallerTx>) -> Result<RawValue> {
-  let service = IdempotencyKeyService {
+fn service(core: Arc<Service>, bound: Option<CallerTx>) -> IdempotencyKeyService {
+  IdempotencyKeyService {
     core,
     bound,
     log: None,
-  };
-  // SAFETY: called on the JS thread during a napi callback, with that callback's env.
-  Ok(RawValue(unsafe {
-    ToNapiValue::to_napi_value(env.raw(), service)?
-  }))
+  }
 }
 
 /// What `IdempotencyKeyService.database` returns.
@@ -192,8 +190,7 @@ fn redact_url(url: &str) -> String {
 
 /// Throw `e` as a typed JS error from a sync method.
 fn throw(env: &Env, e: &Error) -> napi::Error {
-  // SAFETY: called on the JS thread during a napi callback, with that callback's env.
-  unsafe { reject(env.raw(), e) }
+  reject(Cx::of(env), e)
 }
 
 #[napi]
@@ -208,11 +205,9 @@ impl IdempotencyKeyService {
   )]
   pub fn connect<'env>(
     env: &'env Env,
-    arg: Unknown,
+    url_or_options: Arg<'env, ConnectOptions>,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKeyService>>> {
-    let opts = args!(env, {
-      Options::try_from(ConnectOptions::from_arg(env.raw(), arg.raw())?)
-    });
+    let opts = args!(env, Options::try_from(url_or_options.read()?));
     spawn(env, async move {
       let core = Service::connect(opts).await?;
       Ok(IdempotencyKeyService {
@@ -243,18 +238,15 @@ impl IdempotencyKeyService {
   pub fn initialize_request<'env>(
     &self,
     env: &'env Env,
-    header_key: Unknown,
-    method: Unknown,
-    params: Unknown,
-    path: Unknown,
+    header_key: Arg<'env, HeaderKey>,
+    req_method: Arg<'env, ReqMethod>,
+    req_params: Arg<'env, ReqParams>,
+    req_path: Arg<'env, ReqPath>,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
-    let e = env.raw();
-    let (key, fp) = args!(env, {
-      let key = args::header_key(e, header_key.raw())?;
-      Ok((
-        key,
-        args::fingerprint(e, method.raw(), params.raw(), path.raw())?,
-      ))
+    let (HeaderKey(key), fp) = args!(env, {
+      let key = header_key.read()?;
+      let (method, params) = (req_method.read()?, req_params.read()?);
+      Ok((key, fingerprint(method, params, req_path.read()?)))
     });
     self.run(env, |core, bound| async move {
       core
@@ -272,11 +264,18 @@ impl IdempotencyKeyService {
   pub fn create<'env>(
     &self,
     env: &'env Env,
-    payload: Unknown,
+    payload: Arg<'env, CreatePayload>,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
-    let (key, fp, rp) = args!(env, args::create_payload(env.raw(), payload.raw()));
+    let p = args!(env, payload.read());
     self.run(env, |core, bound| async move {
-      core.create(target(&bound), key.as_deref(), fp, rp).await
+      core
+        .create(
+          target(&bound),
+          p.key.as_deref(),
+          p.fingerprint,
+          p.recovery_point,
+        )
+        .await
     })
   }
 
@@ -289,9 +288,9 @@ impl IdempotencyKeyService {
   pub fn retrieve<'env>(
     &self,
     env: &'env Env,
-    arg: Unknown,
+    idempotency_key_or_selector: Arg<'env, By>,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
-    let by = args!(env, args::retrieve_by(env.raw(), arg.raw()));
+    let by = args!(env, idempotency_key_or_selector.read());
     self.run(env, |core, bound| async move {
       let target = target(&bound);
       match by {
@@ -312,9 +311,9 @@ impl IdempotencyKeyService {
   pub fn inspect<'env>(
     &self,
     env: &'env Env,
-    key: Unknown,
+    idempotency_key: Arg<'env, Key>,
   ) -> Result<PromiseRaw<'env, Reply<(IdempotencyKey, KeyRecords)>>> {
-    let key = args!(env, args::key_arg(env.raw(), key.raw()));
+    let Key(key) = args!(env, idempotency_key.read());
     self.run(env, |core, bound| async move {
       core.inspect(target(&bound), &key).await
     })
@@ -329,9 +328,9 @@ impl IdempotencyKeyService {
   pub fn lock<'env>(
     &self,
     env: &'env Env,
-    key: Unknown,
+    idempotency_key: Arg<'env, Key>,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
-    let key = args!(env, args::key_arg(env.raw(), key.raw()));
+    let Key(key) = args!(env, idempotency_key.read());
     self.run(env, |core, bound| async move {
       core.lock(target(&bound), &key).await
     })
@@ -346,16 +345,12 @@ impl IdempotencyKeyService {
   pub fn update<'env>(
     &self,
     env: &'env Env,
-    key: Unknown,
-    update: Unknown,
+    idempotency_key: Arg<'env, Key>,
+    update: Arg<'env, UpdateFields>,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
-    let e = env.raw();
     let (key, u) = args!(env, {
-      let key = args::key_arg(e, key.raw())?;
-      Ok((
-        key,
-        KeyUpdate::from_fields(args::fields(e, update.raw(), "update")?)?,
-      ))
+      let Key(key) = idempotency_key.read()?;
+      Ok((key, KeyUpdate::from_fields(update.read()?.0)?))
     });
     self.run(env, |core, bound| async move {
       core.update(target(&bound), &key, u).await
@@ -375,26 +370,19 @@ impl IdempotencyKeyService {
   pub fn work_stage<'env>(
     &self,
     env: &'env Env,
-    key: Unknown,
-    callback: Unknown,
-    options: Unknown,
+    idempotency_key: Arg<'env, Key>,
+    callback: Arg<'env, Callback>,
+    options: Arg<'env, WorkStageOptions>,
   ) -> Result<PromiseRaw<'env, Reply<IdempotencyKey>>> {
-    let e = env.raw();
-    let (key, expected) = args!(env, {
-      let key = args::key_arg(e, key.raw())?;
-      if js::type_of(e, callback.raw()) != sys::ValueType::napi_function {
-        return Err(Error::InvalidArgument("callback must be a function".into()));
-      }
-      Ok((
-        key,
-        WorkStageOptions::from_js(e, options.raw())?.recovery_point,
-      ))
+    let (key, callback, expected) = args!(env, {
+      let Key(key) = idempotency_key.read()?;
+      let callback = callback.function("callback must be a function")?;
+      Ok((key, callback, options.read()?.recovery_point))
     });
     let (core, bound) = (self.core.clone(), self.bound.clone());
     if let Some(CallerTx::Exec(ex)) = bound {
       // Bound to a caller's executor: index.js hands the callback that executor itself.
-      // SAFETY: `callback` is this call's argument, checked to be a function, on the JS thread.
-      let tsfn: ExecutorCallback = unsafe { ExecutorCallback::from_napi_value(e, callback.raw())? };
+      let tsfn: ExecutorCallback = callback.threadsafe()?;
       let stage = async move {
         let result = core
           .work_stage_bound(&ex, &key, expected.as_deref(), || async {
@@ -405,8 +393,7 @@ impl IdempotencyKeyService {
       };
       return env.spawn_future(recorded(self.log.clone(), stage));
     }
-    // SAFETY: `callback` is this call's argument, checked to be a function, on the JS thread.
-    let tsfn: StageCallback = unsafe { StageCallback::from_napi_value(e, callback.raw())? };
+    let tsfn: StageCallback = callback.threadsafe()?;
     let stage = async move {
       let tsfn = &tsfn;
       let result = core
@@ -428,22 +415,24 @@ impl IdempotencyKeyService {
     ts_args_type = "manager?: TransactionManager | QueryExecutor",
     ts_return_type = "IdempotencyKeyService"
   )]
-  pub fn with_transaction(
+  pub fn with_transaction<'env>(
     &self,
     env: &Env,
-    this: This,
+    this: This<'env>,
     manager: Option<Either<&TransactionManager, Unknown>>,
-  ) -> Result<RawValue> {
+  ) -> Result<Either<IdempotencyKeyService, Object<'env>>> {
     let tm = match manager {
       Some(Either::A(tm)) => tm,
-      // SAFETY: `other` is this call's argument, read on the JS thread.
-      Some(Either::B(other)) if unsafe { !js::is_nullish(env.raw(), other.raw()) } => {
+      Some(Either::B(other))
+        if !matches!(other.get_type()?, ValueType::Undefined | ValueType::Null) =>
+      {
         let why = "withTransaction() takes a TransactionManager";
         return Err(throw(env, &Error::InvalidArgument(why.into())));
       }
-      _ => return Ok(RawValue(this.object.raw())),
+      _ => return Ok(Either::B(this.object)),
     };
-    service_to_js(env, self.core.clone(), Some(CallerTx::Tx(tm.tx.clone())))
+    let bound = Some(CallerTx::Tx(tm.tx.clone()));
+    Ok(Either::A(service(self.core.clone(), bound)))
   }
 
   /// A copy of the service that sees only `tenant`'s keys (a customer, an API client): the
@@ -451,25 +440,18 @@ impl IdempotencyKeyService {
   /// lists or reaps another tenant's. Keys are stored as `<tenant>/<key>` in Medusa's table;
   /// the copy shares the pool and any transaction binding. Tenant ids are 1–128 printable
   /// ASCII characters without `/`.
-  // Raw `tenant`: a non-string throws a typed INVALID_ARGUMENT, not napi's StringExpected.
-  #[napi(
-    ts_args_type = "tenant: string",
-    ts_return_type = "IdempotencyKeyService"
-  )]
-  pub fn for_tenant(&self, env: &Env, tenant: Unknown) -> Result<RawValue> {
-    let e = env.raw();
-    // SAFETY: `tenant` is this call's argument, read on the JS thread.
-    let t = unsafe {
-      if js::type_of(e, tenant.raw()) == sys::ValueType::napi_string {
-        js::get_string(e, tenant.raw(), "tenant")
-      } else {
-        Err(Error::InvalidArgument("tenant must be a string".into()))
-      }
-    };
-    let scoped = t
-      .and_then(|t| self.core.for_tenant(&t))
+  // `Arg`, not `String`: a non-string throws a typed INVALID_ARGUMENT, not napi's StringExpected.
+  #[napi(ts_args_type = "tenant: string")]
+  pub fn for_tenant<'env>(
+    &self,
+    env: &'env Env,
+    tenant: Arg<'env, Tenant>,
+  ) -> Result<IdempotencyKeyService> {
+    let scoped = tenant
+      .read()
+      .and_then(|Tenant(t)| self.core.for_tenant(&t))
       .map_err(|err| throw(env, &err))?;
-    service_to_js(env, Arc::new(scoped), self.bound.clone())
+    Ok(service(Arc::new(scoped), self.bound.clone()))
   }
 
   /// A copy of the service (same pool, tenant and transaction binding) whose calls record the
@@ -514,56 +496,50 @@ impl IdempotencyKeyService {
   /// Bound mode, used by `withTransaction(executor)` in index.js: a copy of the service whose
   /// every statement goes through `query`, the executor's `query` wrapped so that it resolves
   /// to `{ rows }` or `{ error: { code, message } }`.
-  // Raw `query`: a non-function throws a typed INVALID_ARGUMENT, not napi's FunctionExpected.
-  #[napi(
-    ts_args_type = "query: (sql: string, params: unknown[]) => Promise<unknown>",
-    ts_return_type = "IdempotencyKeyService"
-  )]
-  pub fn bind_executor(&self, env: &Env, query: Unknown) -> Result<RawValue> {
-    let e = env.raw();
-    // SAFETY: `query` is this call's argument, read on the JS thread.
-    if unsafe { js::type_of(e, query.raw()) } != sys::ValueType::napi_function {
-      return Err(throw(
-        env,
-        &Error::InvalidArgument("query must be a function".into()),
-      ));
-    }
-    // SAFETY: `query` is this call's argument, checked to be a function, on the JS thread.
-    let ex = unsafe { JsExecutor::from_function(e, query.raw())? };
+  // `Arg`, not a napi function type: a non-function throws a typed INVALID_ARGUMENT, not napi's
+  // FunctionExpected.
+  #[napi(ts_args_type = "query: (sql: string, params: unknown[]) => Promise<unknown>")]
+  pub fn bind_executor<'env>(
+    &self,
+    env: &'env Env,
+    query: Arg<'env, Callback>,
+  ) -> Result<IdempotencyKeyService> {
+    let query = query
+      .function("query must be a function")
+      .map_err(|err| throw(env, &err))?;
+    let ex = JsExecutor::from_function(query)?;
     // Refused by a backend whose SQL a caller's executor does not run (SQLite).
     self.core.check_bind(&ex).map_err(|err| throw(env, &err))?;
-    service_to_js(env, self.core.clone(), Some(CallerTx::Exec(ex)))
+    Ok(service(self.core.clone(), Some(CallerTx::Exec(ex))))
   }
 
   /// A service with no pool of its own, for the Medusa container class: every call is bound
   /// to a caller's executor with `bindExecutor`; `release` (a wrapped executor outside any
   /// transaction, Medusa's `cradle.manager`) releases leases after failed stages.
-  // Raw arguments: a non-function `release` or bad options throw a typed INVALID_ARGUMENT.
+  // `Arg`s: a non-function `release` or bad options throw a typed INVALID_ARGUMENT.
   #[napi(
-    ts_args_type = "release: (sql: string, params: unknown[]) => Promise<unknown>, options?: Omit<ConnectOptions, 'url' | 'maxConnections'>",
-    ts_return_type = "IdempotencyKeyService"
+    ts_args_type = "release: (sql: string, params: unknown[]) => Promise<unknown>, options?: Omit<ConnectOptions, 'url' | 'maxConnections'>"
   )]
-  pub fn detached(env: &Env, release: Unknown, options: Unknown) -> Result<RawValue> {
-    let e = env.raw();
+  pub fn detached<'env>(
+    env: &'env Env,
+    release: Arg<'env, Callback>,
+    options: Arg<'env, DetachedOptions>,
+  ) -> Result<IdempotencyKeyService> {
     let built = convert(|| {
-      // SAFETY: `release` and `options` are this call's arguments, read on the JS thread.
-      unsafe {
-        if js::type_of(e, release.raw()) != sys::ValueType::napi_function {
-          return Err(Error::InvalidArgument("release must be a function".into()));
-        }
-        let given = options_object(e, options.raw(), "options must be an object", |o| {
-          ConnectOptions::tuning_from_js(e, o)
-        })?;
-        Options::try_from(ConnectOptions {
-          url: Some(String::new()),
-          ..given
-        })
-      }
+      let release = release.function("release must be a function")?;
+      let DetachedOptions(given) = options.read()?;
+      let opts = Options::try_from(ConnectOptions {
+        url: Some(String::new()),
+        ..given
+      })?;
+      Ok((release, opts))
     });
-    let opts = built.map_err(|err| throw(env, &err))?;
-    // SAFETY: `release` is this call's argument, checked to be a function, on the JS thread.
-    let ex = unsafe { JsExecutor::from_function(e, release.raw())? };
-    service_to_js(env, Arc::new(Service::detached(opts, Arc::new(ex))), None)
+    let (release, opts) = built.map_err(|err| throw(env, &err))?;
+    let ex = JsExecutor::from_function(release)?;
+    Ok(service(
+      Arc::new(Service::detached(opts, Arc::new(ex))),
+      None,
+    ))
   }
 
   /// Delete keys past their retention, in batches (each a short statement, so the table is
@@ -577,9 +553,9 @@ impl IdempotencyKeyService {
   pub fn reap<'env>(
     &self,
     env: &'env Env,
-    options: Unknown,
+    options: Arg<'env, ReapOptions>,
   ) -> Result<PromiseRaw<'env, Reply<u64>>> {
-    let o = args!(env, ReapOptions::from_js(env.raw(), options.raw()));
+    let o = args!(env, options.read());
     self.run(env, |core, bound| async move {
       core
         .reap(target(&bound), o.older_than(), o.batch_size())
@@ -597,9 +573,9 @@ impl IdempotencyKeyService {
   pub fn list_abandoned<'env>(
     &self,
     env: &'env Env,
-    options: Unknown,
+    options: Arg<'env, ListAbandonedOptions>,
   ) -> Result<PromiseRaw<'env, Reply<Vec<IdempotencyKey>>>> {
-    let o = args!(env, ListAbandonedOptions::from_js(env.raw(), options.raw()));
+    let o = args!(env, options.read());
     self.run(env, |core, bound| async move {
       core
         .list_abandoned(target(&bound), o.idle(), o.limit())
