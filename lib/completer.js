@@ -27,6 +27,7 @@
 // row (route.js `onAnchor`), as does the sweep of rows of finished or deleted keys.
 
 const { invalid, field, typedError } = require('./errors.js')
+const { SQL, completerList } = require('./sql.js')
 const dc = require('node:diagnostics_channel')
 const { AsyncResource } = require('node:async_hooks')
 const { onAnchor, sweepAccepted, acceptedStage, parseRouteName, recordAcceptance, scopedKey, migrationHint } = require('./route.js')
@@ -50,23 +51,6 @@ const SWEEP_AFTER_MS = 24 * HOUR
 const SWEEP_BATCH = 500
 const MAX_ERROR_LENGTH = 1000
 
-// The attempt, counted before it starts. The upsert has no read before it, so two completers
-// counting different keys at once do not conflict under SERIALIZABLE; a key backing off or past
-// maxAttempts returns no row.
-const COUNT_ATTEMPT = `INSERT INTO idempotency_key_completer AS c (key_id, idempotency_key, attempts, last_attempt_at)
-  VALUES ($1, $2, 1, $3)
-  ON CONFLICT (key_id) DO UPDATE SET attempts = c.attempts + 1, last_attempt_at = excluded.last_attempt_at
-  WHERE c.attempts < $4 AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= excluded.last_attempt_at)
-  RETURNING attempts`
-const READ_ATTEMPTS = 'SELECT attempts, next_attempt_at, gave_up_at FROM idempotency_key_completer WHERE key_id = $1'
-const MARK_GAVE_UP = 'UPDATE idempotency_key_completer SET gave_up_at = $2 WHERE key_id = $1 AND gave_up_at IS NULL'
-const RECORD_FAILURE = `UPDATE idempotency_key_completer
-  SET last_error_code = $2, last_error = $3, next_attempt_at = $4, gave_up_at = $5 WHERE key_id = $1`
-const sweepSql = (scoped) => `DELETE FROM idempotency_key_completer WHERE key_id IN (
-  SELECT c.key_id FROM idempotency_key_completer c LEFT JOIN idempotency_key k ON k.id = c.key_id
-  WHERE (k.id IS NULL OR k.recovery_point = 'finished') AND c.last_attempt_at < $1
-  ${scoped ? 'AND substr(c.idempotency_key, 1, $3) = $4' : ''} LIMIT $2)`
-
 /**
  * The accepted keys a pass may drive: of a registered route, unfinished, idle, not backing off
  * and not given up on (a key at maxAttempts whose give-up is not yet recorded is listed once more,
@@ -75,28 +59,11 @@ const sweepSql = (scoped) => `DELETE FROM idempotency_key_completer WHERE key_id
  * or given up on (the pass reports them as skipped).
  */
 function listSql({ routes, idleBefore, now, maxAttempts, prefix, limit }) {
-  const params = []
-  const p = (v) => `$${params.push(v)}`
-  const accepted = `FROM idempotency_key_accepted a JOIN idempotency_key k ON k.id = a.key_id
-  WHERE a.route IN (${routes.map(p).join(', ')}) AND k.recovery_point <> 'finished'
-  AND COALESCE(k.locked_at, k.created_at) < ${p(idleBefore)} AND k.created_at < ${p(idleBefore)}
-  ${prefix === null ? '' : `AND substr(k.idempotency_key, 1, ${p(prefix.length)}) = ${p(prefix)}`}`
-  const common = params.length
-  const waiting = (c) => `(${c}.gave_up_at IS NOT NULL OR (${c}.attempts < ${p(maxAttempts)} AND ${c}.next_attempt_at > ${p(now)}))`
-  const sql = `SELECT k.id AS id, k.idempotency_key AS idempotency_key, a.route AS route, a.path_params AS path_params
-  ${accepted}
-  AND NOT EXISTS (SELECT 1 FROM idempotency_key_completer c WHERE c.key_id = a.key_id AND ${waiting('c')})
-  ORDER BY COALESCE(k.locked_at, k.created_at), k.id LIMIT ${p(limit)}`
-  const countParams = params.slice(0, common)
-  const q = (v) => `$${countParams.push(v)}`
-  const countSql = `SELECT COALESCE(SUM(CASE WHEN c.gave_up_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS gave_up,
-  COALESCE(SUM(CASE WHEN c.gave_up_at IS NULL THEN 1 ELSE 0 END), 0) AS backoff
-  ${accepted.replace('WHERE', 'JOIN idempotency_key_completer c ON c.key_id = a.key_id WHERE')}
-  AND (c.gave_up_at IS NOT NULL OR (c.attempts < ${q(maxAttempts)} AND c.next_attempt_at > ${q(now)}))`
-  return { sql, params, countSql, countParams }
+  // Parameters in the order bookkeeping.rs numbers them.
+  const common = [...routes, idleBefore, idleBefore, ...(prefix === null ? [] : [prefix.length, prefix]), maxAttempts, now]
+  const { sql, countSql } = completerList(routes.length, prefix !== null)
+  return { sql, params: [...common, limit], countSql, countParams: common }
 }
-
-
 
 function describe(e) {
   const code = field(e, 'code')
@@ -353,7 +320,7 @@ function install({ isBound, claim, bookkeepingStage }) {
           onAnchor(this.#service, workStage, async (tx) => {
             if (sweep) {
               const cutoff = new Date(now - SWEEP_AFTER_MS)
-              await tx.query(sweepSql(prefix !== null), prefix === null ? [cutoff, SWEEP_BATCH] : [cutoff, SWEEP_BATCH, prefix.length, prefix])
+              await tx.query(prefix === null ? SQL.sweepAttempts : SQL.sweepAttemptsScoped, prefix === null ? [cutoff, SWEEP_BATCH] : [cutoff, SWEEP_BATCH, prefix.length, prefix])
               await sweepAccepted(tx, tenant, SWEEP_BATCH)
             }
             const [waiting] = await tx.query(countSql, countParams)
@@ -501,15 +468,15 @@ function install({ isBound, claim, bookkeepingStage }) {
         async (tx) => {
           outcome = undefined // a stage re-run after a serialization failure starts over
           const now = new Date()
-          const counted = await tx.query(COUNT_ATTEMPT, [key.id, storedKey, now, this.maxAttempts])
+          const counted = await tx.query(SQL.countAttempt, [key.id, storedKey, now, this.maxAttempts])
           if (counted.length > 0) {
             outcome = { attempt: Number(counted[0].attempts) }
           } else {
-            const [row] = await tx.query(READ_ATTEMPTS, [key.id])
+            const [row] = await tx.query(SQL.readAttempts, [key.id])
             const attempts = row ? Number(row.attempts) : 0
             if (attempts >= this.maxAttempts) {
               const newlyGaveUp = row.gave_up_at == null
-              if (newlyGaveUp) await tx.query(MARK_GAVE_UP, [key.id, now])
+              if (newlyGaveUp) await tx.query(SQL.markGaveUp, [key.id, now])
               outcome = { skip: 'gaveUp', attempts, newlyGaveUp }
             } else {
               outcome = { skip: 'backoff', until: toDate(row?.next_attempt_at) }
@@ -533,7 +500,7 @@ function install({ isBound, claim, bookkeepingStage }) {
           this.#service,
           key.idempotency_key,
           async (tx) => {
-            await tx.query(RECORD_FAILURE, [key.id, code, message, nextAttemptAt, gaveUp ? new Date() : null])
+            await tx.query(SQL.recordFailure, [key.id, code, message, nextAttemptAt, gaveUp ? new Date() : null])
             return { recovery_point: at }
           },
           { recoveryPoint: at },

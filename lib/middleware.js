@@ -11,6 +11,7 @@
 // stored response, so the first answer and every replay are the same bytes.
 
 const { field, typedError } = require('./errors.js')
+const { SQL } = require('./sql.js')
 const { RESERVED_PREFIX, targetPath, routeOf, rowsOf, scopedKey, acceptedStage, recordAcceptance, migrationHint } = require('./route.js')
 
 const MINUTE = 60_000
@@ -40,7 +41,6 @@ const ABORT_REPORT_MS = MINUTE
 function httpError(status, code, message) {
   return typedError('invalid_data', code, message, { status })
 }
-
 
 // RFC 8941 sf-string: DQUOTE *( %x20-21 / %x23-5B / %x5D-7E / "\" ( DQUOTE / "\" ) ) DQUOTE,
 // optionally followed by parameters (an Item may carry them; unknown ones are ignored).
@@ -581,12 +581,7 @@ function idempotency(options) {
 // with DEL, which no valid key contains), its stored request cleared and its row finished without
 // a response, so the client's key is free again, no body is kept, and neither a retry nor the
 // completer can finish it. reap() removes the row. A key that was accepted meanwhile (by an
-// earlier request's accept()) or moved on is left as it is.
-const RELEASE_SQL = `UPDATE idempotency_key SET idempotency_key = idempotency_key || $2,
-  request_method = NULL, request_path = NULL, request_params = NULL
-  WHERE id = $1 AND recovery_point = 'started'
-  AND NOT EXISTS (SELECT 1 FROM idempotency_key_accepted a WHERE a.key_id = $1)
-  RETURNING id`
+// earlier request's accept()) or moved on is left as it is (SQL.releaseUnaccepted, from the core).
 const NOT_RELEASED = Symbol('not released')
 /** Releases waiting beyond this many are dropped (their keys stay until reaped), reported once a minute. */
 const MAX_PENDING_RELEASES = 10_000
@@ -646,7 +641,7 @@ async function release(service, key) {
     await service.workStage(
       key.idempotency_key,
       async (tx) => {
-        const rows = rowsOf(await tx.query(RELEASE_SQL, [key.id, `\x7freleased ${key.id}`]))
+        const rows = rowsOf(await tx.query(SQL.releaseUnaccepted, [key.id, `\x7freleased ${key.id}`]))
         // Thrown, so the stage rolls back and releases the lease of a key that stays.
         if (rows.length === 0) throw NOT_RELEASED
         return { recovery_point: 'finished' }

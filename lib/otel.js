@@ -45,7 +45,6 @@ function loadApi() {
   }
 }
 
-
 /** `error.type`: the error's code when it has one (a SQLSTATE, IDEMPOTENCY_KEY_LOCKED…), else its class. */
 function errorType(e) {
   const code = field(e, 'code')

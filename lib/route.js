@@ -9,15 +9,12 @@
 // The row is written in the same transaction as the first stage the handler runs, or by an
 // explicit `accept()` that commits on its own (when the first stage is not the right marker).
 const { invalid, typedError } = require('./errors.js')
+const { SQL } = require('./sql.js')
 
 /** Keys the middleware refuses from clients: the completer's own row lives under this prefix. */
 const RESERVED_PREFIX = 'medusa-idempotency-native:'
 
-const ACCEPT_SQL = `INSERT INTO idempotency_key_accepted (key_id, idempotency_key, route, path_params, accepted_at)
-  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_id) DO NOTHING`
-
 const ROUTE = /^([A-Za-z]+) (\/\S*)$/
-
 
 /** `"post /a/:id"` → `{ method: 'POST', path: '/a/:id', name: 'POST /a/:id' }`, or null if malformed. */
 function parseRouteName(name) {
@@ -111,10 +108,8 @@ function scopedKey(tenant, key) {
 
 /** Record acceptance through a stage's handle (inside the caller's transaction). */
 async function recordAcceptance(tx, key, storedKey, route) {
-  await tx.query(ACCEPT_SQL, [key.id, storedKey, route.name, JSON.stringify(route.pathParams ?? {}), new Date()])
+  await tx.query(SQL.acceptRequest, [key.id, storedKey, route.name, JSON.stringify(route.pathParams ?? {}), new Date()])
 }
-
-const FORGET_SQL = 'DELETE FROM idempotency_key_accepted WHERE key_id = $1'
 
 /**
  * `stage` run as an accepted request's stage: recording the acceptance first when `record`
@@ -131,7 +126,7 @@ function acceptedStage(stage, key, record) {
     } catch {
       // An unreadable result: the service refuses it and rolls back.
     }
-    if (finishes) await tx.query(FORGET_SQL, [key.id])
+    if (finishes) await tx.query(SQL.forgetAcceptance, [key.id])
     return result
   }
 }
@@ -190,14 +185,9 @@ async function onAnchor(service, workStage, fn) {
 }
 
 /** Acceptance rows of keys that are finished or gone (reaped), removed in batches. */
-const sweepAcceptedSql = (scoped) => `DELETE FROM idempotency_key_accepted WHERE key_id IN (
-  SELECT a.key_id FROM idempotency_key_accepted a LEFT JOIN idempotency_key k ON k.id = a.key_id
-  WHERE (k.id IS NULL OR k.recovery_point = 'finished')
-  ${scoped ? 'AND substr(a.idempotency_key, 1, $2) = $3' : ''} LIMIT $1)`
-
 async function sweepAccepted(tx, tenant, batch) {
   const prefix = tenant === null || tenant === undefined ? null : `${tenant}/`
-  const rows = await tx.query(sweepAcceptedSql(prefix !== null), prefix === null ? [batch] : [batch, prefix.length, prefix])
+  const rows = await tx.query(prefix === null ? SQL.sweepAccepted : SQL.sweepAcceptedScoped, prefix === null ? [batch] : [batch, prefix.length, prefix])
   return rows
 }
 

@@ -35,7 +35,9 @@ pub use service::{
   CompleterAttempts, IdempotencyKeyObject, IdempotencyKeyService, KeyAcceptance, KeyInspection,
   QueryExecutor,
 };
-pub use statements::{StatementLog, StatementRecord};
+pub use statements::{
+  bookkeeping_statements, completer_list_statements, StatementLog, StatementRecord,
+};
 pub use transaction::{StageReturnValue, TransactionManager};
 
 /// Panics inside our async work are caught and become typed `INTERNAL_ERROR` rejections; keep

@@ -1,8 +1,10 @@
-//! The `StatementLog` class: the service's own statements of one call (`withStatementLog`),
-//! handed to `lib/tracing.js`, which publishes them on the `query` TracingChannel.
+//! SQL for the JS side: the `StatementLog` class (the service's own statements of one call,
+//! `withStatementLog`, handed to `lib/tracing.js`, which publishes them on the `query`
+//! TracingChannel), and the bookkeeping statements the middleware and the completer run.
 
-use idempotency_core::observe;
+use idempotency_core::{bookkeeping, observe};
 use napi_derive::napi;
+use std::collections::HashMap;
 
 /// Records the service's own statements of the calls made through
 /// `service.withStatementLog(log)`: each round trip's SQL, when it started, how long it took,
@@ -62,4 +64,26 @@ impl StatementLog {
       })
       .collect()
   }
+}
+
+/// The statements of the tables the JS side keeps (accepted requests, the completer's
+/// attempts), by name: their SQL lives in the core beside those tables' migrations
+/// (`idempotency_core::bookkeeping`). For `lib/`, not for applications.
+#[napi(skip_typescript)]
+pub fn bookkeeping_statements() -> HashMap<String, String> {
+  bookkeeping::STATEMENTS
+    .iter()
+    .map(|(name, sql)| ((*name).to_owned(), (*sql).to_owned()))
+    .collect()
+}
+
+/// The completer's listing for `routes` registered routes (of one tenant when `scoped`):
+/// `{ sql, countSql }`, see `bookkeeping::completer_list`. For `lib/completer.js`.
+#[napi(skip_typescript)]
+pub fn completer_list_statements(routes: u32, scoped: bool) -> HashMap<String, String> {
+  let l = bookkeeping::completer_list(routes as usize, scoped);
+  HashMap::from([
+    ("sql".to_owned(), l.sql),
+    ("countSql".to_owned(), l.count_sql),
+  ])
 }

@@ -8,6 +8,7 @@
 // handle), then `pg` and `sqlite` (each implements `backend`), and `service`, which
 // orchestrates over `dyn Backend`.
 mod backend;
+pub mod bookkeeping;
 pub mod error;
 mod migrations;
 pub mod model;
