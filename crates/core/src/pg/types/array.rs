@@ -280,4 +280,163 @@ mod tests {
     assert_eq!(parse_array("[0:1]={7,8}", oid::INT8).map(|_| ()), Some(()));
     assert_eq!(parse_array("{}", oid::INT4), Some(Cell::Array(vec![])));
   }
+
+  #[test]
+  fn array_parameters_in_binary() {
+    let items = Param::Array(vec![Param::Number(1.0), Param::Null]);
+    assert_eq!(
+      encode_array(&items, oid::INT4, false),
+      Ok(vec![
+        0, 0, 0, 1, // one dimension
+        0, 0, 0, 1, // has a NULL
+        0, 0, 0, 23, // int4
+        0, 0, 0, 2, // two elements
+        0, 0, 0, 1, // lower bound
+        0, 0, 0, 4, 0, 0, 0, 1, // 1
+        0xff, 0xff, 0xff, 0xff, // NULL
+      ])
+    );
+    assert_eq!(
+      encode_array(&Param::Array(vec![Param::Number(1.0)]), oid::TEXT, true),
+      Ok(vec![
+        0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 25, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, b'1'
+      ])
+    );
+    assert_eq!(
+      encode_array(&Param::Array(vec![Param::Number(1e6)]), oid::INT2, false),
+      Err("out of range for int2".into())
+    );
+    assert_eq!(
+      encode_array(&Param::Text("{1}".into()), oid::INT4, false),
+      Err("expected an array".into())
+    );
+  }
+
+  #[test]
+  fn array_literals_quote_every_element() {
+    let items = [
+      Param::Text(r#"a"b\c"#.into()),
+      Param::Null,
+      Param::Text("".into()),
+      Param::Text("NULL".into()),
+    ];
+    let literal = array_literal(&items, &|p| {
+      Ok(match p {
+        Param::Null => None,
+        Param::Text(s) => Some(s.clone()),
+        _ => unreachable!(),
+      })
+    });
+    assert_eq!(literal.unwrap(), r#"{"a\"b\\c",NULL,"","NULL"}"#);
+    assert_eq!(array_literal(&[], &|_| Ok(None)).unwrap(), "{}");
+  }
+
+  #[test]
+  fn array_rows_in_text_by_element_type() {
+    // numeric[] elements as numbers (pg-types' parseFloat), unlike a numeric column.
+    let Some(Cell::Array(nums)) = parse_array("{1.50,NaN,-2}", oid::NUMERIC) else {
+      panic!("numeric[]");
+    };
+    assert_eq!(nums[0], Cell::Number(1.5));
+    assert!(matches!(nums[1], Cell::Number(n) if n.is_nan()));
+    assert_eq!(nums[2], Cell::Number(-2.0));
+    assert_eq!(
+      parse_array("[0:1]={7,8}", oid::INT8),
+      Some(Cell::Array(vec![
+        Cell::Text("7".into()),
+        Cell::Text("8".into())
+      ]))
+    );
+    assert_eq!(
+      parse_array(r#"{"1 day","00:00:01"}"#, oid::INTERVAL),
+      Some(Cell::Array(vec![
+        Cell::Json(serde_json::json!({ "days": 1.0 })),
+        Cell::Json(serde_json::json!({ "seconds": 1.0 })),
+      ]))
+    );
+    assert_eq!(
+      parse_array(r#"{"(1,2)"}"#, oid::POINT),
+      Some(Cell::Array(vec![Cell::Json(
+        serde_json::json!({ "x": 1.0, "y": 2.0 })
+      )]))
+    );
+    assert_eq!(
+      parse_array(r#"{"\\x01ff"}"#, oid::BYTEA),
+      Some(Cell::Array(vec![Cell::Bytes(vec![1, 0xff])]))
+    );
+    assert_eq!(
+      parse_array("{t,f}", oid::BOOL),
+      Some(Cell::Array(vec![Cell::Bool(true), Cell::Bool(false)]))
+    );
+    // An element its type refuses, and malformed literals.
+    assert_eq!(parse_array("{1,x}", oid::INT4), None);
+    assert_eq!(parse_array("{1,2", oid::INT4), None);
+    assert_eq!(parse_array("{1,2}x", oid::INT4), None);
+    assert_eq!(parse_array("1,2", oid::INT4), None);
+    assert_eq!(parse_array(r#"{"a}"#, oid::TEXT), None);
+  }
+
+  /// A binary array: header, each dimension's (length, lower bound), then (length, bytes).
+  fn binary_array(elem: u32, dims: &[i32], items: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&i32::try_from(dims.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&i32::from(items.iter().any(Option::is_none)).to_be_bytes());
+    out.extend_from_slice(&elem.to_be_bytes());
+    for d in dims {
+      out.extend_from_slice(&d.to_be_bytes());
+      out.extend_from_slice(&1i32.to_be_bytes());
+    }
+    for item in items {
+      match item {
+        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+        Some(b) => {
+          out.extend_from_slice(&i32::try_from(b.len()).unwrap().to_be_bytes());
+          out.extend_from_slice(b);
+        }
+      }
+    }
+    out
+  }
+
+  #[test]
+  fn array_rows_in_binary() {
+    let one = 1i32.to_be_bytes();
+    let two = 2i32.to_be_bytes();
+    let three = 3i32.to_be_bytes();
+    let b = binary_array(
+      oid::INT4,
+      &[2, 2],
+      &[Some(&one), Some(&two), Some(&three), None],
+    );
+    assert_eq!(
+      decode_array(&b, oid::INT4),
+      Some(Cell::Array(vec![
+        Cell::Array(vec![Cell::Number(1.0), Cell::Number(2.0)]),
+        Cell::Array(vec![Cell::Number(3.0), Cell::Null]),
+      ]))
+    );
+    assert_eq!(decode_array(&[0; 12], oid::INT4), Some(Cell::Array(vec![])));
+    let half = numeric_of("0.5");
+    assert_eq!(
+      decode_array(
+        &binary_array(oid::NUMERIC, &[1], &[Some(&half)]),
+        oid::NUMERIC
+      ),
+      Some(Cell::Array(vec![Cell::Number(0.5)]))
+    );
+    assert_eq!(
+      decode_array(&binary_array(oid::TEXT, &[1], &[Some(b"a")]), oid::TEXT),
+      Some(Cell::Array(vec![Cell::Text("a".into())]))
+    );
+    // Truncated, and an element of the wrong length.
+    assert_eq!(decode_array(&b[..b.len() - 5], oid::INT4), None);
+    assert_eq!(
+      decode_array(&binary_array(oid::INT4, &[1], &[Some(&[1, 2])]), oid::INT4),
+      None
+    );
+  }
+
+  fn numeric_of(s: &str) -> Vec<u8> {
+    super::super::numeric::encode_numeric(&Param::Text(s.into())).unwrap()
+  }
 }

@@ -35,3 +35,50 @@ pub(super) fn decode_bool(b: &[u8]) -> Option<Cell> {
   let [byte] = exact::<1>(b)?;
   Some(Cell::Bool(byte != 0))
 }
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn bool_parameters_accept_postgres_words_and_refuse_others() {
+    for (p, want) in [
+      (Param::Bool(true), 1u8),
+      (Param::Bool(false), 0),
+      (Param::Number(2.0), 1),
+      (Param::Number(0.0), 0),
+      (Param::Text(" Yes ".into()), 1),
+      (Param::Text("ON".into()), 1),
+      (Param::Text("1".into()), 1),
+      (Param::Text("off".into()), 0),
+      (Param::Text("F".into()), 0),
+    ] {
+      assert_eq!(encode_bool(&p), Ok(vec![want]), "{p:?}");
+    }
+    assert_eq!(
+      encode_bool(&Param::Text("maybe".into())),
+      Err("not a boolean".to_owned())
+    );
+    assert_eq!(
+      encode_bool(&Param::Json(serde_json::json!({}))),
+      Err("expected a boolean".to_owned())
+    );
+  }
+
+  #[test]
+  fn bool_text_is_t_or_f() {
+    assert_eq!(bool_literal(true), "t");
+    assert_eq!(bool_literal(false), "f");
+    assert_eq!(bool_text(&[1]), "t");
+    assert_eq!(bool_text(&[0]), "f");
+  }
+
+  #[test]
+  fn bool_rows_in_text_and_binary() {
+    assert_eq!(parse_bool("t"), Cell::Bool(true));
+    assert_eq!(parse_bool("f"), Cell::Bool(false));
+    assert_eq!(decode_bool(&[1]), Some(Cell::Bool(true)));
+    assert_eq!(decode_bool(&[0]), Some(Cell::Bool(false)));
+    assert_eq!(decode_bool(&[]), None);
+    assert_eq!(decode_bool(&[1, 0]), None);
+  }
+}

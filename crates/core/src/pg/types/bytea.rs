@@ -68,4 +68,29 @@ mod tests {
     assert_eq!(parse_bytea("\\x00ff5c"), Some(vec![0, 255, 0x5c]));
     assert_eq!(parse_bytea("a\\\\\\001"), Some(vec![b'a', b'\\', 1]));
   }
+
+  #[test]
+  fn bytea_parameters_as_hex() {
+    assert_eq!(
+      encode_bytea(&Param::Bytes(vec![0, 0xab])),
+      Ok(vec![0, 0xab])
+    );
+    assert_eq!(encode_bytea(&Param::Text("é".into())), Ok(vec![0xc3, 0xa9]));
+    assert_eq!(
+      encode_bytea(&Param::Number(1.0)),
+      Err("expected a Buffer".into())
+    );
+    assert_eq!(hex(&[0, 0xab, 0x5c]), "\\x00ab5c");
+    assert_eq!(hex(&[]), "\\x");
+  }
+
+  #[test]
+  fn bytea_rows_refuse_bad_text() {
+    assert_eq!(parse_bytea("\\x"), Some(vec![]));
+    assert_eq!(parse_bytea("\\x0"), None);
+    assert_eq!(parse_bytea("\\xzz"), None);
+    assert_eq!(parse_bytea("a\\12"), None);
+    assert_eq!(parse_bytea("a\\9zz"), None);
+    assert_eq!(decode_bytea(&[1, 2]), Cell::Bytes(vec![1, 2]));
+  }
 }

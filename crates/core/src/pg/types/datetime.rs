@@ -355,4 +355,216 @@ mod tests {
       Some(Cell::Number(f64::INFINITY))
     );
   }
+
+  const DAY_MS: f64 = 86_400_000.0;
+
+  fn err(s: &str) -> EncodeResult {
+    Err(s.to_owned())
+  }
+
+  #[test]
+  fn timestamp_parameters_and_their_text() {
+    let text = |p: Param| timestamp_text(&encode_timestamp(&p).unwrap());
+    assert_eq!(
+      encode_timestamp(&Param::Date(0.0)),
+      Ok((-PG_EPOCH_MICROS).to_be_bytes().to_vec())
+    );
+    assert_eq!(
+      text(Param::Date(DAY_MS + 1.0)),
+      "1970-01-02 00:00:00.001000+00"
+    );
+    // A Date's fraction of a millisecond is dropped, toward zero.
+    assert_eq!(text(Param::Date(-1.5)), "1969-12-31 23:59:59.999000+00");
+    assert_eq!(text(Param::Number(0.0)), "1970-01-01 00:00:00.000000+00");
+    assert_eq!(
+      text(Param::Text(" 2024-05-06T07:08:09.5+02:30 ".into())),
+      "2024-05-06 04:38:09.500000+00"
+    );
+    assert_eq!(
+      text(Param::Text("2024-05-06 07:08:09.123456-01".into())),
+      "2024-05-06 08:08:09.123456+00"
+    );
+    assert_eq!(
+      text(Param::Text("2024-05-06T07:08:09".into())),
+      "2024-05-06 07:08:09.000000+00"
+    );
+    assert_eq!(
+      text(Param::Text("2024-05-06".into())),
+      "2024-05-06 00:00:00.000000+00"
+    );
+    // Day 0 of year 1 is 1 BC, Dec 31.
+    assert_eq!(
+      text(Param::Date(-62_135_596_800_000.0 - DAY_MS)),
+      "0001-12-31 00:00:00.000000+00 BC"
+    );
+    assert_eq!(
+      encode_timestamp(&Param::Text("yesterday".into())),
+      err("not a timestamp")
+    );
+    assert_eq!(
+      encode_timestamp(&Param::Date(f64::NAN)),
+      err("invalid Date")
+    );
+    assert_eq!(
+      encode_timestamp(&Param::Number(0.5e20)),
+      err("invalid time")
+    );
+    assert_eq!(
+      encode_timestamp(&Param::Bool(true)),
+      err("expected a Date or an ISO 8601 string")
+    );
+  }
+
+  #[test]
+  fn date_parameters_and_their_text() {
+    assert_eq!(
+      encode_date(&Param::Text("2000-01-02".into())),
+      Ok(1i32.to_be_bytes().to_vec())
+    );
+    assert_eq!(date_text(&1i32.to_be_bytes()), "2000-01-02");
+    assert_eq!(
+      date_text(&encode_date(&Param::Date(-DAY_MS)).unwrap()),
+      "1969-12-31"
+    );
+    assert_eq!(
+      date_text(&encode_date(&Param::Text("2024-02-29T23:00:00-02:00".into())).unwrap()),
+      "2024-03-01"
+    );
+    assert_eq!(
+      date_text(&encode_date(&Param::Date(-62_135_596_800_000.0 - DAY_MS)).unwrap()),
+      "0001-12-31 BC"
+    );
+    assert_eq!(
+      encode_date(&Param::Text("2000-13-01".into())),
+      err("not a date")
+    );
+  }
+
+  #[test]
+  fn date_rows_in_text() {
+    assert_eq!(
+      parse_date("2024-02-29"),
+      Some(Cell::Date(19_782.0 * DAY_MS))
+    );
+    assert_eq!(parse_date("1970-01-01"), Some(Cell::Date(0.0)));
+    assert_eq!(
+      parse_date("0001-12-31 BC"),
+      Some(Cell::Date(-719_163.0 * DAY_MS))
+    );
+    assert_eq!(parse_date("infinity"), Some(Cell::Number(f64::INFINITY)));
+    assert_eq!(
+      parse_date("-infinity"),
+      Some(Cell::Number(f64::NEG_INFINITY))
+    );
+    assert_eq!(parse_date("2024-02-29 00:00:00"), None);
+    assert_eq!(parse_date("2024/02/29"), None);
+    assert_eq!(parse_date("02-29-2024"), None);
+  }
+
+  #[test]
+  fn timestamp_rows_in_text() {
+    assert_eq!(
+      parse_timestamp("2024-05-06 07:08:09"),
+      Some(Cell::Date(1_714_979_289_000.0))
+    );
+    // Rounded down to the millisecond, before 1970 too.
+    assert_eq!(
+      parse_timestamp("1969-12-31 23:59:59.9999+00"),
+      Some(Cell::Date(-1.0))
+    );
+    assert_eq!(
+      parse_timestamp("2024-05-06 07:08:09+05:30:15"),
+      Some(Cell::Date(1_714_979_289_000.0 - 19_815_000.0))
+    );
+    assert_eq!(
+      parse_timestamp("infinity"),
+      Some(Cell::Number(f64::INFINITY))
+    );
+    assert_eq!(
+      parse_timestamp("-infinity"),
+      Some(Cell::Number(f64::NEG_INFINITY))
+    );
+    assert_eq!(parse_timestamp("2024-05-06"), None);
+    assert_eq!(parse_timestamp("2024-05-06 07:08:09 UTC"), None);
+    assert_eq!(parse_timestamp("2024-05-06T07:08:09"), None);
+  }
+
+  fn interval(fields: serde_json::Value) -> Option<Cell> {
+    Some(Cell::Json(fields))
+  }
+
+  #[test]
+  fn interval_rows_as_postgres_interval() {
+    assert_eq!(
+      parse_interval("1 year 2 mons -3 days -04:05:06.789"),
+      interval(serde_json::json!({
+        "years": 1.0, "months": 2.0, "days": -3.0,
+        "hours": -4.0, "minutes": -5.0, "seconds": -6.0, "milliseconds": -789.0,
+      }))
+    );
+    assert_eq!(
+      parse_interval("5 years 1 day +00:00:01.5"),
+      interval(
+        serde_json::json!({ "years": 5.0, "days": 1.0, "seconds": 1.0, "milliseconds": 500.0 })
+      )
+    );
+    // Microseconds as a fraction of a millisecond.
+    assert_eq!(
+      parse_interval("00:00:00.000123"),
+      interval(serde_json::json!({ "milliseconds": 0.123 }))
+    );
+    assert_eq!(parse_interval("00:00:00"), interval(serde_json::json!({})));
+    assert_eq!(
+      parse_interval("-1 days"),
+      interval(serde_json::json!({ "days": -1.0 }))
+    );
+    assert_eq!(parse_interval("1 fortnight"), None);
+    assert_eq!(parse_interval("P1Y2M"), None);
+    assert_eq!(parse_interval("1"), None);
+  }
+
+  #[test]
+  fn datetime_rows_in_binary() {
+    let epoch_ms = 946_684_800_000.0;
+    assert_eq!(
+      decode_timestamp(&0i64.to_be_bytes()),
+      Some(Cell::Date(epoch_ms))
+    );
+    assert_eq!(
+      decode_timestamp(&(-1i64).to_be_bytes()),
+      Some(Cell::Date(epoch_ms - 1.0))
+    );
+    assert_eq!(
+      decode_timestamp(&i64::MAX.to_be_bytes()),
+      Some(Cell::Number(f64::INFINITY))
+    );
+    assert_eq!(
+      decode_timestamp(&i64::MIN.to_be_bytes()),
+      Some(Cell::Number(f64::NEG_INFINITY))
+    );
+    assert_eq!(
+      decode_timestamp(&(i64::MAX - 1).to_be_bytes()),
+      Some(Cell::Number(f64::INFINITY))
+    );
+    assert_eq!(decode_timestamp(&[0; 4]), None);
+    assert_eq!(decode_date(&0i32.to_be_bytes()), Some(Cell::Date(epoch_ms)));
+    assert_eq!(
+      decode_date(&(-1i32).to_be_bytes()),
+      Some(Cell::Date(epoch_ms - DAY_MS))
+    );
+    assert_eq!(decode_date(&[0; 8]), None);
+    assert_eq!(
+      decode_time(&0i64.to_be_bytes()),
+      Some(Cell::Text("00:00:00".into()))
+    );
+    assert_eq!(
+      decode_time(&47_655_000_016i64.to_be_bytes()),
+      Some(Cell::Text("13:14:15.000016".into()))
+    );
+    assert_eq!(
+      decode_time(&86_400_000_000i64.to_be_bytes()),
+      Some(Cell::Text("24:00:00".into()))
+    );
+    assert_eq!(decode_time(&[0; 4]), None);
+  }
 }

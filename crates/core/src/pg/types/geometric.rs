@@ -36,3 +36,24 @@ pub(super) fn parse_circle(s: &str) -> Option<serde_json::Value> {
     "radius": json_number(*n.get(2)?),
   }))
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn points_and_circles() {
+    assert_eq!(
+      parse_point("(1.5,-2)"),
+      Some(serde_json::json!({ "x": 1.5, "y": -2.0 }))
+    );
+    assert_eq!(parse_point("1,2"), None);
+    assert_eq!(parse_point("(1)"), None);
+    assert_eq!(
+      parse_circle("<(1,2),3.25>"),
+      Some(serde_json::json!({ "x": 1.0, "y": 2.0, "radius": 3.25 }))
+    );
+    assert_eq!(parse_circle("(1,2)"), None);
+    assert_eq!(parse_circle("<(1,2)>"), None);
+  }
+}

@@ -44,3 +44,54 @@ pub(super) fn decode_json(b: &[u8]) -> Option<Cell> {
 pub(super) fn decode_jsonb(b: &[u8]) -> Option<Cell> {
   Some(Cell::Json(serde_json::from_slice(b.get(1..)?).ok()?))
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn json_parameters() {
+    // A string is the caller's JSON, sent as it is.
+    assert_eq!(
+      as_json(&Param::Text(r#"{"a": 1}"#.into())).unwrap(),
+      r#"{"a": 1}"#
+    );
+    assert_eq!(
+      as_json(&Param::Json(serde_json::json!({ "b": [1, 2] }))).unwrap(),
+      r#"{"b":[1,2]}"#
+    );
+    assert_eq!(
+      as_json(&Param::Array(vec![Param::Number(1.0), Param::Null])).unwrap(),
+      "[1,null]"
+    );
+    assert_eq!(as_json(&Param::Number(1.5)).unwrap(), "1.5");
+    assert_eq!(as_json(&Param::Bool(false)).unwrap(), "false");
+    assert_eq!(encode_json(&Param::Text("[]".into())), Ok(b"[]".to_vec()));
+    assert_eq!(
+      encode_jsonb(&Param::Text("[]".into())),
+      Ok(vec![1, b'[', b']'])
+    );
+    assert_eq!(json_text(b"[1]"), "[1]");
+    assert_eq!(jsonb_text(&[1, b'[', b'1', b']']), "[1]");
+    assert_eq!(jsonb_text(&[]), "");
+  }
+
+  #[test]
+  fn json_rows_in_text_and_binary() {
+    let v = serde_json::json!({ "a": [1, "x", null] });
+    assert_eq!(
+      parse_json(r#"{"a":[1,"x",null]}"#),
+      Some(Cell::Json(v.clone()))
+    );
+    assert_eq!(parse_json("{"), None);
+    assert_eq!(
+      decode_json(br#"{"a":[1,"x",null]}"#),
+      Some(Cell::Json(v.clone()))
+    );
+    assert_eq!(decode_json(b"nope"), None);
+    let mut jsonb = vec![1u8];
+    jsonb.extend_from_slice(br#"{"a":[1,"x",null]}"#);
+    assert_eq!(decode_jsonb(&jsonb), Some(Cell::Json(v)));
+    assert_eq!(decode_jsonb(&[]), None);
+  }
+}

@@ -381,3 +381,275 @@ pub(crate) fn decode_binary(b: &[u8], t: u32) -> Result<Cell> {
   };
   cell.ok_or_else(|| undecodable(t))
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn invalid(e: Error) -> String {
+    match e {
+      Error::InvalidArgument(m) => m,
+      other => panic!("expected an invalid argument, got {other:?}"),
+    }
+  }
+
+  #[test]
+  fn service_parameters_as_plain_text() {
+    let text = |p: Param| param_text(&p).unwrap();
+    assert_eq!(text(Param::Null), None);
+    assert_eq!(text(Param::Bool(true)).as_deref(), Some("t"));
+    assert_eq!(text(Param::Number(1.5)).as_deref(), Some("1.5"));
+    assert_eq!(text(Param::Number(f64::NAN)).as_deref(), Some("NaN"));
+    assert_eq!(
+      text(Param::Bytes(vec![1, 0xab])).as_deref(),
+      Some("\\x01ab")
+    );
+    assert_eq!(
+      text(Param::Date(0.0)).as_deref(),
+      Some("1970-01-01T00:00:00.000Z")
+    );
+    assert_eq!(
+      text(Param::Json(serde_json::json!({ "a": 1 }))).as_deref(),
+      Some(r#"{"a":1}"#)
+    );
+    assert_eq!(
+      text(Param::Array(vec![
+        Param::Text("a\"".into()),
+        Param::Null,
+        Param::Bool(false)
+      ]))
+      .as_deref(),
+      Some(r#"{"a\"",NULL,"f"}"#)
+    );
+    assert_eq!(
+      invalid(param_text(&Param::Date(f64::NAN)).unwrap_err()),
+      "invalid Date"
+    );
+    let nul = param_text(&Param::Text("a\0b".into())).unwrap_err();
+    assert_eq!(nul.sqlstate(), Some("22021"));
+    assert_eq!(
+      nul.to_string(),
+      "invalid byte sequence for encoding \"UTF8\": 0x00"
+    );
+  }
+
+  #[test]
+  fn callback_parameters_as_the_inferred_types_text() {
+    let typed_text = |p: Param, t: u32| typed(&p, &type_of_oid(t), 0).unwrap();
+    assert_eq!(typed_text(Param::Null, oid::INT4), None);
+    // Strings and BigInts as they are: the type's input function judges them.
+    assert_eq!(
+      typed_text(Param::Text("abc".into()), oid::INT4).as_deref(),
+      Some("abc")
+    );
+    assert_eq!(
+      typed_text(Param::BigInt("9007199254740993".into()), oid::INT8).as_deref(),
+      Some("9007199254740993")
+    );
+    assert_eq!(
+      typed_text(Param::Number(f64::INFINITY), oid::INT4).as_deref(),
+      Some("Infinity")
+    );
+    assert_eq!(
+      typed_text(Param::Number(7.0), oid::INT2).as_deref(),
+      Some("7")
+    );
+    assert_eq!(
+      typed_text(Param::Bool(true), oid::BOOL).as_deref(),
+      Some("t")
+    );
+    assert_eq!(
+      typed_text(Param::Number(1.0), oid::BOOL).as_deref(),
+      Some("t")
+    );
+    assert_eq!(
+      typed_text(Param::Number(0.1), oid::FLOAT4).as_deref(),
+      Some("0.10000000149011612")
+    );
+    assert_eq!(
+      typed_text(Param::Number(0.1), oid::NUMERIC).as_deref(),
+      Some("0.1")
+    );
+    assert_eq!(
+      typed_text(Param::Date(0.0), oid::TIMESTAMPTZ).as_deref(),
+      Some("1970-01-01 00:00:00.000000+00")
+    );
+    assert_eq!(
+      typed_text(Param::Date(0.0), oid::DATE).as_deref(),
+      Some("1970-01-01")
+    );
+    assert_eq!(
+      typed_text(Param::Bytes(vec![0xde, 0xad]), oid::BYTEA).as_deref(),
+      Some("\\xdead")
+    );
+    assert_eq!(
+      typed_text(Param::Json(serde_json::json!([1, "a"])), oid::JSONB).as_deref(),
+      Some(r#"[1,"a"]"#)
+    );
+    assert_eq!(
+      typed_text(Param::Number(2.0), oid::TEXT).as_deref(),
+      Some("2")
+    );
+    // Arrays: each element by its type, quoted.
+    assert_eq!(
+      typed_text(
+        Param::Array(vec![Param::Number(1.0), Param::Null, Param::Number(-3.0)]),
+        1007
+      )
+      .as_deref(),
+      Some(r#"{"1",NULL,"-3"}"#)
+    );
+    assert_eq!(
+      typed_text(Param::Array(vec![Param::Date(0.0)]), 1185).as_deref(),
+      Some(r#"{"1970-01-01 00:00:00.000000+00"}"#)
+    );
+    assert_eq!(
+      typed_text(
+        Param::Array(vec![Param::Number(1.0), Param::Bool(true)]),
+        1009
+      )
+      .as_deref(),
+      Some(r#"{"1","true"}"#)
+    );
+    // An array of a type we do not know: its elements as text.
+    assert_eq!(
+      typed_text(Param::Array(vec![Param::Text("x y".into())]), 99_999).as_deref(),
+      Some(r#"{"x y"}"#)
+    );
+    // A JS array for a json column is JSON.
+    assert_eq!(
+      typed_text(Param::Array(vec![Param::Number(1.0)]), oid::JSON).as_deref(),
+      Some("[1]")
+    );
+  }
+
+  #[test]
+  fn callback_parameters_refused_with_the_types_name() {
+    let refused =
+      |p: Param, t: u32, index: usize| invalid(typed(&p, &type_of_oid(t), index).unwrap_err());
+    assert_eq!(
+      refused(Param::Number(70_000.0), oid::INT2, 1),
+      "parameter $2 cannot be sent as int2: out of range for int2"
+    );
+    assert_eq!(
+      refused(Param::Number(1.0), oid::TIME, 0),
+      "parameter $1 cannot be sent as time: type time is not supported for parameters; cast it \
+       in SQL (for example $1::text)"
+    );
+    assert_eq!(
+      refused(Param::Number(1.0), 1007, 0),
+      "parameter $1 cannot be sent as int4[]: expected an array"
+    );
+    assert_eq!(
+      refused(Param::Array(vec![Param::Text("x".into())]), 1007, 0),
+      "parameter $1 cannot be sent as int4[]: not an integer"
+    );
+    assert_eq!(
+      refused(Param::Bool(true), oid::UUID, 2),
+      "parameter $3 cannot be sent as uuid: expected a uuid string"
+    );
+    assert_eq!(
+      refused(Param::Date(f64::NAN), oid::TIMESTAMP, 0),
+      "parameter $1 cannot be sent as timestamp: invalid Date"
+    );
+    let nul = typed(&Param::Text("\0".into()), &type_of_oid(oid::TEXT), 0).unwrap_err();
+    assert_eq!(nul.sqlstate(), Some("22021"));
+  }
+
+  #[test]
+  fn bare_oids_known_textual_and_named() {
+    let name = |t: u32| type_name(&type_of_oid(t));
+    assert_eq!(name(oid::INT4), "int4");
+    assert_eq!(name(1007), "int4[]");
+    assert_eq!(name(oid::VARCHAR), "text");
+    assert_eq!(name(1015), "text[]");
+    assert_eq!(name(oid::TIMESTAMPTZ), "timestamptz");
+    assert_eq!(name(oid::POINT), "the type with oid 600");
+    assert!(is_known_oid(oid::TIME) && is_known_oid(3807));
+    assert!(!is_known_oid(oid::INTERVAL) && !is_known_oid(1187));
+    // A bare OID we do not know goes as text; a known non-textual one does not.
+    assert!(is_textual(&type_of_oid(99_999)));
+    assert!(is_textual(&type_of_oid(oid::XML)));
+    assert!(!is_textual(&type_of_oid(oid::UUID)));
+    assert_eq!(type_oid(&type_of_oid(1186)), 1186);
+  }
+
+  #[test]
+  fn text_rows_by_oid() {
+    let cell = |s: &str, t: u32| decode_text(s, t).unwrap();
+    assert_eq!(cell("12", oid::INT4), Cell::Number(12.0));
+    assert_eq!(cell("12", oid::INT8), Cell::Text("12".into()));
+    assert_eq!(cell("1.50", oid::NUMERIC), Cell::Text("1.50".into()));
+    assert_eq!(cell("-0.5", oid::FLOAT8), Cell::Number(-0.5));
+    assert_eq!(cell("t", oid::BOOL), Cell::Bool(true));
+    assert_eq!(cell("\\x00", oid::BYTEA), Cell::Bytes(vec![0]));
+    assert_eq!(cell("[1]", oid::JSONB), Cell::Json(serde_json::json!([1])));
+    assert_eq!(cell("1970-01-02", oid::DATE), Cell::Date(86_400_000.0));
+    assert_eq!(
+      cell("1970-01-01 00:00:01+00", oid::TIMESTAMPTZ),
+      Cell::Date(1000.0)
+    );
+    assert_eq!(
+      cell("1 day", oid::INTERVAL),
+      Cell::Json(serde_json::json!({ "days": 1.0 }))
+    );
+    assert_eq!(
+      cell("(1,2)", oid::POINT),
+      Cell::Json(serde_json::json!({ "x": 1.0, "y": 2.0 }))
+    );
+    // Text that is not a point or circle gives null, as pg-types'.
+    assert_eq!(cell("junk", oid::POINT), Cell::Null);
+    assert_eq!(cell("junk", oid::CIRCLE), Cell::Null);
+    assert_eq!(
+      cell("{1,2}", 1007),
+      Cell::Array(vec![Cell::Number(1.0), Cell::Number(2.0)])
+    );
+    // Arrays pg-types does not parse (name[]) and other types: the server's text.
+    assert_eq!(cell("{a}", 1003), Cell::Text("{a}".into()));
+    assert_eq!(cell("08:00:00", oid::TIME), Cell::Text("08:00:00".into()));
+    for (s, t) in [
+      ("x", oid::INT4),
+      ("x", oid::FLOAT4),
+      ("{", oid::JSON),
+      ("\\x0", oid::BYTEA),
+      ("x", oid::DATE),
+      ("x", oid::TIMESTAMP),
+      ("1 fortnight", oid::INTERVAL),
+      ("{1,x}", 1007),
+    ] {
+      let e = decode_text(s, t).unwrap_err();
+      assert_eq!(
+        e.to_string(),
+        format!("could not decode a value of type oid {t}"),
+        "{s:?}"
+      );
+      assert_eq!(e.sqlstate(), None);
+    }
+  }
+
+  #[test]
+  fn binary_rows_by_oid() {
+    let cell = |b: &[u8], t: u32| decode_binary(b, t).unwrap();
+    assert_eq!(cell(b"abc", oid::NAME), Cell::Text("abc".into()));
+    assert_eq!(cell(&[0, 7], oid::INT2), Cell::Number(7.0));
+    assert_eq!(cell(&[1], oid::BOOL), Cell::Bool(true));
+    assert_eq!(cell(&[9], oid::BYTEA), Cell::Bytes(vec![9]));
+    assert_eq!(cell(b"[]", oid::JSON), Cell::Json(serde_json::json!([])));
+    // Any other type: its bytes as text when they are UTF-8, else as a Buffer.
+    assert_eq!(cell(b"x", 99_999), Cell::Text("x".into()));
+    assert_eq!(cell(&[0xff], 99_999), Cell::Bytes(vec![0xff]));
+    for (b, t) in [
+      (&[1u8, 2][..], oid::INT4),
+      (&[][..], oid::BOOL),
+      (&[0; 15][..], oid::UUID),
+      (&b"{"[..], oid::JSONB),
+      (&[0; 4][..], oid::TIMESTAMPTZ),
+      (&[0; 3][..], 1007),
+    ] {
+      assert_eq!(
+        decode_binary(b, t).unwrap_err().to_string(),
+        format!("could not decode a value of type oid {t}")
+      );
+    }
+  }
+}

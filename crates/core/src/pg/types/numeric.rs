@@ -350,4 +350,183 @@ mod tests {
     );
     assert!(numeric_binary("abc").is_err());
   }
+
+  fn err(s: &str) -> EncodeResult {
+    Err(s.to_owned())
+  }
+
+  #[test]
+  fn integer_parameters_are_range_checked() {
+    assert_eq!(encode_int2(&Param::Number(32767.0)), Ok(vec![0x7f, 0xff]));
+    assert_eq!(
+      encode_int2(&Param::Number(32768.0)),
+      err("out of range for int2")
+    );
+    assert_eq!(
+      encode_int4(&Param::Text(" -2147483648 ".into())),
+      Ok(vec![0x80, 0, 0, 0])
+    );
+    assert_eq!(
+      encode_int4(&Param::BigInt("2147483648".into())),
+      err("out of range for int4")
+    );
+    assert_eq!(encode_int4(&Param::Bool(true)), Ok(vec![0, 0, 0, 1]));
+    assert_eq!(
+      encode_oid(&Param::Number(-1.0)),
+      err("out of range for oid")
+    );
+    assert_eq!(
+      encode_oid(&Param::Number(4_294_967_295.0)),
+      Ok(vec![0xff; 4])
+    );
+    assert_eq!(
+      encode_int8(&Param::BigInt("-9223372036854775808".into())),
+      Ok(i64::MIN.to_be_bytes().to_vec())
+    );
+    let beyond = "not an integer (or beyond 2^53; pass a string or BigInt)";
+    assert_eq!(encode_int8(&Param::Number(1.5)), err(beyond));
+    assert_eq!(
+      encode_int8(&Param::Number(2f64.powi(53) + 2.0)),
+      err(beyond)
+    );
+    assert_eq!(
+      encode_int4(&Param::Text("1.0".into())),
+      err("not an integer")
+    );
+    assert_eq!(
+      encode_int4(&Param::Json(serde_json::json!(1))),
+      err("expected an integer")
+    );
+  }
+
+  #[test]
+  fn integer_parameter_text() {
+    assert_eq!(int2_text(&encode_int2(&Param::Number(-5.0)).unwrap()), "-5");
+    assert_eq!(int4_text(&[0x80, 0, 0, 0]), "-2147483648");
+    assert_eq!(oid_text(&[0xff; 4]), "4294967295");
+    assert_eq!(int8_text(&i64::MAX.to_be_bytes()), "9223372036854775807");
+  }
+
+  #[test]
+  fn float_parameters_and_their_text() {
+    assert_eq!(float_text(f64::NAN), "NaN");
+    assert_eq!(float_text(f64::INFINITY), "Infinity");
+    assert_eq!(float_text(f64::NEG_INFINITY), "-Infinity");
+    assert_eq!(float_text(-0.0), "0");
+    assert_eq!(float_text(0.1), "0.1");
+    assert_eq!(float_text(1e21), "1000000000000000000000");
+    // float4 goes as the exact text of the nearest f32, which float4's input reads back to it.
+    let f4 = encode_float4(&Param::Number(0.1)).unwrap();
+    assert_eq!(f4, 0.1f32.to_be_bytes());
+    assert_eq!(float4_text(&f4), "0.10000000149011612");
+    assert_eq!(
+      float8_text(&encode_float8(&Param::Text(" 2.5 ".into())).unwrap()),
+      "2.5"
+    );
+    assert_eq!(encode_float8(&Param::Text("x".into())), err("not a number"));
+    assert_eq!(encode_float8(&Param::Bool(true)), err("expected a number"));
+  }
+
+  #[test]
+  fn numeric_parameters() {
+    // 0.1: one base-10000 digit (1000) at weight -1, dscale 1.
+    assert_eq!(
+      encode_numeric(&Param::Number(0.1)),
+      Ok(vec![0, 1, 0xff, 0xff, 0, 0, 0, 1, 0x03, 0xe8])
+    );
+    assert_eq!(
+      encode_numeric(&Param::Number(f64::NAN)),
+      err("expected a number or numeric string")
+    );
+    assert_eq!(
+      encode_numeric(&Param::Bool(true)),
+      err("expected a number or numeric string")
+    );
+    let text = |s: &str| numeric_text(&encode_numeric(&Param::Text(s.into())).unwrap());
+    assert_eq!(text(" NaN "), "NaN");
+    assert_eq!(text("1.5e-3"), "0.0015");
+    assert_eq!(text("-0"), "0");
+    assert_eq!(text("+12."), "12");
+    assert_eq!(text(".50"), "0.50");
+    assert_eq!(text("-1E+2"), "-100");
+    for bad in ["", ".", "1e", "1.2.3", "0x10", "--1"] {
+      assert_eq!(
+        encode_numeric(&Param::Text(bad.into())),
+        err("not a numeric value"),
+        "{bad:?}"
+      );
+    }
+  }
+
+  #[test]
+  fn numeric_binary_specials_and_truncation() {
+    assert_eq!(
+      numeric_decimal(&[0, 0, 0, 0, 0xd0, 0, 0, 0]).unwrap(),
+      "Infinity"
+    );
+    assert_eq!(
+      numeric_decimal(&[0, 0, 0, 0, 0xf0, 0, 0, 0]).unwrap(),
+      "-Infinity"
+    );
+    assert_eq!(
+      numeric_decimal(&[0, 0, 0, 0, 0xc0, 0, 0, 0]).unwrap(),
+      "NaN"
+    );
+    // 1 at weight 0 with dscale 6.
+    assert_eq!(
+      numeric_decimal(&[0, 1, 0, 0, 0, 0, 0, 6, 0, 1]).unwrap(),
+      "1.000000"
+    );
+    // Two digits announced, one present.
+    assert_eq!(numeric_decimal(&[0, 2, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+    assert_eq!(numeric_decimal(&[0, 0, 0]), None);
+    assert_eq!(numeric_text(&[0, 0, 0]), "");
+  }
+
+  #[test]
+  fn number_rows_in_text() {
+    assert_eq!(parse_int("-32768"), Some(Cell::Number(-32768.0)));
+    assert_eq!(parse_int("4294967295"), Some(Cell::Number(4_294_967_295.0)));
+    assert_eq!(parse_int("1.5"), None);
+    assert_eq!(parse_int(""), None);
+    assert_eq!(parse_float("Infinity"), Some(f64::INFINITY));
+    assert_eq!(parse_float("-Infinity"), Some(f64::NEG_INFINITY));
+    assert!(parse_float("NaN").unwrap().is_nan());
+    assert_eq!(parse_float("1e-07"), Some(1e-7));
+    assert_eq!(parse_float("0.30000000000000004"), Some(0.1 + 0.2));
+    assert_eq!(parse_float("1,5"), None);
+  }
+
+  #[test]
+  fn number_rows_in_binary() {
+    assert_eq!(decode_int2(&[0xff, 0xfe]), Some(Cell::Number(-2.0)));
+    assert_eq!(decode_int2(&[0]), None);
+    assert_eq!(decode_int4(&[0, 1, 0, 0]), Some(Cell::Number(65536.0)));
+    assert_eq!(decode_int4(&[0, 1, 0]), None);
+    assert_eq!(decode_oid(&[0xff; 4]), Some(Cell::Number(4_294_967_295.0)));
+    assert_eq!(
+      decode_int8(&i64::MIN.to_be_bytes()),
+      Some(Cell::Text("-9223372036854775808".into()))
+    );
+    assert_eq!(decode_int8(&[0; 4]), None);
+    // float4 through its shortest text, as node-postgres reads float4 text.
+    assert_eq!(
+      decode_float4(&0.1f32.to_be_bytes()),
+      Some(Cell::Number(0.1))
+    );
+    assert!(matches!(
+      decode_float4(&f32::NAN.to_be_bytes()),
+      Some(Cell::Number(n)) if n.is_nan()
+    ));
+    assert_eq!(
+      decode_float8(&(0.1 + 0.2f64).to_be_bytes()),
+      Some(Cell::Number(0.30000000000000004))
+    );
+    assert_eq!(decode_float8(&[0; 4]), None);
+    assert_eq!(
+      decode_numeric(&numeric_binary("-12345.6789").unwrap()),
+      Some(Cell::Text("-12345.6789".into()))
+    );
+    assert_eq!(decode_numeric(&[0, 1]), None);
+  }
 }

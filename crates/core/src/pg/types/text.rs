@@ -49,3 +49,83 @@ pub(super) fn decode_uuid(b: &[u8]) -> Option<Cell> {
     uuid::Uuid::from_slice(b).ok()?.hyphenated().to_string(),
   ))
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn parameters_as_text() {
+    assert_eq!(as_text(&Param::Text("a b".into())).unwrap(), "a b");
+    assert_eq!(as_text(&Param::BigInt("-12".into())).unwrap(), "-12");
+    assert_eq!(as_text(&Param::Number(1.5)).unwrap(), "1.5");
+    assert_eq!(as_text(&Param::Number(2.0)).unwrap(), "2");
+    assert_eq!(as_text(&Param::Bool(true)).unwrap(), "true");
+    assert_eq!(
+      as_text(&Param::Date(0.0)).unwrap(),
+      "1970-01-01T00:00:00.000Z"
+    );
+    assert_eq!(as_text(&Param::Date(f64::NAN)), Err("invalid Date".into()));
+    assert_eq!(
+      as_text(&Param::Json(serde_json::json!({ "a": [1, null] }))).unwrap(),
+      r#"{"a":[1,null]}"#
+    );
+    assert_eq!(as_text(&Param::Bytes(b"hi".to_vec())).unwrap(), "hi");
+    assert_eq!(
+      as_text(&Param::Bytes(vec![0xff])),
+      Err("Buffer is not UTF-8".into())
+    );
+    assert_eq!(
+      as_text(&Param::Array(vec![
+        Param::Number(1.0),
+        Param::Text("a".into()),
+        Param::Null
+      ]))
+      .unwrap(),
+      r#"[1,"a",null]"#
+    );
+  }
+
+  #[test]
+  fn uuid_both_ways() {
+    let bytes = [
+      0x6f, 0x96, 0x19, 0xff, 0x8b, 0x86, 0xd0, 0x11, 0xb4, 0x2d, 0x00, 0xc0, 0x4f, 0xc9, 0x64,
+      0xff,
+    ];
+    let hyphenated = "6f9619ff-8b86-d011-b42d-00c04fc964ff";
+    assert_eq!(
+      encode_uuid(&Param::Text(
+        " 6F9619FF-8B86-D011-B42D-00C04FC964FF ".into()
+      )),
+      Ok(bytes.to_vec())
+    );
+    assert_eq!(
+      encode_uuid(&Param::Text("6f9619ff8b86d011b42d00c04fc964ff".into())),
+      Ok(bytes.to_vec())
+    );
+    assert_eq!(
+      encode_uuid(&Param::Bytes(bytes.to_vec())),
+      Ok(bytes.to_vec())
+    );
+    assert_eq!(
+      encode_uuid(&Param::Text("6f9619ff-8b86".into())),
+      Err("not a uuid".into())
+    );
+    assert_eq!(
+      encode_uuid(&Param::Bytes(vec![0; 15])),
+      Err("expected a uuid string".into())
+    );
+    assert_eq!(uuid_text(&bytes), hyphenated);
+    assert_eq!(decode_uuid(&bytes), Some(Cell::Text(hyphenated.into())));
+    assert_eq!(decode_uuid(&bytes[..15]), None);
+  }
+
+  #[test]
+  fn textual_binary_rows_are_utf8_lossy() {
+    assert_eq!(decode_textual("café".as_bytes()), Cell::Text("café".into()));
+    assert_eq!(
+      decode_textual(&[b'a', 0xff]),
+      Cell::Text("a\u{fffd}".into())
+    );
+  }
+}
