@@ -471,7 +471,7 @@ impl Lease {
 }
 
 /// `SELECT set_config(…, true)` for each of [`PINNED`]: for the transaction only.
-fn pin_sql() -> String {
+pub(super) fn pin_sql() -> String {
   let sets: Vec<String> = PINNED
     .iter()
     .map(|(k, v)| format!("set_config('{k}', '{v}', true)"))

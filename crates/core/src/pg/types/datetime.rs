@@ -534,6 +534,11 @@ mod tests {
       decode_timestamp(&(-1i64).to_be_bytes()),
       Some(Cell::Date(epoch_ms - 1.0))
     );
+    // Rounded down before 1970 too (1 µs before it).
+    assert_eq!(
+      decode_timestamp(&(-PG_EPOCH_MICROS - 1).to_be_bytes()),
+      Some(Cell::Date(-1.0))
+    );
     assert_eq!(
       decode_timestamp(&i64::MAX.to_be_bytes()),
       Some(Cell::Number(f64::INFINITY))

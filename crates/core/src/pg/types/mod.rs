@@ -20,6 +20,8 @@ mod datetime;
 mod geometric;
 mod json;
 mod numeric;
+#[cfg(test)]
+mod server_tests;
 mod text;
 
 use crate::error::{Error, Result};
