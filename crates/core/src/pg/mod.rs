@@ -1,11 +1,10 @@
 //! PostgreSQL, for production, laid out as a driver: connection settings and TLS (`config`),
 //! one connection on the wire (`wire`), the pool and its leases (`pool`), the guard on what a
-//! stage may send (`guard`), values both ways (`text`: parameters as text and text rows as
-//! node-postgres parses them; `codec`: binary values; `rows`: a statement's rows), the
+//! stage may send (`guard`), values both ways (`types`, one file per type family: parameters as
+//! text, text rows as node-postgres parses them, binary rows; `rows`: a statement's rows), the
 //! statements of every operation (`sql`) over our connections or a caller's executor
 //! (`exec`, `conn`), and the stage transaction (`transaction`).
 
-pub(crate) mod codec;
 mod config;
 mod conn;
 pub(crate) mod exec;
@@ -14,8 +13,8 @@ pub(crate) mod pool;
 mod rows;
 pub(crate) mod sql;
 pub(crate) mod statement;
-pub(crate) mod text;
 mod transaction;
+pub(crate) mod types;
 pub(crate) mod wire;
 
 use conn::PgConn;

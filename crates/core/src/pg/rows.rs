@@ -1,9 +1,8 @@
 //! A statement's rows as node-postgres returns them: text columns parsed by type OID as
-//! `pg-types` parses them (`text`), binary columns (the service's own statements, exact
-//! whatever the session's settings) by `codec`.
+//! `pg-types` parses them, binary columns (the service's own statements, exact whatever the
+//! session's settings) decoded; both by `types`.
 
-use super::codec::decode_oid;
-use super::text;
+use super::types::{decode_binary, decode_text};
 use super::wire::{Format, Raw};
 use crate::error::{Error, Result};
 use crate::value::{Cell, QueryResult};
@@ -20,13 +19,13 @@ pub(crate) fn decode(raw: Raw) -> Result<QueryResult> {
       cells.push(match value {
         None => Cell::Null,
         Some(b) => match col.format {
-          Format::Binary => decode_oid(b, col.oid)?,
+          Format::Binary => decode_binary(b, col.oid)?,
           Format::Text => {
             let s = std::str::from_utf8(b).map_err(|_| Error::Database {
               sqlstate: None,
               message: "a text-format value is not UTF-8".into(),
             })?;
-            text::decode(s, col.oid)?
+            decode_text(s, col.oid)?
           }
         },
       });

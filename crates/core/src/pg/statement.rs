@@ -5,10 +5,10 @@
 //! database's differ). In the prepared mode each statement goes under a protocol-level name
 //! cached per connection; in the default mode, the unnamed statement.
 
-use super::codec::type_of_oid;
 use super::pool::{is_fatal, Lease, State, DESCRIBED_MAX, PREPARED_MAX};
+use super::types::{param_text, type_of_oid, typed};
 use super::wire::{Answer, Format, Outcome, Raw, Stmt, Wired};
-use super::{guard, rows, text};
+use super::{guard, rows};
 use crate::error::{Error, Result};
 use crate::observe;
 use crate::value::{Param, QueryResult};
@@ -69,7 +69,7 @@ fn counted(answer: &Answer) -> std::result::Result<u64, &Error> {
 fn service_params(params: &[Param]) -> Result<Vec<Wired>> {
   params
     .iter()
-    .map(|p| Ok(text::param_text(p)?.map_or(Wired::Null, Wired::Text)))
+    .map(|p| Ok(param_text(p)?.map_or(Wired::Null, Wired::Text)))
     .collect()
 }
 impl Lease {
@@ -287,7 +287,7 @@ impl Lease {
       .iter()
       .zip(types.iter())
       .enumerate()
-      .map(|(i, (p, t))| Ok(text::typed(p, &type_of_oid(*t), i)?.map_or(Wired::Null, Wired::Text)))
+      .map(|(i, (p, t))| Ok(typed(p, &type_of_oid(*t), i)?.map_or(Wired::Null, Wired::Text)))
       .collect::<Result<Vec<_>>>()?;
     let mut stmts: Vec<(&str, Vec<Wired>, Format)> = Vec::with_capacity(2);
     let pin = self.needs_pin();
@@ -471,7 +471,7 @@ impl Lease {
 }
 
 /// `SELECT set_config(…, true)` for each of [`PINNED`]: for the transaction only.
-fn pin_sql() -> String {
+pub(super) fn pin_sql() -> String {
   let sets: Vec<String> = PINNED
     .iter()
     .map(|(k, v)| format!("set_config('{k}', '{v}', true)"))
