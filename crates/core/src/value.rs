@@ -1,7 +1,7 @@
 //! Values as they cross the boundary to JS, whichever database they came from: a parameter
 //! as the binding read it, a cell as node-postgres would return it, and the few conversions
 //! both backends make the way JS does (`toISOString`, `JSON.stringify`). How PostgreSQL
-//! encodes and decodes them is `pg::codec` and `pg::text`.
+//! encodes and decodes them is `pg::types`.
 
 /// A JS value bound as a query parameter.
 #[derive(Debug, Clone, PartialEq)]
