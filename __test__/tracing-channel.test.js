@@ -254,6 +254,10 @@ test('a completer pass is one completer.pass call around its stages', async () =
   const pass = seen[0][2]
   assert.equal(pass.operation, 'completer.pass')
   assert.ok(pass.result.completed >= 1)
+  // The service's own statements of the pass's bookkeeping stages (listing on its anchor row,
+  // counting the attempt) are published too, not only those of the route's stage: 3 stages.
+  const begins = seen.filter(([op, phase, ctx]) => op === 'query' && phase === 'start' && ctx.internal && /^BEGIN/.test(ctx.statements[0]))
+  assert.ok(begins.length >= 3, `stages whose BEGIN was published: ${begins.length}`)
 })
 
 test('a store bound to start is what the stage callback, its statements and user code inside see', async () => {

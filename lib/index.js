@@ -18,7 +18,7 @@ const { AsyncResource } = require('node:async_hooks')
 const { performance } = require('node:perf_hooks')
 const native = require('./binding.js') // native.js, with an error naming the missing binary
 const { invalid, field } = require('./errors.js')
-const { traceOperation, traceQuery, tracing, dbOf, tenantOf, keyArg } = require('./tracing.js')
+const { traceOperation, traceQuery, withStatements, tracing, dbOf, tenantOf, keyArg } = require('./tracing.js')
 
 /** Only this module makes instances: `new IdempotencyKeyService()` elsewhere is refused. */
 const INTERNAL = Symbol('medusa-idempotency-native.internal')
@@ -214,7 +214,9 @@ class IdempotencyKeyService {
        * traced and its callback in the caller's async context, as a user's stage.
        */
       bookkeepingStage: (service, key, callback, options) =>
-        IdempotencyKeyService.#call(service, 'workStage', (addon) => addon.workStage(key, typeof callback === 'function' ? AsyncResource.bind(inTransaction(callback, service)) : callback, options)),
+        IdempotencyKeyService.#call(service, 'workStage', (addon) =>
+          withStatements(service, addon, (a) => a.workStage(key, typeof callback === 'function' ? AsyncResource.bind(inTransaction(callback, service)) : callback, options)),
+        ),
     }
   }
 

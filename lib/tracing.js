@@ -152,6 +152,14 @@ function recorded(native, run, db) {
 }
 
 /**
+ * `run(native)` with the service's own statements published on `query` when that has a
+ * subscriber (for calls that are not operations of their own: the completer's bookkeeping).
+ */
+function withStatements(service, native, run) {
+  return tracing.query.hasSubscribers ? recorded(native, run, dbOf(service)) : run(native)
+}
+
+/**
  * One call of operation `op` of `service` (the façade; `native` its addon object): published on
  * the operation's TracingChannel when it has a subscriber (`fields()` adds the call's own
  * context fields), and with the service's own statements published on `query` when that has
@@ -186,4 +194,4 @@ function traceQuery(db, sql, run) {
   )
 }
 
-module.exports = { traceOperation, traceQuery, tracing, describeUrl, dbOf, tenantOf, keyArg, OPERATIONS }
+module.exports = { traceOperation, traceQuery, withStatements, tracing, describeUrl, dbOf, tenantOf, keyArg, OPERATIONS }
