@@ -76,6 +76,30 @@ test('inspect: the row and its lease in words, as a table and as JSON', async ()
   const done = JSON.parse((await cli(['inspect', key, '--json'])).stdout)
   assert.equal(done.lease, 'finished')
   assert.equal(done.response_code, 201)
+  assert.match((await cli(['inspect', key])).stdout, /accepted\s+no record \(none is kept once a key is finished\)/)
+})
+
+// A Medusa database where only Medusa's migration ran has neither bookkeeping table: inspect
+// through a caller's transaction reads none and leaves that transaction usable (a failed
+// statement would have aborted it).
+test('inspect in a caller\'s transaction without the bookkeeping tables: no records, the transaction still usable', { skip: !isPostgres && 'a caller\'s executor is PostgreSQL' }, async () => {
+  const { Client } = require('pg')
+  const key = uniq('bare')
+  await fx.service.create({ idempotency_key: key })
+  const client = new Client({ connectionString: fx.directUrl })
+  await client.connect()
+  try {
+    await client.query('BEGIN')
+    await client.query('DROP TABLE idempotency_key_accepted, idempotency_key_completer')
+    const inspected = await fx.service.withTransaction(client).inspect(key)
+    assert.equal(inspected.key.idempotency_key, key)
+    assert.equal(inspected.accepted, null)
+    assert.equal(inspected.completer, null)
+    assert.deepEqual((await client.query('SELECT 1 AS one')).rows, [{ one: 1 }])
+  } finally {
+    await client.query('ROLLBACK')
+    await client.end()
+  }
 })
 
 test("inspect: the route that accepted the request and the completer's attempts, its last error and backoff", async () => {

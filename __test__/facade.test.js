@@ -5,8 +5,8 @@
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const addon = require('../lib/binding.js')
-const { IdempotencyKeyService, TransactionManager } = require('..')
-const { useFreshDb } = require('./helpers')
+const { IdempotencyKeyService, TransactionManager, StatementLog } = require('..')
+const { useFreshDb, isPostgres } = require('./helpers')
 const { uniq } = require('../test-support/keys')
 
 let fx
@@ -41,6 +41,7 @@ test('the façade has every member the generated types declare, and its own (com
   assert.equal(façade.completer, 'method')
   assert.equal(façade.accept, 'method')
   assert.deepEqual(members(TransactionManager), members(addon.TransactionManager))
+  assert.deepEqual(members(StatementLog), members(addon.StatementLog))
   for (const name of ['connect', 'detached']) assert.equal(typeof IdempotencyKeyService[name], 'function')
   assert.notEqual(IdempotencyKeyService, addon.IdempotencyKeyService)
 })
@@ -64,4 +65,52 @@ test('neither class is made with new; instances come from connect() and from sta
     return { recovery_point: 'next' }
   })
   assert.equal(service.withTransaction(), service, 'no manager: the service itself')
+})
+
+test('a StatementLog is the only thing withStatementLog takes; misused, both are typed INVALID_ARGUMENT', async () => {
+  const { service } = fx
+  for (const bad of [{}, null, 10n, new Proxy({}, {})]) {
+    assert.throws(() => service.withStatementLog(bad), { code: 'INVALID_ARGUMENT', type: 'invalid_data' })
+  }
+  assert.throws(() => StatementLog.prototype.take.call({}), { code: 'INVALID_ARGUMENT' })
+  const log = new StatementLog()
+  await service.withStatementLog(log).retrieve((await service.create({})).idempotency_key)
+  assert.match(log.take()[0].sql[0], /^SELECT .*FROM idempotency_key/s)
+  assert.deepEqual(log.take(), [])
+})
+
+// Bound copies hand their stage callbacks what they are bound to, whatever copy they came from.
+test('a copy re-bound to a stage hands its callback that stage\'s TransactionManager; bindExecutor\'s copy hands undefined', { skip: !isPostgres && 'a caller\'s executor is PostgreSQL' }, async () => {
+  const { Client } = require('pg')
+  const { service } = fx
+  const client = new Client({ connectionString: fx.directUrl })
+  await client.connect()
+  try {
+    const outer = (await service.create({})).idempotency_key
+    const inner = (await service.create({})).idempotency_key
+    const viaClient = service.withTransaction(client)
+    let handed
+    await service.workStage(outer, async (tx) => {
+      await viaClient.withTransaction(tx).workStage(inner, async (m) => {
+        handed = m
+        return { recovery_point: 'inner' }
+      })
+      return { recovery_point: 'outer' }
+    })
+    assert.ok(handed instanceof TransactionManager, 'the stage\'s handle, not the client the copy came from')
+    assert.notEqual(handed, client)
+
+    let got = 'unset'
+    const third = (await service.create({})).idempotency_key
+    await client.query('BEGIN')
+    await service.bindExecutor(require('..').wrapExecutor(client)).workStage(third, async (m) => {
+      got = m
+      return { recovery_point: 'bound' }
+    })
+    await client.query('COMMIT')
+    assert.equal(got, undefined)
+    assert.equal((await service.retrieve(third)).recovery_point, 'bound')
+  } finally {
+    await client.end()
+  }
 })

@@ -111,7 +111,9 @@ function datesAsIso(record) {
   return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, v instanceof Date ? iso(v) : v]))
 }
 
-function acceptedWords(accepted) {
+function acceptedWords(accepted, key) {
+  // The stage that finishes a key drops its acceptance record: nothing is left to say then.
+  if (accepted == null && key.recovery_point === 'finished') return 'no record (none is kept once a key is finished)'
   if (accepted == null) return 'no: no handler took the request (no completer runs it)'
   return `${accepted.route ?? '(no route named)'} at ${iso(accepted.accepted_at)}`
 }
@@ -196,7 +198,7 @@ async function run(command, service, { key, args, leaseMs, idleMs, olderThanMs, 
           ['lease', words],
           ['response', k.response_code == null ? '' : `${k.response_code} ${JSON.stringify(k.response_body)}`],
           ['request params', JSON.stringify(k.request_params)],
-          ['accepted', acceptedWords(accepted)],
+          ['accepted', acceptedWords(accepted, k)],
           ['completer', completerWords(completer)],
         ],
         [['field', (r) => r[0]], ['value', (r) => r[1]]],

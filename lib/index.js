@@ -23,6 +23,10 @@ const { traceOperation, traceQuery, withStatements, tracing, dbOf, tenantOf, key
 /** Only this module makes instances: `new IdempotencyKeyService()` elsewhere is refused. */
 const INTERNAL = Symbol('medusa-idempotency-native.internal')
 let forCompleter
+/** The addon's transaction under a TransactionManager, or undefined for anything else. */
+let nativeTxOf
+/** The addon's StatementLog under a StatementLog, or undefined for anything else. */
+let nativeLogOf
 
 function wrongThis(owner, name) {
   return invalid(`${owner}.${name} needs a ${owner} as \`this\`: call it on one (obj.${name}), not detached from it or on another object`)
@@ -153,9 +157,9 @@ class TransactionManager {
     throw wrongThis('TransactionManager', name)
   }
 
-  /** The addon's transaction under `tx`, or undefined when `tx` is not one of ours. */
-  static nativeOf(tx) {
-    return tx !== null && typeof tx === 'object' && #tx in tx ? tx.#tx : undefined
+  static {
+    // For IdempotencyKeyService.withTransaction only (module-private, not a public static).
+    nativeTxOf = (tx) => (tx !== null && typeof tx === 'object' && #tx in tx ? tx.#tx : undefined)
   }
 
   query(sql, params) {
@@ -171,6 +175,26 @@ class TransactionManager {
 
   get active() {
     return TransactionManager.#of(this, 'active').active
+  }
+}
+
+/**
+ * Records the service's own statements of the calls made through
+ * `service.withStatementLog(log)`: each round trip's SQL, when it started, how long it took, its
+ * rows, how it failed. For tracing (tracing.js publishes them); not needed by applications.
+ */
+class StatementLog {
+  #log = new native.StatementLog()
+
+  static {
+    nativeLogOf = (log) => (log !== null && typeof log === 'object' && #log in log ? log.#log : undefined)
+  }
+
+  /** The round trips recorded so far, oldest first, leaving the log empty. */
+  take() {
+    const log = nativeLogOf(this)
+    if (log === undefined) throw wrongThis('StatementLog', 'take')
+    return log.take()
   }
 }
 
@@ -370,15 +394,17 @@ class IdempotencyKeyService {
       return new IdempotencyKeyService(INTERNAL, addon.bindExecutor(AsyncResource.bind(wrapExecutor(manager))), manager)
     }
     if (manager == null) return this
-    const tx = TransactionManager.nativeOf(manager)
-    // Anything else: the addon refuses it, typed.
+    const tx = nativeTxOf(manager)
+    // Anything else: the addon refuses it, typed. The copy runs in the stage's transaction and
+    // hands its callbacks that stage's TransactionManager, never an executor this copy came from.
     const bound = addon.withTransaction(tx === undefined ? manager : tx)
-    return new IdempotencyKeyService(INTERNAL, bound, this.#executor)
+    return new IdempotencyKeyService(INTERNAL, bound, undefined)
   }
 
   bindExecutor(query) {
     const addon = IdempotencyKeyService.#of(this, 'bindExecutor')
-    return new IdempotencyKeyService(INTERNAL, addon.bindExecutor(query), this.#executor)
+    // Bound to `query` alone: there is no executor object to hand a callback (it gets undefined).
+    return new IdempotencyKeyService(INTERNAL, addon.bindExecutor(query), undefined)
   }
 
   forTenant(tenant) {
@@ -389,7 +415,9 @@ class IdempotencyKeyService {
 
   withStatementLog(log) {
     const addon = IdempotencyKeyService.#of(this, 'withStatementLog')
-    return new IdempotencyKeyService(INTERNAL, addon.withStatementLog(log), this.#executor)
+    const records = nativeLogOf(log)
+    if (records === undefined) throw invalid('withStatementLog() takes a StatementLog')
+    return new IdempotencyKeyService(INTERNAL, addon.withStatementLog(records), this.#executor)
   }
 
   get tenant() {
@@ -438,9 +466,12 @@ class IdempotencyKeyService {
   }
 }
 
-/** `callback` handed the stage's TransactionManager (of `service`) for the addon's transaction. */
+/**
+ * `callback` handed the stage's TransactionManager (of `service`) for the addon's transaction;
+ * a copy bound with `bindExecutor(query)` has none, and its callback gets undefined, as ever.
+ */
 function inTransaction(callback, service) {
-  return (tx) => callback(new TransactionManager(INTERNAL, tx, service))
+  return (tx) => callback(tx === undefined ? undefined : new TransactionManager(INTERNAL, tx, service))
 }
 
 const completer = require('./completer.js').install(forCompleter)
@@ -450,7 +481,7 @@ Object.assign(channels, completer.channels)
 // import them by name (`import { IdempotencyKeyService } from 'medusa-idempotency-native'`).
 exports.IdempotencyKeyService = IdempotencyKeyService
 exports.TransactionManager = TransactionManager
-exports.StatementLog = native.StatementLog
+exports.StatementLog = StatementLog
 exports.__napiBindingTarget = native.__napiBindingTarget
 exports.wrapExecutor = wrapExecutor
 exports.channels = channels

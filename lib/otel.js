@@ -192,7 +192,8 @@ function instrument(options = {}) {
         span.setAttribute('db.response.status_code', code)
         metricAttributes['db.response.status_code'] = code
       }
-      if (CONFLICTS.has(code)) {
+      // A conflict is the operation's: the service's own statement under it is not counted again.
+      if (CONFLICTS.has(code) && !ctx.internal) {
         span.addEvent('conflict', { 'medusa.idempotency.code': code })
         conflicts.add(1, { 'medusa.idempotency.operation': ctx.operation, 'medusa.idempotency.code': code })
       }

@@ -71,6 +71,8 @@ async function withDbPrefix(fn) {
   if (!quick && !contractOnly) {
     run('cargo fmt --all -- --check')
     run('cargo clippy --all-targets -- -D warnings')
+    // The binding's unsafe code stays in src/raw.rs, each block with its SAFETY line.
+    run('node scripts/check-binding.js')
     await withDbPrefix((prefix) => run('cargo test -p idempotency-core', { TEST_DB_PREFIX: prefix }))
     run('npm run build:debug')
     run('git diff --exit-code -- index.d.ts lib/native.js')

@@ -135,18 +135,47 @@ pub(crate) fn key_at(r: &QueryResult, i: usize) -> Result<IdempotencyKey> {
 }
 
 /// Whether a handler accepted key `key_id`'s request and the completer's attempts at it; a
-/// schema that predates those tables has neither.
+/// schema that predates those tables has neither. Which tables exist is asked first, so a
+/// missing one never fails a statement (that would abort a caller's transaction).
 pub(crate) async fn records(ex: &mut dyn Exec, key_id: &str) -> Result<KeyRecords> {
-  const SQL: &str =
-    "SELECT a.route, a.accepted_at, c.attempts, c.last_attempt_at, c.next_attempt_at, \
-     c.last_error_code, c.last_error, c.gave_up_at FROM (SELECT $1::varchar AS key_id) k \
-     LEFT JOIN idempotency_key_accepted a ON a.key_id = k.key_id \
-     LEFT JOIN idempotency_key_completer c ON c.key_id = k.key_id";
-  let r = match ex.query(SQL, vec![Param::Text(key_id.into())]).await {
-    Ok(r) => r,
-    Err(e) if e.sqlstate() == Some("42P01") => return Ok(KeyRecords::default()),
-    Err(e) => return Err(e),
+  const EXIST: &str = "SELECT to_regclass('idempotency_key_accepted') IS NOT NULL AS accepted, \
+     to_regclass('idempotency_key_completer') IS NOT NULL AS completer";
+  let exist = ex.query(EXIST, Vec::new()).await?;
+  let has = |name: &str| {
+    let col = exist.columns.iter().position(|c| c == name);
+    matches!(
+      col.and_then(|i| exist.rows.first()?.get(i)),
+      Some(Cell::Bool(true))
+    )
   };
+  let (accepted, completer) = (has("accepted"), has("completer"));
+  if !accepted && !completer {
+    return Ok(KeyRecords::default());
+  }
+  let accepted_part = if accepted {
+    (
+      "a.route, a.accepted_at",
+      "LEFT JOIN idempotency_key_accepted a ON a.key_id = k.key_id",
+    )
+  } else {
+    (
+      "NULL::varchar AS route, NULL::timestamptz AS accepted_at",
+      "",
+    )
+  };
+  let completer_part = if completer {
+    (
+      "c.attempts, c.last_attempt_at, c.next_attempt_at, c.last_error_code, c.last_error, c.gave_up_at",
+      "LEFT JOIN idempotency_key_completer c ON c.key_id = k.key_id",
+    )
+  } else {
+    ("NULL::int AS attempts", "")
+  };
+  let sql = format!(
+    "SELECT {}, {} FROM (SELECT $1::varchar AS key_id) k {} {}",
+    accepted_part.0, completer_part.0, accepted_part.1, completer_part.1
+  );
+  let r = ex.query(&sql, vec![Param::Text(key_id.into())]).await?;
   if r.rows.is_empty() {
     return Ok(KeyRecords::default());
   }
