@@ -2,7 +2,7 @@
 //! trip's statements, when it started, how long it took, how many rows it returned or touched
 //! and how it failed. A caller runs an operation inside [`scope`] with a [`StatementLog`]; the
 //! backends time each round trip they send while a log is in scope and append to it. Outside a
-//! scope, [`start`] is one task-local lookup and nothing is timed, built or kept.
+//! scope, `start` is one task-local lookup and nothing is timed, built or kept.
 //!
 //! The scope is the operation's own task: a stage callback's statements (`tx.query`) run on
 //! their own tasks and are not recorded here (the binding reports those itself).

@@ -56,7 +56,7 @@ pub(crate) struct Conn {
   pub(super) named: HashMap<String, (String, u64)>,
   /// Named statements to Close in the next flight (evicted from `named`).
   pub(super) closing: Vec<String>,
-  /// The database's defaults for the unreported settings in [`PINNED`] differ from what
+  /// The database's defaults for the unreported settings in [`super::statement::PIN_SQL`] differ from what
   /// node-postgres expects, so a stage pins them before its first callback statement.
   pub(super) defaults_differ: bool,
   /// The session's reported settings as the connection opened, and the count of reported
@@ -108,7 +108,7 @@ pub(crate) struct Lease {
   /// server dropped it meanwhile (a restart, `pg_terminate_backend`), nothing sent on it ran,
   /// so it is safe to replace it and send again.
   pub(super) reused: bool,
-  /// Settings pinned in the current transaction (see [`PINNED`]).
+  /// Settings pinned in the current transaction (see [`super::statement::PIN_SQL`]).
   pub(super) pinned: bool,
   pub(super) pool: Arc<Inner>,
   _permit: OwnedSemaphorePermit,

@@ -18,14 +18,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The settings a value's text form depends on, as node-postgres reads it with its defaults.
-const PINNED: [(&str, &str); 4] = [
-  // The output style only: the field order for input (MDY, DMY) stays the database's.
-  ("DateStyle", "ISO"),
-  ("IntervalStyle", "postgres"),
-  ("extra_float_digits", "1"),
-  ("bytea_output", "hex"),
-];
+/// The settings a value's text form depends on, set as node-postgres reads them with its
+/// defaults, for the transaction only (`set_config(…, true)`). DateStyle's output style only:
+/// the field order for input (MDY, DMY) stays the database's.
+pub(super) const PIN_SQL: &str = "SELECT set_config('DateStyle', 'ISO', true), \
+  set_config('IntervalStyle', 'postgres', true), set_config('extra_float_digits', '1', true), \
+  set_config('bytea_output', 'hex', true)";
 
 /// Node-postgres' rows from a statement's raw answer.
 fn decoded(raw: Raw) -> Result<QueryResult> {
@@ -291,9 +289,8 @@ impl Lease {
       .collect::<Result<Vec<_>>>()?;
     let mut stmts: Vec<(&str, Vec<Wired>, Format)> = Vec::with_capacity(2);
     let pin = self.needs_pin();
-    let pin_sql = pin_sql();
     if pin {
-      stmts.push((pin_sql.as_str(), Vec::new(), Format::Text));
+      stmts.push((PIN_SQL, Vec::new(), Format::Text));
     }
     stmts.push((sql, wired, Format::Text));
     let r = self.in_tx_flight(&stmts).await;
@@ -303,7 +300,7 @@ impl Lease {
     r
   }
 
-  /// Whether the settings in [`PINNED`] must be set for this transaction before a callback's
+  /// Whether the settings in [`PIN_SQL`] must be set for this transaction before a callback's
   /// statement: the database's defaults differ, or a reported one (DateStyle, IntervalStyle)
   /// is not what node-postgres reads.
   fn needs_pin(&mut self) -> bool {
@@ -468,15 +465,6 @@ impl Lease {
       }
     }
   }
-}
-
-/// `SELECT set_config(…, true)` for each of [`PINNED`]: for the transaction only.
-pub(super) fn pin_sql() -> String {
-  let sets: Vec<String> = PINNED
-    .iter()
-    .map(|(k, v)| format!("set_config('{k}', '{v}', true)"))
-    .collect();
-  format!("SELECT {}", sets.join(", "))
 }
 
 /// A pooled connection: outside a transaction, while a statement runs the lease is busy, so a

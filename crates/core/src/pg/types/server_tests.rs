@@ -10,7 +10,7 @@
 use super::{oid, param_text, type_of_oid, typed};
 use crate::pg::config::Config;
 use crate::pg::rows;
-use crate::pg::statement::pin_sql;
+use crate::pg::statement::PIN_SQL;
 use crate::pg::wire::{Format, Outcome, Stmt, Wire, Wired};
 use crate::value::{Cell, Param};
 use serde_json::json;
@@ -179,9 +179,7 @@ async fn binary_rows_from_the_server() {
 async fn text_rows_in_the_pinned_settings() {
   let mut w = connect().await;
   // The statement path pins these for the transaction when the database's differ.
-  w.simple_query(&format!("BEGIN; {}", pin_sql()))
-    .await
-    .unwrap();
+  w.simple_query(&format!("BEGIN; {PIN_SQL}")).await.unwrap();
   let cases: Vec<(&str, Cell)> = vec![
     (
       "SELECT '1 year 2 months -3 days -04:05:06.789'::interval",
