@@ -23,13 +23,23 @@ const { traceOperation, traceQuery, withStatements, tracing, dbOf, tenantOf, key
 /** Only this module makes instances: `new IdempotencyKeyService()` elsewhere is refused. */
 const INTERNAL = Symbol('medusa-idempotency-native.internal')
 let forCompleter
-/** The addon's transaction under a TransactionManager, or undefined for anything else. */
+// Each class's brand check: the addon's object under one of its instances, else undefined.
+let nativeServiceOf
 let nativeTxOf
-/** The addon's StatementLog under a StatementLog, or undefined for anything else. */
 let nativeLogOf
 
 function wrongThis(owner, name) {
   return invalid(`${owner}.${name} needs a ${owner} as \`this\`: call it on one (obj.${name}), not detached from it or on another object`)
+}
+
+/**
+ * The addon's object under façade object `self` (`get` is the class's own brand check, which
+ * answers undefined for anything else); a typed wrong-`this` error when there is none.
+ */
+function addonOf(get, self, owner, name) {
+  const addon = get(self)
+  if (addon === undefined) throw wrongThis(owner, name)
+  return addon
 }
 
 function notConstructible(owner, how) {
@@ -152,20 +162,14 @@ class TransactionManager {
     this.#service = service
   }
 
-  static #of(self, name) {
-    if (self !== null && typeof self === 'object' && #tx in self) return self.#tx
-    throw wrongThis('TransactionManager', name)
-  }
-
   static {
-    // For IdempotencyKeyService.withTransaction only (module-private, not a public static).
     nativeTxOf = (tx) => (tx !== null && typeof tx === 'object' && #tx in tx ? tx.#tx : undefined)
   }
 
   query(sql, params) {
     let tx
     try {
-      tx = TransactionManager.#of(this, 'query')
+      tx = addonOf(nativeTxOf, this, 'TransactionManager', 'query')
     } catch (e) {
       return Promise.reject(e)
     }
@@ -174,7 +178,7 @@ class TransactionManager {
   }
 
   get active() {
-    return TransactionManager.#of(this, 'active').active
+    return addonOf(nativeTxOf, this, 'TransactionManager', 'active').active
   }
 }
 
@@ -192,9 +196,7 @@ class StatementLog {
 
   /** The round trips recorded so far, oldest first, leaving the log empty. */
   take() {
-    const log = nativeLogOf(this)
-    if (log === undefined) throw wrongThis('StatementLog', 'take')
-    return log.take()
+    return addonOf(nativeLogOf, this, 'StatementLog', 'take').take()
   }
 }
 
@@ -211,8 +213,7 @@ class IdempotencyKeyService {
 
   /** `this`'s addon object; a typed INVALID_ARGUMENT when `this` is not a service. */
   static #of(self, name) {
-    if (self !== null && typeof self === 'object' && #native in self) return self.#native
-    throw wrongThis('IdempotencyKeyService', name)
+    return addonOf(nativeServiceOf, self, 'IdempotencyKeyService', name)
   }
 
   /** `method(addon)` as a promise: a wrong `this` rejects, as any bad argument does. */
@@ -226,11 +227,15 @@ class IdempotencyKeyService {
     return method(addon)
   }
 
-  // What completer.js needs beyond the public methods, given to it below (not exported).
   static {
+    nativeServiceOf = (service) => (service !== null && typeof service === 'object' && #native in service ? service.#native : undefined)
+    // What completer.js needs beyond the public methods, given to it below (not exported).
     forCompleter = {
       /** Whether `service` is bound to a caller's executor (a completer runs its own transactions). */
-      isBound: (service) => IdempotencyKeyService.#of(service, 'completer') !== undefined && service.#executor !== undefined,
+      isBound: (service) => {
+        IdempotencyKeyService.#of(service, 'completer') // a typed error for anything else
+        return service.#executor !== undefined
+      },
       /** `initializeRequest` on the addon: the completer's own claim, not an operation event. */
       claim: (service, ...args) => IdempotencyKeyService.#call(service, 'initializeRequest', (addon) => addon.initializeRequest(...args)),
       /**
