@@ -275,6 +275,22 @@ if (isPostgres) test('a serialization failure: a retry event on the stage span a
   assert.ok((await total()) >= before + 1)
 })
 
+// A conflict is the operation's to count: the service's own statement that failed under it (on
+// SQLite a busy database, published with the service's code DATABASE_BUSY, which no test can
+// cause at will) is an error span, but not a second conflict.
+test("an internal statement's DATABASE_BUSY is an error span, not a conflict counted again", async () => {
+  const busy = async () => (await points('medusa.idempotency.conflicts')).filter((p) => p.attributes['medusa.idempotency.code'] === 'DATABASE_BUSY').reduce((n, p) => n + p.value, 0)
+  const before = await busy()
+  const context = { operation: 'query', internal: true, dbSystem: 'sqlite', statements: ['BEGIN IMMEDIATE'], query: 'BEGIN IMMEDIATE', startTime: Date.now() - 5, duration: 5, rowCount: null }
+  const error = Object.assign(new Error('database is locked'), { code: 'DATABASE_BUSY', sqlstate: null, serviceCode: 'DATABASE_BUSY' })
+  assert.throws(() => tracingChannels.query.traceSync((e) => { throw e }, context, null, error), (e) => e === error)
+  const [span] = byName('BEGIN')
+  assert.ok(span, `spans: ${spans().map((s) => s.name)}`)
+  assert.equal(span.attributes['error.type'], 'DATABASE_BUSY')
+  assert.equal(span.status.code, api.SpanStatusCode.ERROR)
+  assert.equal(await busy(), before)
+})
+
 test('db.client.operation.duration: a histogram in seconds with low-cardinality attributes only', async () => {
   const key = uniq('metrics')
   const scoped = service.forTenant(uniq('tenant'))
