@@ -13,6 +13,9 @@ function invalid(message, extra) {
   return typedError('invalid_data', 'INVALID_ARGUMENT', message, extra)
 }
 
+/** Codes that mean another request holds, moved or reused the key: a caller may retry or answer 409/422. */
+const CONFLICTS = new Set(['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE', 'IDEMPOTENCY_KEY_REUSED', 'DATABASE_BUSY'])
+
 /** A field of a rejection value, never throwing (a getter that throws, a revoked proxy). */
 function field(e, name) {
   try {
@@ -22,4 +25,4 @@ function field(e, name) {
   }
 }
 
-module.exports = { typedError, invalid, field }
+module.exports = { typedError, invalid, field, CONFLICTS }

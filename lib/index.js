@@ -17,7 +17,7 @@ const dc = require('node:diagnostics_channel')
 const { AsyncResource } = require('node:async_hooks')
 const { performance } = require('node:perf_hooks')
 const native = require('./binding.js') // native.js, with an error naming the missing binary
-const { invalid, field } = require('./errors.js')
+const { invalid, field, CONFLICTS } = require('./errors.js')
 const { traceOperation, traceQuery, withStatements, tracing, dbOf, tenantOf, keyArg } = require('./tracing.js')
 
 /** Only this module makes instances: `new IdempotencyKeyService()` elsewhere is refused. */
@@ -118,8 +118,6 @@ const channels = {
 }
 const stageChannels = [channels.stageStart, channels.stageEnd, channels.stageError, channels.retry, channels.conflict]
 
-/** Conflicts a caller may retry or answer with 409/422: LOCKED, STALE, REUSED, DATABASE_BUSY. */
-const CONFLICTS = new Set(['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE', 'IDEMPOTENCY_KEY_REUSED', 'DATABASE_BUSY'])
 
 function publishConflict(method, key, service, e) {
   const code = channels.conflict.hasSubscribers ? field(e, 'code') : undefined

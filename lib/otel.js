@@ -22,15 +22,13 @@
 
 const { AsyncLocalStorage } = require('node:async_hooks')
 const { performance } = require('node:perf_hooks')
-const { field } = require('./errors.js')
+const { field, CONFLICTS } = require('./errors.js')
 const { tracing } = require('./tracing.js')
 const { channels } = require('./index.js')
 
 const NAME = 'medusa-idempotency-native'
 const VERSION = require('../package.json').version
 
-/** Codes that mean another request holds or moved the key: counted as conflicts. */
-const CONFLICTS = new Set(['IDEMPOTENCY_KEY_LOCKED', 'IDEMPOTENCY_KEY_STALE', 'IDEMPOTENCY_KEY_REUSED', 'DATABASE_BUSY'])
 const SQLSTATE = /^[0-9A-Z]{5}$/
 /** Seconds, for db.client.operation.duration (the semantic conventions' advice). */
 const DURATION_BUCKETS = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10]

@@ -194,4 +194,4 @@ function traceQuery(db, sql, run) {
   )
 }
 
-module.exports = { traceOperation, traceQuery, withStatements, tracing, describeUrl, dbOf, tenantOf, keyArg, OPERATIONS }
+module.exports = { traceOperation, traceQuery, withStatements, tracing, dbOf, tenantOf, keyArg }
