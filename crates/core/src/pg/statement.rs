@@ -376,7 +376,7 @@ impl Lease {
     params: &[Param],
   ) -> Result<QueryResult> {
     let wired = service_params(params)?;
-    let first = [
+    let stmts = [
       (apply_sql, wired, Format::Binary),
       ("COMMIT", Vec::new(), Format::Text),
     ];
@@ -391,11 +391,9 @@ impl Lease {
         message: "the stage's transaction is not open: nothing was committed".into(),
       });
     }
+    // Stuck until the answer: a dropped future or a broken connection closes the connection.
     self.state = State::Stuck;
-    let answer = match self.flight(&first).await {
-      Ok(a) => a,
-      Err(e) => return Err(e),
-    };
+    let answer = self.flight(&stmts).await?;
     self.state = State::InTx;
     let mut outcomes = answer.outcomes.into_iter();
     let applied = outcome(outcomes.next().unwrap_or(Outcome::Skipped));
