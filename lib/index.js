@@ -18,6 +18,7 @@ const { AsyncResource } = require('node:async_hooks')
 const { performance } = require('node:perf_hooks')
 const native = require('./binding.js') // native.js, with an error naming the missing binary
 const { invalid, field, CONFLICTS } = require('./errors.js')
+const { rowsOf } = require('./route.js')
 const { traceOperation, traceQuery, withStatements, tracing, dbOf, tenantOf, keyArg } = require('./tracing.js')
 
 /** Only this module makes instances: `new IdempotencyKeyService()` elsewhere is refused. */
@@ -49,19 +50,6 @@ function notConstructible(owner, how) {
 // ---------------------------------------------------------------------------------------------
 // A caller's executor (bound mode).
 
-/**
- * Rows from whatever an executor resolved to: TypeORM returns `[rows, rowCount]` for
- * UPDATE/DELETE … RETURNING and a rows array otherwise; node-postgres returns `{ rows }`.
- */
-function normalizeRows(result) {
-  if (Array.isArray(result)) {
-    const typeormWrite = result.length === 2 && Array.isArray(result[0]) && typeof result[1] === 'number'
-    return typeormWrite ? result[0] : result
-  }
-  if (result && Array.isArray(result.rows)) return result.rows
-  return []
-}
-
 function describeFailure(e) {
   try {
     const code = typeof e?.code === 'string' ? e.code : typeof e?.driverError?.code === 'string' ? e.driverError.code : undefined
@@ -74,7 +62,7 @@ function describeFailure(e) {
 /** Never throws: an unreadable result (a revoked proxy, throwing getters) is a failure. */
 function settleRows(result) {
   try {
-    return { rows: normalizeRows(result) }
+    return { rows: rowsOf(result) }
   } catch (e) {
     return { error: describeFailure(e) }
   }

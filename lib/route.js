@@ -95,7 +95,11 @@ function routeOf(req, route) {
   return { name: null, pathParams: {} }
 }
 
-/** Rows from whatever a stage's handle resolved to (ours: rows; TypeORM: rows or [rows, n]; node-postgres: { rows }). */
+/**
+ * Rows from whatever a stage's handle or a caller's executor resolved to: ours and TypeORM's
+ * SELECT, a rows array; TypeORM's UPDATE/DELETE … RETURNING, `[rows, rowCount]`;
+ * node-postgres, `{ rows }`.
+ */
 function rowsOf(result) {
   if (Array.isArray(result)) return result.length === 2 && Array.isArray(result[0]) && typeof result[1] === 'number' ? result[0] : result
   return result && Array.isArray(result.rows) ? result.rows : []
